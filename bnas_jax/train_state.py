@@ -1,0 +1,80 @@
+"""The train state every trainer carries, and the classification losses/steps on it."""
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Parameters, BN statistics, optimizer state, step and RNG key data.
+
+  `rng` holds raw uint32 key data (checkpointable as a plain array); the key
+  of step s is `fold_in(wrap(rng), s)`, so a resumed run draws the same numbers.
+  """
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, *, params, batch_stats, tx, rng) -> "TrainState":
+    return cls(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+               opt_state=tx.init(params), rng=rng, tx=tx)
+
+  def step_key(self) -> jax.Array:
+    return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
+
+  def apply_gradients(self, grads: Any, batch_stats: Any) -> "TrainState":
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                        batch_stats=batch_stats, opt_state=opt_state)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
+                  label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example cross-entropy with optional label smoothing."""
+  targets = jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def make_classification_train_step(model: Any, num_classes: int, label_smoothing: float = 0.0
+                                   ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """One SGD step of supervised classification; metrics are global-batch means."""
+
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def loss_fn(params):
+      logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                    batch["image"], train=True, mutable=["batch_stats"])
+      loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing).mean()
+      return loss, (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads, batch_stats)
+    metrics = {"loss": loss,
+               "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+               "grad_norm": optax.global_norm(grads)}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_classification_eval_step(model: Any, num_classes: int) -> Callable[..., dict]:
+  """Sums of correct predictions, loss and examples over a masked batch."""
+
+  def eval_step(params: Any, batch_stats: Any, batch: dict) -> dict:
+    logits = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
+                         train=False)
+    mask = batch["mask"]
+    loss = cross_entropy(logits, batch["label"], num_classes)
+    return {"correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+            "loss": jnp.sum(loss * mask), "count": jnp.sum(mask)}
+
+  return eval_step
