@@ -1,0 +1,66 @@
+r"""Cost summary of a config's network: larq-style table or JSON.
+
+  python -m bnas_jax.summary --config=configs/reactnet.py[:preset] [--arch=NAME_OR_SPEC] [--json]
+
+With `--json` the last line printed is one JSON object with raw counts (not
+millions): flops, int8_ops, bops, ops, params, binary_params, model_size_bytes,
+plus per-layer rows. Counts come from `cost_model.count_costs`, which runs the
+same module definitions that train.
+
+`--arch` is passed to the config's architecture resolver (`config.arch_resolver`,
+a module in `bnas_jax` exposing `resolve(config, arch) -> model_config`) for
+configs whose model is chosen from a search space; fixed-network configs reject it.
+"""
+
+import importlib
+import json
+import sys
+
+from bnas_jax import cli
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+from ml_collections import config_flags
+
+from bnas_jax import cost_model
+from bnas_jax import input_pipeline
+from bnas_jax.errors import UserInputError
+from bnas_jax.models import build_model
+
+flags.DEFINE_string("arch", None, "Architecture name or spec (search-space configs only).")
+flags.DEFINE_bool("json", False, "Print one JSON object as the last line.")
+flags.DEFINE_integer("batch", 1, "Batch size of the counted input.")
+config_flags.DEFINE_config_file("config", None, "Config file, optionally with :preset.",
+                                lock_config=True)
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+
+def summarize(config, arch=None, batch: int = 1) -> cost_model.CostReport:
+  """The cost report of the network `config` (and `arch`) describes."""
+  num_classes, image_shape = input_pipeline.model_input_spec(config.data)
+  model_config = config.model
+  if arch is not None:
+    resolver = config.get("arch_resolver")
+    if not resolver:
+      raise UserInputError(
+          f"--arch={arch!r} was given but this config describes one fixed network "
+          f"(config.model.name={config.model.name!r}); drop --arch.")
+    model_config = importlib.import_module(resolver).resolve(config, arch)
+  model = build_model(model_config, num_classes)
+  return cost_model.count_costs(model, (batch, *image_shape), train=False)
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"Unexpected positional arguments {argv[1:]!r}; all options are --flags.")
+  with cli.user_errors_exit():
+    report = summarize(FLAGS.config, FLAGS.arch, FLAGS.batch)
+  if FLAGS.json:
+    print(json.dumps(report.to_dict()))
+  else:
+    print(cost_model.format_table(report, title=f"{FLAGS.config.model.name}"))
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  cli.run(main)
