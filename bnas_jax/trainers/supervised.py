@@ -136,7 +136,7 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
   elif initial_step < total_steps:
     reporter.message(f"[{phase_name}] resumed from step {initial_step} of {total_steps}")
   log_every = max(1, config.get("log_every_steps", 50))
-  ckpt_every = max(1, config.get("checkpoint_every_steps", steps_per_epoch))
+  ckpt_every = config.get("checkpoint_every_steps") or steps_per_epoch  # 0: once per epoch
   last_good = ckpt.path(ckpt.latest_step()) if ckpt.latest_step() is not None else None
   pending: Optional[tuple[int, dict]] = None  # metrics of the previous step, checked one step late
   window: list[dict[str, float]] = []
