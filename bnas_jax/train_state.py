@@ -45,22 +45,31 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
   return optax.softmax_cross_entropy(logits, targets)
 
 
+def make_classification_loss(model: Any, num_classes: int, label_smoothing: float = 0.0
+                             ) -> Callable[..., tuple[jax.Array, tuple[jax.Array, Any]]]:
+  """loss(params, batch_stats, batch) -> (mean loss, (logits, new batch_stats))."""
+
+  def loss_fn(params, batch_stats, batch):
+    logits, updates = model.apply({"params": params, "batch_stats": batch_stats},
+                                  batch["image"], train=True, mutable=["batch_stats"])
+    loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing).mean()
+    return loss, (logits, updates["batch_stats"])
+
+  return loss_fn
+
+
 def make_classification_train_step(model: Any, num_classes: int, label_smoothing: float = 0.0
                                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """One SGD step of supervised classification; metrics are global-batch means."""
+  """One optimizer step of supervised classification; metrics are global-batch means."""
+  loss_fn = make_classification_loss(model, num_classes, label_smoothing)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    def loss_fn(params):
-      logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                    batch["image"], train=True, mutable=["batch_stats"])
-      loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing).mean()
-      return loss, (logits, updates["batch_stats"])
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, batch)
     new_state = state.apply_gradients(grads, batch_stats)
     metrics = {"loss": loss,
                "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": optax.tree.norm(grads)}
     return new_state, metrics
 
   return train_step

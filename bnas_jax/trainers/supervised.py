@@ -152,26 +152,31 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
       reporter.scalars(step, means)
       window.clear()
 
-  for step in range(initial_step + 1, total_steps + 1):
-    batch = sharding.global_batch(next(train_iter), mesh)
-    state, metrics = train_step(state, batch)
+  try:
+    for step in range(initial_step + 1, total_steps + 1):
+      batch = sharding.global_batch(next(train_iter), mesh)
+      state, metrics = train_step(state, batch)
+      if pending is not None:
+        drain(pending)
+      pending = (step, metrics)
+      reporter.advance()
+      if step % ckpt_every == 0 or step == total_steps:
+        drain(pending)  # never checkpoint a non-finite state
+        pending = None
+        if ckpt.save(step, state, train_iter.get_state(), {"phase": phase_name}, force=True):
+          last_good = ckpt.path(step)
+      eval_every = config.get("eval_every_epochs", 0)
+      if eval_every and step % int(eval_every * steps_per_epoch) == 0 and step != total_steps:
+        split = "holdout" if info.num_examples.get("holdout") else "test"
+        ev = _evaluate(eval_step, state, config, split, mesh, info)
+        reporter.scalars(step, {f"{split}_accuracy": ev["accuracy"], f"{split}_loss": ev["loss"]})
+
     if pending is not None:
       drain(pending)
-    pending = (step, metrics)
-    reporter.advance()
-    if step % ckpt_every == 0 or step == total_steps:
-      drain(pending)  # never checkpoint a non-finite state
-      pending = None
-      if ckpt.save(step, state, train_iter.get_state(), {"phase": phase_name}, force=True):
-        last_good = ckpt.path(step)
-    eval_every = config.get("eval_every_epochs", 0)
-    if eval_every and step % int(eval_every * steps_per_epoch) == 0 and step != total_steps:
-      split = "holdout" if info.num_examples.get("holdout") else "test"
-      ev = _evaluate(eval_step, state, config, split, mesh, info)
-      reporter.scalars(step, {f"{split}_accuracy": ev["accuracy"], f"{split}_loss": ev["loss"]})
-  if pending is not None:
-    drain(pending)
-  ckpt.wait()
+  finally:
+    # Whatever stops the loop (an error, an interrupt), a checkpoint whose
+    # save has started is completed: finished work is never lost.
+    ckpt.wait()
 
   test = _evaluate(eval_step, state, config, "test", mesh, info)
   reporter.scalars(total_steps, {"test_accuracy": test["accuracy"], "test_loss": test["loss"]})

@@ -1,0 +1,57 @@
+"""The CLIs: bad input exits 2 with one paragraph before compute; summary JSON."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(module, *args, timeout=300):
+  env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--config=configs/reactnet.py:nope"], "Unknown preset 'nope'"),
+    (["--config=configs/reactnet.py", "--config.no_such_field=1"], "no_such_field"),
+    (["--config=configs/reactnet.py", "--config.batch_size=abc"], "batch_size"),
+    (["--config=configs/reactnet.py", "--config.data.name=mnist"], "Unknown dataset name 'mnist'"),
+    (["--config=configs/reactnet.py", "--arch=A"], "drop --arch"),
+])
+def test_summary_rejects_bad_input_with_status_2(args, expected):
+  proc = _run("bnas_jax.summary", *args)
+  assert proc.returncode == 2, proc.stderr
+  assert expected in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("--config.model.blocks=((8, 1, 3, 3),)", "groups=3 must divide"),
+    ("--config.batch_size=63", "multiple of the number of devices"),
+])
+def test_main_rejects_impossible_configs_before_compute(tmp_path, override, expected):
+  env_workdir = str(tmp_path / "w")
+  proc = _run("bnas_jax.main", "--config=configs/reactnet.py", f"--workdir={env_workdir}",
+              override)
+  assert proc.returncode == 2, proc.stderr
+  assert expected in proc.stderr and "Traceback" not in proc.stderr
+  assert not os.path.exists(os.path.join(env_workdir, "checkpoints"))
+
+
+def test_summary_json_for_the_imagenet_preset():
+  proc = _run("bnas_jax.summary", "--config=configs/reactnet.py:imagenet", "--json")
+  assert proc.returncode == 0, proc.stderr
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  # ReActNet-A with an 8-bit stem: BOPs 4.82e9 (ReActNet paper), stem
+  # 3*3*3*32*112*112 int8 MACs, FC 1024*1000 + 1000 bias.
+  assert report["bops"] == 4_816_896_000
+  assert report["int8_ops"] == 3 * 3 * 3 * 32 * 112 * 112
+  assert report["flops"] == 1024 * 1000 + 1000
+  assert report["ops"] == pytest.approx(report["flops"] + report["int8_ops"] / 8 + report["bops"] / 64)
+  for key in ("params", "binary_params", "model_size_bytes"):
+    assert isinstance(report[key], (int, float)) and report[key] > 0

@@ -1,0 +1,56 @@
+"""Weight decay only on conv/classifier kernels; partitioned optimizer under jit."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ml_collections
+import pytest
+
+from bnas_jax import optimizers
+from bnas_jax import param_policies
+from bnas_jax.errors import UserInputError
+from bnas_jax.models import reactnet
+
+
+def _params():
+  model = reactnet.ReActNet(10, 8, ((8, 1, 3, 1), (16, 2, 3, 2)))
+  return model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+
+
+def test_decay_labels_follow_the_papers():
+  labels = param_policies.label_params(_params(), param_policies.WEIGHT_DECAY_ON_KERNELS)
+  flat = {param_policies.param_name(p): l for p, l in jax.tree_util.tree_leaves_with_path(labels)}
+  decayed = sorted(n for n, l in flat.items() if l == "decay")
+  assert decayed == ["block0/conv_1x1/kernel", "block0/conv_kxk/kernel", "block1/conv_1x1/kernel",
+                     "block1/conv_kxk/kernel", "classifier/kernel", "stem/conv/kernel"]
+  assert flat["stem/conv/kernel_scale"] == "no_decay"
+  assert flat["block0/conv_kxk/input_threshold"] == "no_decay"
+
+
+def test_weight_decay_is_l2_on_decayed_params_only_under_jit():
+  params = {"conv": {"kernel": jnp.ones(3)}, "bn": {"scale": jnp.ones(3)}}
+  cfg = ml_collections.ConfigDict(dict(name="sgd", learning_rate=0.1, schedule="constant",
+                                       weight_decay=0.5, momentum=0.0))
+  tx = optimizers.make_optimizer(cfg, params, 10, 1)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  zero = jax.tree.map(jnp.zeros_like, params)
+  for _ in range(2):  # two jitted steps through optax.partition
+    updates, state = update(zero, state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+  # SGD with L2: w <- w - lr * wd * w, twice, on the conv kernel only.
+  np.testing.assert_allclose(params["conv"]["kernel"], (1 - 0.1 * 0.5) ** 2)
+  np.testing.assert_allclose(params["bn"]["scale"], 1.0)
+
+
+def test_unmatched_parameter_is_reported():
+  with pytest.raises(UserInputError, match="matches none"):
+    param_policies.label_params({"a": jnp.ones(1)}, ((r"b", "decay"),))
+
+
+@pytest.mark.parametrize("name,at_end", [("cosine", 0.0), ("linear", 0.0), ("constant", 1.0)])
+def test_schedules_end_where_the_papers_say(name, at_end):
+  cfg = ml_collections.ConfigDict(dict(learning_rate=1.0, schedule=name))
+  sched = optimizers.make_schedule(cfg, 100, 10)
+  assert float(sched(0)) == pytest.approx(1.0)
+  assert float(sched(100)) == pytest.approx(at_end, abs=1e-6)
