@@ -51,29 +51,38 @@ class _Interrupt(Exception):
   pass
 
 
-def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monkeypatch):
-  config = _tiny_config(num_train_steps=8, checkpoint_every_steps=2)
-  supervised.train_and_evaluate(config, str(tmp_path / "straight"))
-
+def _patch_train_batches(monkeypatch, transform):
+  """Every train iterator yields transform(n, iterator) for its n-th batch (1-based)."""
   real = input_pipeline.make_train_iterator
 
-  def interrupting(*args, **kwargs):
+  def patched(*args, **kwargs):
     it = real(*args, **kwargs)
-    inner_next, count = it.__next__, [0]
+    count = [0]
 
     class Wrapped:
       def __next__(self):
         count[0] += 1
-        if count[0] == 6:  # dies while training step 6; steps 1-4 are checkpointed
-          raise _Interrupt()
-        return inner_next()
+        return transform(count[0], it)
 
       def __getattr__(self, name):
         return getattr(it, name)
 
     return Wrapped()
 
-  monkeypatch.setattr(input_pipeline, "make_train_iterator", interrupting)
+  monkeypatch.setattr(input_pipeline, "make_train_iterator", patched)
+  return real
+
+
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monkeypatch):
+  config = _tiny_config(num_train_steps=8, checkpoint_every_steps=2)
+  supervised.train_and_evaluate(config, str(tmp_path / "straight"))
+
+  def interrupt_at_6(n, it):
+    if n == 6:  # dies while training step 6; steps 1-4 are checkpointed
+      raise _Interrupt()
+    return next(it)
+
+  real = _patch_train_batches(monkeypatch, interrupt_at_6)
   with pytest.raises(_Interrupt):
     supervised.train_and_evaluate(config, str(tmp_path / "resumed"))
   monkeypatch.setattr(input_pipeline, "make_train_iterator", real)
@@ -101,26 +110,13 @@ def test_two_step_recipe_starts_step_two_from_step_one(tmp_path):
 
 
 def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
-  real = input_pipeline.make_train_iterator
+  def poison_from_4(n, it):
+    batch = next(it)
+    if n >= 4:
+      batch["image"] = np.full_like(batch["image"], np.nan)
+    return batch
 
-  def poisoned(*args, **kwargs):
-    it = real(*args, **kwargs)
-    inner_next, count = it.__next__, [0]
-
-    class Wrapped:
-      def __next__(self):
-        count[0] += 1
-        batch = inner_next()
-        if count[0] >= 4:
-          batch["image"] = np.full_like(batch["image"], np.nan)
-        return batch
-
-      def __getattr__(self, name):
-        return getattr(it, name)
-
-    return Wrapped()
-
-  monkeypatch.setattr(input_pipeline, "make_train_iterator", poisoned)
+  _patch_train_batches(monkeypatch, poison_from_4)
   config = _tiny_config(num_train_steps=10, checkpoint_every_steps=2)
   with pytest.raises(nonfinite_guard.NonFiniteError, match=r"step 4: non-finite.*checkpoints/2"):
     supervised.train_and_evaluate(config, str(tmp_path))
