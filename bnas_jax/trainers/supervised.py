@@ -138,6 +138,7 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
   log_every = max(1, config.get("log_every_steps", 50))
   ckpt_every = config.get("checkpoint_every_steps") or steps_per_epoch  # 0: once per epoch
   last_good = ckpt.path(ckpt.latest_step()) if ckpt.latest_step() is not None else None
+  schedule = optimizers.make_schedule(opt_cfg, total_steps, steps_per_epoch)
   pending: Optional[tuple[int, dict]] = None  # metrics of the previous step, checked one step late
   window: list[dict[str, float]] = []
 
@@ -148,7 +149,7 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
     window.append(host)
     if step % log_every == 0 or step == total_steps:
       means = {f"train_{k}": float(np.mean([m[k] for m in window])) for k in host}
-      means["learning_rate"] = float(optimizers.make_schedule(opt_cfg, total_steps, steps_per_epoch)(step - 1))
+      means["learning_rate"] = float(schedule(step - 1))
       reporter.scalars(step, means)
       window.clear()
 
