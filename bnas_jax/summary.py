@@ -10,6 +10,7 @@ same module definitions that train.
 `--arch` is passed to the config's architecture resolver (`config.arch_resolver`,
 a module in `bnas_jax` exposing `resolve(config, arch) -> model_config`) for
 configs whose model is chosen from a search space; fixed-network configs reject it.
+`--space` prints the resolver's exact architecture counts (`space_counts(config)`).
 """
 
 import importlib
@@ -28,6 +29,7 @@ from bnas_jax.models import build_model
 
 flags.DEFINE_string("arch", None, "Architecture name or spec (search-space configs only).")
 flags.DEFINE_bool("json", False, "Print one JSON object as the last line.")
+flags.DEFINE_bool("space", False, "Count the architectures of the config's search space instead.")
 flags.DEFINE_integer("batch", 1, "Batch size of the counted input.")
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with :preset.",
                                 lock_config=True)
@@ -35,17 +37,21 @@ flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
 
+def _resolver(config, flag: str):
+  name = config.get("arch_resolver")
+  if not name:
+    raise UserInputError(
+        f"{flag} was given but this config describes one fixed network "
+        f"(config.model.name={config.model.name!r}) and has no search space; drop {flag}.")
+  return importlib.import_module(name)
+
+
 def summarize(config, arch=None, batch: int = 1) -> cost_model.CostReport:
   """The cost report of the network `config` (and `arch`) describes."""
   num_classes, image_shape = input_pipeline.model_input_spec(config.data)
   model_config = config.model
   if arch is not None:
-    resolver = config.get("arch_resolver")
-    if not resolver:
-      raise UserInputError(
-          f"--arch={arch!r} was given but this config describes one fixed network "
-          f"(config.model.name={config.model.name!r}); drop --arch.")
-    model_config = importlib.import_module(resolver).resolve(config, arch)
+    model_config = _resolver(config, f"--arch={arch!r}").resolve(config, arch)
   model = build_model(model_config, num_classes)
   return cost_model.count_costs(model, (batch, *image_shape), train=False)
 
@@ -54,6 +60,12 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"Unexpected positional arguments {argv[1:]!r}; all options are --flags.")
   with cli.user_errors_exit():
+    if FLAGS.space:
+      counts = _resolver(FLAGS.config, "--space").space_counts(FLAGS.config)
+      print(json.dumps(counts) if FLAGS.json else
+            "\n".join(f"{k}: {v:,}" if isinstance(v, int) and not isinstance(v, bool) else
+                      f"{k}: {v}" for k, v in counts.items()))
+      return
     report = summarize(FLAGS.config, FLAGS.arch, FLAGS.batch)
   if FLAGS.json:
     print(json.dumps(report.to_dict()))

@@ -1,0 +1,64 @@
+"""A NAS-BNN architecture as a standalone network: the ReActNet template with its choices.
+
+An architecture of the NAS-BNN space (Table 1) is a stem width plus, per block,
+an output width, a kernel size and a group count. As a standalone network it is
+exactly `reactnet.ReActNet` with one `(width, stride, kernel, groups)` entry per
+active block (stride 2 on the first block of stages 2-5), the 8-bit LSQ stem and
+channel-wise weight normalization (Eq. 6). The cost summary of an architecture
+is therefore counted on the module that runs (`summary --arch=A`), and this is
+the network of deployment pipeline 1 once the supernet's weights are sliced in.
+
+Used as `config.arch_resolver` by `configs/nasbnn.py`.
+"""
+
+from typing import Any
+
+import ml_collections
+
+from bnas_jax.search_spaces import nasbnn
+
+
+def space_from_config(config: Any) -> nasbnn.SearchSpace:
+  """The config's search space: Table 1, or a width-scaled copy of it."""
+  sc = config.space
+  base = nasbnn.SearchSpace.imagenet(nd_constraint=sc.nd_constraint)
+  if sc.width_divisor == 1 and sc.resolution == base.resolution:
+    return base
+  return nasbnn.SearchSpace.scaled(sc.width_divisor, sc.resolution, base=base)
+
+
+def subnet_blocks(space: nasbnn.SearchSpace, arch: nasbnn.Architecture) -> tuple:
+  """Per active block (width, stride, kernel, groups); stride on a stage's first block."""
+  blocks = []
+  for spec, stage in zip(space.stages, arch.stages):
+    for j, block in enumerate(stage):
+      blocks.append((block.width, spec.stride if j == 0 else 1, block.kernel, block.groups))
+  return tuple(blocks)
+
+
+def model_config(space: nasbnn.SearchSpace, arch: nasbnn.Architecture,
+                 base: Any = None) -> ml_collections.ConfigDict:
+  """The `config.model` of the standalone network of `arch` (validated)."""
+  nasbnn.validate(space, arch)
+  model = ml_collections.ConfigDict(dict(
+      name="reactnet", kernel_norm="channelwise", stem_weight_bits=8, binary_weights=True,
+      width_multiplier=1.0))
+  if base is not None:
+    model.update({k: v for k, v in base.items() if k in ("kernel_norm", "stem_weight_bits")})
+  model.blocks = subnet_blocks(space, arch)
+  model.stem_features = arch.stem_width
+  return model
+
+
+def resolve(config: Any, arch_spec: str) -> ml_collections.ConfigDict:
+  """`summary --arch`: a Table 6 name (A-F), biggest/smallest, or a string/JSON spec."""
+  space = space_from_config(config)
+  return model_config(space, nasbnn.resolve(space, arch_spec), config.get("model"))
+
+
+def space_counts(config: Any) -> dict[str, int]:
+  """`summary --space`: exact numbers of architectures with and without ND (Eq. 3)."""
+  space = space_from_config(config)
+  return {"architectures_nd": nasbnn.count_architectures(space, nd=True),
+          "architectures_no_nd": nasbnn.count_architectures(space, nd=False),
+          "nd_constraint": space.nd_constraint}
