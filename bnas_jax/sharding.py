@@ -22,9 +22,12 @@ DATA_AXIS = "data"
 def use_one_cpu_device_per_core() -> None:
   """Before JAX starts: one XLA host device per CPU core unless set explicitly.
 
-  XLA:CPU runs a convolution on about one core per device, so splitting the
-  batch over one host device per core made a conv step ~1.8x faster on a 2-core
-  machine. The flag only affects the host (CPU) platform; TPU/GPU runs ignore it.
+  XLA:CPU runs a convolution on about one core per device. A conv-heavy step
+  split over 2 host devices ran ~1.8x faster than on one on these 2-core
+  machines; for the tiny digits ReActNet at batch 64 the split was ~1.2x slower
+  (per-step overhead dominates) and about even at batch 256 (see
+  benchmarks/README.md). Set XLA_FLAGS yourself or `--config.num_devices=1` to
+  choose otherwise. The flag only affects the host platform; TPU/GPU ignore it.
   """
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_force_host_platform_device_count" not in flags:
