@@ -1,0 +1,101 @@
+"""The NAS-BNN supernet: one program for every subnet, equal to the extracted subnet."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnas_jax.models import build_model
+from bnas_jax.models import nasbnn_subnet
+from bnas_jax.models import nasbnn_supernet
+from bnas_jax.search_spaces import nasbnn
+
+# A two-stage space with every kind of choice (depth, width, kernel {3, 5},
+# groups with g_min > 1, a strided stage) compiles in seconds.
+SPACE = nasbnn.SearchSpace(
+    name="tiny", stem_widths=(4, 8), resolution=8, num_classes=10,
+    stages=(nasbnn.StageSpec((1, 2), (8, 16), (3, 5), (1, 2), stride=1),
+            nasbnn.StageSpec((1, 2, 3), (16, 24, 32), (3, 5), (2, 4), stride=2)))
+MODEL = nasbnn_supernet.NasBnnSupernet(SPACE, 10)
+X = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+
+
+@functools.lru_cache(maxsize=None)
+def _variables():
+  init = jax.jit(lambda key: MODEL.init(key, X, nasbnn.encode(SPACE, nasbnn.biggest(SPACE))))
+  v = init(jax.random.key(1))
+  # Move every parameter and statistic away from its initial value so identity
+  # matrices, zero biases and unit BN statistics cannot hide a wrong slice.
+  leaves, treedef = jax.tree.flatten(v)
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  leaves = [l + 0.05 * jnp.abs(jax.random.normal(k, l.shape)) for l, k in zip(leaves, keys)]
+  return jax.tree.unflatten(treedef, leaves)
+
+
+TRACES = []
+
+
+@jax.jit
+def _forward(variables, x, arch):
+  TRACES.append(1)  # runs once per compilation
+  return MODEL.apply(variables, x, arch, train=False)
+
+
+def _archs():
+  rng = np.random.default_rng(0)
+  return ([nasbnn.biggest(SPACE), nasbnn.smallest(SPACE)]
+          + [nasbnn.sample_uniform(SPACE, rng) for _ in range(6)])
+
+
+def test_every_subnet_equals_its_extracted_standalone_network():
+  variables = _variables()
+  for arch in _archs():
+    logits = _forward(variables, X, nasbnn.encode(SPACE, arch))
+    subnet = build_model(nasbnn_subnet.model_config(SPACE, arch), 10)
+    extracted = nasbnn_supernet.extract_subnet_variables(SPACE, arch, variables)
+    expected = jax.jit(functools.partial(subnet.apply, train=False))(extracted, X)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * float(jnp.abs(expected).max()),
+                               err_msg=arch.to_string())
+  assert len(TRACES) == 1  # eight different subnets, one compilation
+
+
+def test_inactive_blocks_keep_their_batch_statistics():
+  variables = _variables()
+  arch = nasbnn.smallest(SPACE)  # runs 1 of 2 and 1 of 3 blocks
+  train_apply = jax.jit(functools.partial(MODEL.apply, train=True, mutable=["batch_stats"]))
+  _, updates = train_apply(variables, X, nasbnn.encode(SPACE, arch))
+  slots = nasbnn.block_slots(SPACE)
+  inactive = [i for i, s in enumerate(slots) if s.block >= arch.depths[s.stage]]
+  assert inactive
+  for i in inactive:
+    for bn in ("bn_kxk", "bn_1x1"):
+      jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"][f"block{i}_{bn}"],
+                   variables["batch_stats"][f"block{i}_{bn}"])
+  # An active block's statistics move only in its active channels.
+  first = updates["batch_stats"]["block0_bn_1x1"]["mean"]
+  width = arch.stages[0][0].width
+  old = variables["batch_stats"]["block0_bn_1x1"]["mean"]
+  assert not np.allclose(first[:width], old[:width])
+  np.testing.assert_array_equal(first[width:], old[width:])
+
+
+@pytest.mark.parametrize("weight_mode,activation_mode", [("fp", "binary"), ("fp", "fp")])
+def test_teacher_modes_skip_the_bi_transformation(weight_mode, activation_mode):
+  variables = _variables()
+  arch = nasbnn.encode(SPACE, nasbnn.biggest(SPACE))
+
+  def loss(params, mode):
+    logits = MODEL.apply({"params": params, "batch_stats": variables["batch_stats"]}, X, arch,
+                         train=False, weight_mode=mode[0], activation_mode=mode[1])
+    return jnp.sum(logits ** 2)
+
+  grads_teacher = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"],
+                                                            (weight_mode, activation_mode))
+  grads_student = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], ("binary", "binary"))
+  # Biggest subnet uses the largest kernel everywhere: Bi-Transformation (Eq. 5)
+  # is used by binary-weight students only, never by the FP-weight teacher.
+  name = "block0_conv_kxk"
+  assert not np.any(grads_teacher[name]["fp2bin"])
+  assert np.any(grads_student[name]["fp2bin"])
