@@ -11,10 +11,13 @@ the network of deployment pipeline 1 once the supernet's weights are sliced in.
 Used as `config.arch_resolver` by `configs/nasbnn.py`.
 """
 
+import functools
 from typing import Any
 
 import ml_collections
 
+from bnas_jax import cost_model
+from bnas_jax import layers
 from bnas_jax.search_spaces import nasbnn
 
 
@@ -62,3 +65,43 @@ def space_counts(config: Any) -> dict[str, int]:
   return {"architectures_nd": nasbnn.count_architectures(space, nd=True),
           "architectures_no_nd": nasbnn.count_architectures(space, nd=False),
           "nd_constraint": space.nd_constraint}
+
+
+@functools.lru_cache(maxsize=None)
+def _part_cost(kind: str, *args) -> tuple[int, int, int, int]:
+  """(flops, int8_ops, bops, params) of one network part, counted on its module."""
+  from bnas_jax.models import reactnet  # pylint: disable=g-import-not-at-top
+  if kind == "stem":
+    width, res = args
+    module, shape = reactnet.Stem(width), (1, res, res, 3)
+  elif kind == "block":
+    in_width, width, stride, kernel, groups, res = args
+    module, shape = reactnet.ReActBlock(width, stride, kernel, groups), (1, res, res, in_width)
+  else:
+    in_width, classes = args
+    module, shape = layers.QuantDense(classes), (1, in_width)
+  r = cost_model.count_costs(module, shape, **({} if kind == "classifier" else {"train": False}))
+  return r.flops, r.int8_ops, r.bops, r.params
+
+
+def subnet_cost(space: nasbnn.SearchSpace, arch: nasbnn.Architecture,
+                num_classes: int) -> dict[str, float]:
+  """Cost of `arch`'s standalone network, summed from per-part counts.
+
+  Each distinct (stem | block | classifier) configuration is counted once on
+  its own module with `cost_model.count_costs` and cached, so costing the
+  thousands of candidates of an evolutionary search stays cheap while the
+  numbers still come from the modules that run (equal to counting the whole
+  network; tested).
+  """
+  res = space.resolution // space.stem_stride
+  parts = [_part_cost("stem", arch.stem_width, space.resolution)]
+  width = arch.stem_width
+  for w, stride, k, g in subnet_blocks(space, arch):
+    parts.append(_part_cost("block", width, w, stride, k, g, res))
+    res //= stride
+    width = w
+  parts.append(_part_cost("classifier", width, num_classes))
+  flops, int8_ops, bops, params = (sum(p[i] for p in parts) for i in range(4))
+  return {"flops": flops, "int8_ops": int8_ops, "bops": bops, "params": params,
+          "ops": flops + int8_ops / 8 + bops / 64}

@@ -70,11 +70,16 @@ class MaskedBatchNorm(nn.Module):
     if train:
       mean = jnp.mean(x, axis=(0, 1, 2))
       var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+      n = x.shape[0] * x.shape[1] * x.shape[2]
+      unbiased = var * n / max(n - 1, 1)  # running variance as PyTorch keeps it
+      # Recalibration (NAS-BNN Sec. 3.4) averages these over a few batches.
+      self.sow("batch_moments", "mean", mean)
+      self.sow("batch_moments", "var", unbiased)
       if not self.is_initializing():
         keep = jnp.logical_not(jnp.logical_and(update, mask > 0))
         m = self.momentum
         ra_mean.value = jnp.where(keep, ra_mean.value, m * ra_mean.value + (1 - m) * mean)
-        ra_var.value = jnp.where(keep, ra_var.value, m * ra_var.value + (1 - m) * var)
+        ra_var.value = jnp.where(keep, ra_var.value, m * ra_var.value + (1 - m) * unbiased)
     else:
       mean, var = ra_mean.value, ra_var.value
     y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
@@ -93,18 +98,22 @@ class MaskedRPReLU(nn.Module):
     return quantizers.rprelu(x, b_in, slope, b_out) * mask
 
 
-def _masked_norm_and_binarize(w: Array, valid: Array, binary: bool, reduce_axes) -> Array:
+def _masked_norm_and_binarize(w: Array, valid: Array, binary: bool, reduce_axes,
+                              weight_norm: bool = True) -> Array:
   """Eq. 6 over the valid entries of each output filter, then sign x mean|w|.
 
   Unbiased std with eps, as `quantizers.channelwise_weight_norm`; the scale
   is detached (Bi-Real/ReActNet/NAS-BNN); gradients through sign are the
-  clipped STE of `ste_sign`.
+  clipped STE of `ste_sign`. `weight_norm=False` is the Sec. 4.4 ablation.
   """
   n = jnp.maximum(jnp.sum(valid, axis=reduce_axes, keepdims=True), 2.0)
-  mean = jnp.sum(w * valid, axis=reduce_axes, keepdims=True) / n
-  centred = (w - mean) * valid
-  var = jnp.sum(jnp.square(centred), axis=reduce_axes, keepdims=True) / (n - 1)
-  w_n = centred * jax.lax.rsqrt(var + 1e-5)
+  if weight_norm:
+    mean = jnp.sum(w * valid, axis=reduce_axes, keepdims=True) / n
+    centred = (w - mean) * valid
+    var = jnp.sum(jnp.square(centred), axis=reduce_axes, keepdims=True) / (n - 1)
+    w_n = centred * jax.lax.rsqrt(var + 1e-5)
+  else:
+    w_n = w * valid
   if not binary:
     return w_n
   alpha = jax.lax.stop_gradient(jnp.sum(jnp.abs(w_n), axis=reduce_axes, keepdims=True) / n)
@@ -127,6 +136,7 @@ class ElasticGroupConv(nn.Module):
   groups: tuple[int, ...]
   strides: int = 1
   bi_transformation: bool = True
+  weight_norm: bool = True
 
   def setup(self):
     big, g_min = max(self.kernels), min(self.groups)
@@ -201,7 +211,7 @@ class ElasticGroupConv(nn.Module):
       x = quantizers.approx_sign(x)
     x = x * mask
     w, perm, valid = self.gathered_weight(width, k, g, binary_weights)
-    w = _masked_norm_and_binarize(w, valid, binary_weights, reduce_axes=(0, 1, 2))
+    w = _masked_norm_and_binarize(w, valid, binary_weights, (0, 1, 2), self.weight_norm)
     x_perm = jnp.where(perm >= 0, jnp.take(x, jnp.clip(perm, 0, cmax - 1), axis=-1), 0.0)
     pad = (max(self.kernels) - 1) // 2
     y_perm = jax.lax.conv_general_dilated(
@@ -221,6 +231,7 @@ class Elastic1x1Conv(nn.Module):
 
   max_in: int
   max_out: int
+  weight_norm: bool = True
 
   @nn.compact
   def __call__(self, x: Array, in_width: Array, out_width: Array, *, binary_weights: bool,
@@ -235,7 +246,7 @@ class Elastic1x1Conv(nn.Module):
       x = quantizers.approx_sign(x)
     x = x * in_mask
     valid = in_mask[None, None, :, None] * out_mask[None, None, None, :]
-    w = _masked_norm_and_binarize(kernel, valid, binary_weights, reduce_axes=(0, 1, 2))
+    w = _masked_norm_and_binarize(kernel, valid, binary_weights, (0, 1, 2), self.weight_norm)
     y = jax.lax.conv_general_dilated(x, w, (1, 1), "VALID",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                      preferred_element_type=jnp.float32)
@@ -260,6 +271,7 @@ class NasBnnSupernet(nn.Module):
   space: nasbnn.SearchSpace
   num_classes: int
   bi_transformation: bool = True
+  weight_norm: bool = True
 
   @nn.compact
   def __call__(self, x: Array, arch: Mapping[str, Array], *, train: bool = False,
@@ -285,13 +297,13 @@ class NasBnnSupernet(nn.Module):
       out_width = jnp.where(active, arch["width"][i], width)
       mask_in = channel_mask(width, in_max)
       kxk = ElasticGroupConv(in_max, spec.kernels, spec.groups, slot.stride,
-                             self.bi_transformation, name=f"block{i}_conv_kxk")
+                             self.bi_transformation, self.weight_norm, name=f"block{i}_conv_kxk")
       y = kxk(x, width, arch["kernel"][i], arch["groups"][i], binary_weights=binary_w,
               binary_activations=binary_a)
       y = MaskedBatchNorm(name=f"block{i}_bn_kxk")(y, mask_in, train=train, update=active)
       shortcut = layers.avg_pool_2x2(x) if slot.stride == 2 else x
       out1 = MaskedRPReLU(name=f"block{i}_rprelu_kxk")(y + shortcut, mask_in)
-      y = Elastic1x1Conv(in_max, out_max, name=f"block{i}_conv_1x1")(
+      y = Elastic1x1Conv(in_max, out_max, self.weight_norm, name=f"block{i}_conv_1x1")(
           out1, width, out_width, binary_weights=binary_w, binary_activations=binary_a)
       mask_out = channel_mask(out_width, out_max)
       y = MaskedBatchNorm(name=f"block{i}_bn_1x1")(y, mask_out, train=train, update=active)

@@ -17,16 +17,15 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bnas_jax import checkpointing
 from bnas_jax import cost_model
 from bnas_jax import input_pipeline
-from bnas_jax import nonfinite_guard
 from bnas_jax import optimizers
 from bnas_jax import reporting
 from bnas_jax import sharding
 from bnas_jax import train_state as train_state_lib
+from bnas_jax import training_loop
 from bnas_jax.errors import UserInputError
 from bnas_jax.models import build_model
 
@@ -74,7 +73,8 @@ def _evaluate(eval_step, state, config, split: str, mesh, info) -> dict[str, flo
 
 
 def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay: float,
-                init_from: Optional[str] = None, phase_name: str = "train") -> dict[str, float]:
+                init_from: Optional[str] = None, init_variables: Optional[dict] = None,
+                phase_name: str = "train") -> dict[str, float]:
   """Trains one phase to completion (resuming if `workdir` has checkpoints).
 
   Args:
@@ -84,6 +84,8 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
     weight_decay: the phase's weight decay on conv/classifier kernels.
     init_from: a finished phase's workdir whose final params/BN stats start
       this phase (ReActNet step 2 from step 1).
+    init_variables: {"params", "batch_stats"} to start from (e.g. a subnet
+      extracted from a supernet, NAS-BNN pipeline 2).
     phase_name: label in logs.
 
   Returns:
@@ -111,11 +113,12 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
   train_iter = input_pipeline.make_train_iterator(
       config.data, "train", config.batch_size, config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
-  restored = ckpt.restore(checkpointing.abstract_with_sharding(state))
-  if restored is not None:
-    state, data_state, _ = restored
-    train_iter.set_state(data_state)
-  elif init_from is not None:
+  resumed = ckpt.latest_step() is not None
+  state = training_loop.restore_or_keep(ckpt, state, train_iter)
+  if not resumed and init_variables is not None:
+    state = state.replace(params=init_variables["params"],
+                          batch_stats=init_variables["batch_stats"])
+  elif not resumed and init_from is not None:
     start = checkpointing.Checkpointer(os.path.join(init_from, "checkpoints"))
     prev = start.restore(checkpointing.abstract_with_sharding(state))
     if prev is None:
@@ -135,49 +138,21 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
     reporter.writer.write_hparams(reporting.hparams_from_config(config))
   elif initial_step < total_steps:
     reporter.message(f"[{phase_name}] resumed from step {initial_step} of {total_steps}")
-  log_every = max(1, config.get("log_every_steps", 50))
-  ckpt_every = config.get("checkpoint_every_steps") or steps_per_epoch  # 0: once per epoch
-  last_good = ckpt.path(ckpt.latest_step()) if ckpt.latest_step() is not None else None
-  schedule = optimizers.make_schedule(opt_cfg, total_steps, steps_per_epoch)
-  pending: Optional[tuple[int, dict]] = None  # metrics of the previous step, checked one step late
-  window: list[dict[str, float]] = []
+  eval_every = int(config.get("eval_every_epochs", 0) * steps_per_epoch)
 
-  def drain(pending):
-    step, metrics = pending
-    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    nonfinite_guard.check_finite(step, host, last_good)
-    window.append(host)
-    if step % log_every == 0 or step == total_steps:
-      means = {f"train_{k}": float(np.mean([m[k] for m in window])) for k in host}
-      means["learning_rate"] = float(schedule(step - 1))
-      reporter.scalars(step, means)
-      window.clear()
+  def periodic_eval(step, state):
+    if eval_every and step % eval_every == 0 and step != total_steps:
+      split = "holdout" if info.num_examples.get("holdout") else "test"
+      ev = _evaluate(eval_step, state, config, split, mesh, info)
+      reporter.scalars(step, {f"{split}_accuracy": ev["accuracy"], f"{split}_loss": ev["loss"]})
 
-  try:
-    for step in range(initial_step + 1, total_steps + 1):
-      batch = sharding.global_batch(next(train_iter), mesh)
-      state, metrics = train_step(state, batch)
-      if pending is not None:
-        drain(pending)
-      pending = (step, metrics)
-      reporter.advance()
-      if step % ckpt_every == 0 or step == total_steps:
-        drain(pending)  # never checkpoint a non-finite state
-        pending = None
-        if ckpt.save(step, state, train_iter.get_state(), {"phase": phase_name}, force=True):
-          last_good = ckpt.path(step)
-      eval_every = config.get("eval_every_epochs", 0)
-      if eval_every and step % int(eval_every * steps_per_epoch) == 0 and step != total_steps:
-        split = "holdout" if info.num_examples.get("holdout") else "test"
-        ev = _evaluate(eval_step, state, config, split, mesh, info)
-        reporter.scalars(step, {f"{split}_accuracy": ev["accuracy"], f"{split}_loss": ev["loss"]})
-
-    if pending is not None:
-      drain(pending)
-  finally:
-    # Whatever stops the loop (an error, an interrupt), a checkpoint whose
-    # save has started is completed: finished work is never lost.
-    ckpt.wait()
+  state = training_loop.run_steps(
+      state=state, train_step=train_step, train_iter=train_iter, mesh=mesh, ckpt=ckpt,
+      reporter=reporter, total_steps=total_steps,
+      log_every=max(1, config.get("log_every_steps", 50)),
+      checkpoint_every=config.get("checkpoint_every_steps") or steps_per_epoch,  # 0: per epoch
+      phase_name=phase_name, schedule=optimizers.make_schedule(opt_cfg, total_steps, steps_per_epoch),
+      after_step=periodic_eval)
 
   test = _evaluate(eval_step, state, config, "test", mesh, info)
   reporter.scalars(total_steps, {"test_accuracy": test["accuracy"], "test_loss": test["loss"]})

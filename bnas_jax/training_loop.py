@@ -1,0 +1,92 @@
+"""The step loop every trainer shares: resume, checkpoints, metrics, NaN guard.
+
+`run_steps` drives a jitted `train_step(state, batch, *extra)` from the state's
+step to `total_steps`: global batches from the process-local iterator, one
+step in flight (each step's metrics are read one step late; queueing many
+steps on XLA:CPU is no faster and can stall multi-device all-reduces), a
+non-finite check on loss and gradient norm before anything is checkpointed,
+periodic atomic checkpoints holding the iterator position, and clu metrics.
+"""
+
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import numpy as np
+
+from bnas_jax import checkpointing
+from bnas_jax import nonfinite_guard
+from bnas_jax import reporting
+from bnas_jax import sharding
+
+
+def restore_or_keep(ckpt: checkpointing.Checkpointer, state: Any, train_iter: Any) -> Any:
+  """Restores the latest complete checkpoint into `state` and `train_iter`, if any."""
+  restored = ckpt.restore(checkpointing.abstract_with_sharding(state))
+  if restored is None:
+    return state
+  state, data_state, _ = restored
+  train_iter.set_state(data_state)
+  return state
+
+
+def run_steps(*, state: Any, train_step: Callable[..., tuple[Any, dict]], train_iter: Any,
+              mesh: jax.sharding.Mesh, ckpt: checkpointing.Checkpointer,
+              reporter: reporting.Reporter, total_steps: int, log_every: int,
+              checkpoint_every: int, phase_name: str,
+              step_inputs: Callable[[int], Sequence[Any]] = lambda step: (),
+              schedule: Optional[Callable[[int], Any]] = None,
+              after_step: Optional[Callable[[int, Any], None]] = None) -> Any:
+  """Runs steps `state.step + 1 .. total_steps`; returns the final state.
+
+  Args:
+    state: the (restored) train state; its `step` says where to start.
+    train_step: jitted `(state, batch, *step_inputs(step)) -> (state, metrics)`.
+    train_iter: process-local batch iterator with get_state/set_state.
+    mesh: the data-parallel mesh.
+    ckpt: checkpointer of this phase.
+    reporter: metrics writer and progress bar.
+    total_steps, log_every, checkpoint_every: loop lengths in steps.
+    phase_name: label for checkpoints' metadata.
+    step_inputs: extra per-step arguments (e.g. the sampled subnets), a
+      deterministic function of the step so a resumed run repeats them.
+    schedule: learning-rate schedule to log.
+    after_step: called as after_step(step, state) (e.g. periodic evaluation).
+  """
+  initial_step = int(state.step)
+  last_good = ckpt.path(ckpt.latest_step()) if ckpt.latest_step() is not None else None
+  pending: Optional[tuple[int, dict]] = None
+  window: list[dict[str, float]] = []
+
+  def drain(step: int, metrics: dict) -> None:
+    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    nonfinite_guard.check_finite(step, host, last_good)
+    window.append(host)
+    if step % log_every == 0 or step == total_steps:
+      means = {f"train_{k}": float(np.mean([m[k] for m in window])) for k in host}
+      if schedule is not None:
+        means["learning_rate"] = float(schedule(step - 1))
+      reporter.scalars(step, means)
+      window.clear()
+
+  try:
+    for step in range(initial_step + 1, total_steps + 1):
+      batch = sharding.global_batch(next(train_iter), mesh)
+      state, metrics = train_step(state, batch, *step_inputs(step))
+      if pending is not None:
+        drain(*pending)
+      pending = (step, metrics)
+      reporter.advance()
+      if step % checkpoint_every == 0 or step == total_steps:
+        drain(*pending)  # never checkpoint a non-finite state
+        pending = None
+        if ckpt.save(step, state, train_iter.get_state(), {"phase": phase_name}, force=True):
+          last_good = ckpt.path(step)
+      if after_step is not None:
+        after_step(step, state)
+    if pending is not None:
+      drain(*pending)
+  finally:
+    # Whatever stops the loop (an error, an interrupt), a checkpoint whose
+    # save has started is completed: finished work is never lost.
+    ckpt.wait()
+  return state
