@@ -204,7 +204,7 @@ def _swish_sign_fwd(x, beta):
 
 
 def _swish_sign_bwd(res, dy):
-  x, beta = res
+  x, beta = (jnp.asarray(r) for r in res)  # may be Python-scalar literals under lax.scan
   ct = _compute_dtype(x.dtype, beta.dtype)
   xb = x.astype(ct) * beta.astype(ct)
   b = beta.astype(ct)
@@ -433,7 +433,8 @@ def _lsq_fwd(x, scale, grad_scale, qn, qp):
 
 
 def _lsq_bwd(qn, qp, res, dy):
-  x, scale, grad_scale = res
+  # Residuals may come back as Python-scalar literals (e.g. under lax.scan).
+  x, scale, grad_scale = (jnp.asarray(r) for r in res)
   ct = _compute_dtype(x.dtype, scale.dtype, grad_scale.dtype)
   v = x.astype(ct) / scale.astype(ct)
   g = dy.astype(ct)

@@ -8,15 +8,19 @@ non-finite check on loss and gradient norm before anything is checkpointed,
 periodic atomic checkpoints holding the iterator position, and clu metrics.
 """
 
+import os
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
 
 from bnas_jax import checkpointing
+from bnas_jax import input_pipeline
 from bnas_jax import nonfinite_guard
+from bnas_jax import optimizers
 from bnas_jax import reporting
 from bnas_jax import sharding
+from bnas_jax import train_state as train_state_lib
 
 
 def restore_or_keep(ckpt: checkpointing.Checkpointer, state: Any, train_iter: Any) -> Any:
@@ -27,6 +31,32 @@ def restore_or_keep(ckpt: checkpointing.Checkpointer, state: Any, train_iter: An
   state, data_state, _ = restored
   train_iter.set_state(data_state)
   return state
+
+
+def start_phase(config: Any, workdir: str, mesh: jax.sharding.Mesh,
+                init_variables: Callable[[jax.Array], dict], opt_cfg: Any, total_steps: int,
+                steps_per_epoch: int) -> tuple[Any, checkpointing.Checkpointer, Any, bool]:
+  """A phase's train state (born replicated), checkpointer and train iterator.
+
+  Resumes state and iterator from the latest complete checkpoint in
+  `workdir/checkpoints` if there is one; the last element says whether it did.
+  """
+
+  def init_state(key):
+    variables = init_variables(key)
+    tx = optimizers.make_optimizer(opt_cfg, variables["params"], total_steps, steps_per_epoch)
+    return train_state_lib.TrainState.create(
+        params=variables["params"], batch_stats=variables.get("batch_stats", {}), tx=tx,
+        rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+
+  state = sharding.init_replicated(init_state, mesh, jax.random.key(config.seed))
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=config.get("keep_checkpoints", 3))
+  train_iter = input_pipeline.make_train_iterator(
+      config.data, "train", config.batch_size, config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  resumed = ckpt.latest_step() is not None
+  return restore_or_keep(ckpt, state, train_iter), ckpt, train_iter, resumed
 
 
 def run_steps(*, state: Any, train_step: Callable[..., tuple[Any, dict]], train_iter: Any,

@@ -15,17 +15,13 @@ Presets (`--config=configs/nasbnn.py:PRESET`):
 
 import ml_collections
 
-from bnas_jax.errors import UserInputError
+from bnas_jax import presets
 
 PRESETS = ("digits", "imagenet", "imagenet100", "cifar10")
 
 
 def get_config(arg=None):
-  preset = arg or "digits"
-  if preset not in PRESETS:
-    raise UserInputError(
-        f"Unknown preset {preset!r} for configs/nasbnn.py; known presets: {', '.join(PRESETS)} "
-        "(use --config=configs/nasbnn.py:PRESET).")
+  preset = presets.select(arg, PRESETS, "configs/nasbnn.py")
   c = ml_collections.ConfigDict()
   c.trainer = "nasbnn"
   c.arch_resolver = "bnas_jax.models.nasbnn_subnet"

@@ -11,7 +11,7 @@ Any field can be overridden, e.g. `--config.num_epochs=2 --config.batch_size=64`
 
 import ml_collections
 
-from bnas_jax.errors import UserInputError
+from bnas_jax import presets
 from bnas_jax.models.reactnet import REACTNET_A
 
 PRESETS = ("digits", "cifar10", "imagenet")
@@ -23,11 +23,7 @@ DIGITS_BLOCKS = ((16, 1, 3, 1), (32, 2, 3, 1), (32, 1, 3, 1), (64, 2, 3, 1), (64
 
 
 def get_config(arg=None):
-  preset = arg or "digits"
-  if preset not in PRESETS:
-    raise UserInputError(
-        f"Unknown preset {preset!r} for configs/reactnet.py; known presets: {', '.join(PRESETS)} "
-        "(use --config=configs/reactnet.py:PRESET).")
+  preset = presets.select(arg, PRESETS, "configs/reactnet.py")
   c = ml_collections.ConfigDict()
   c.trainer = "supervised"
   c.seed = 0

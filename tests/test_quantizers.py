@@ -588,3 +588,18 @@ class TestRegistry:
     assert "ste_sign" in str(info.value) and repr(bad) in str(info.value)
     with pytest.raises(errors.UserInputError):
       q.precision(bad)
+
+
+def test_lsq_and_swish_gradients_inside_scan():
+  # Regression: under lax.scan, JAX hands constant residuals back as Python
+  # scalar literals; the backward rules must accept them.
+  w = jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)
+
+  def loss(scale):
+    def body(carry, _):
+      y = q.lsq_quantize(w, scale, bits=4) + q.swish_sign(w)
+      return carry + jnp.sum(y), None
+    return jax.lax.scan(body, 0.0, None, length=2)[0]
+
+  g = jax.grad(loss)(jnp.full((4,), 0.2))
+  assert g.shape == (4,) and bool(jnp.all(jnp.isfinite(g)))

@@ -25,12 +25,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bnas_jax import checkpointing
 from bnas_jax import input_pipeline
 from bnas_jax import optimizers
 from bnas_jax import reporting
@@ -71,16 +69,19 @@ def make_sandwich_step(model, num_classes: int, teacher_arch: dict, *, label_smo
                           weight_mode=t_weights, activation_mode=t_acts)
     t_loss = train_state_lib.cross_entropy(t_logits, labels, num_classes, label_smoothing).mean()
     soft = jax.lax.stop_gradient(jax.nn.softmax(t_logits))
-    stats = upd["batch_stats"]
-    s_loss = 0.0
-    for j in range(students["width"].shape[0]):
-      arch = jax.tree.map(lambda a: a[j], students)
+
+    def student(stats, arch):
       logits, upd = apply({"params": params, "batch_stats": stats}, x, arch)
-      stats = upd["batch_stats"]
       if distill:  # KLLossSoft with T = 1: CE against the teacher's soft labels
-        s_loss += -jnp.mean(jnp.sum(soft * jax.nn.log_softmax(logits), axis=-1))
+        loss = -jnp.mean(jnp.sum(soft * jax.nn.log_softmax(logits), axis=-1))
       else:
-        s_loss += train_state_lib.cross_entropy(logits, labels, num_classes).mean()
+        loss = train_state_lib.cross_entropy(logits, labels, num_classes).mean()
+      return upd["batch_stats"], loss
+
+    # The students share shapes (only their traced encodings differ): one
+    # scanned body instead of three unrolled copies halves the program.
+    stats, s_losses = jax.lax.scan(student, upd["batch_stats"], students)
+    s_loss = jnp.sum(s_losses)
     teacher_acc = jnp.mean(jnp.argmax(t_logits, -1) == labels)
     return t_loss + s_loss, (stats, t_loss, s_loss, teacher_acc)
 
@@ -130,21 +131,9 @@ def train_supernet(config, space, info, mesh, workdir: str) -> Any:
   biggest = nasbnn.encode(space, nasbnn.biggest(space))
   x0 = jnp.zeros((1, *info.image_shape))
 
-  def init_state(key):
-    variables = model.init(key, x0, biggest)
-    tx = optimizers.make_optimizer(config.supernet.optimizer, variables["params"], total_steps,
-                                   steps_per_epoch)
-    return train_state_lib.TrainState.create(
-        params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
-        rng=jax.random.key_data(jax.random.fold_in(key, 1)))
-
-  state = sharding.init_replicated(init_state, mesh, jax.random.key(config.seed))
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=config.get("keep_checkpoints", 3))
-  train_iter = input_pipeline.make_train_iterator(
-      config.data, "train", config.batch_size, config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  state = training_loop.restore_or_keep(ckpt, state, train_iter)
+  state, ckpt, train_iter, _ = training_loop.start_phase(
+      config, workdir, mesh, lambda key: model.init(key, x0, biggest), config.supernet.optimizer,
+      total_steps, steps_per_epoch)
   step_fn = jax.jit(make_sandwich_step(
       model, info.num_classes, biggest, label_smoothing=config.supernet.label_smoothing,
       teacher_mode=config.supernet.teacher, distill=config.supernet.distill), donate_argnums=(0,))

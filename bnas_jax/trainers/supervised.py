@@ -107,21 +107,10 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
   with opt_cfg.unlocked():
     opt_cfg.weight_decay = weight_decay
 
-  def init_state(key):
-    variables = model.init(key, jnp.zeros((1, *info.image_shape)), train=False)
-    tx = optimizers.make_optimizer(opt_cfg, variables["params"], total_steps, steps_per_epoch)
-    return train_state_lib.TrainState.create(
-        params=variables["params"], batch_stats=variables.get("batch_stats", {}), tx=tx,
-        rng=jax.random.key_data(jax.random.fold_in(key, 1)))
-
-  state = sharding.init_replicated(init_state, mesh, jax.random.key(config.seed))
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=config.get("keep_checkpoints", 3))
-  train_iter = input_pipeline.make_train_iterator(
-      config.data, "train", config.batch_size, config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  resumed = ckpt.latest_step() is not None
-  state = training_loop.restore_or_keep(ckpt, state, train_iter)
+  state, ckpt, train_iter, resumed = training_loop.start_phase(
+      config, workdir, mesh,
+      lambda key: model.init(key, jnp.zeros((1, *info.image_shape)), train=False),
+      opt_cfg, total_steps, steps_per_epoch)
   if not resumed and init_variables is not None:
     # The step donates its state: own copies, so the caller's arrays (e.g. a
     # supernet's, which full-width slices alias) survive.
