@@ -31,11 +31,7 @@ def get_config(arg=None):
   # Table 1. width_divisor scales every width (structure, choice sets and ND
   # are kept); resolution must be a multiple of the total stride 32.
   c.space = ml_collections.ConfigDict(dict(width_divisor=8, resolution=32, nd_constraint=True))
-  c.data = ml_collections.ConfigDict(dict(
-      name="digits", image_size=32, data_dir=ml_collections.FieldReference(None, str),
-      holdout_per_class=0, holdout_fraction=0.2, split_seed=0,
-      class_subset=ml_collections.FieldReference(None, tuple),
-      cache_dir=ml_collections.FieldReference(None, str)))
+  c.data = presets.data_config(holdout_fraction=0.2)
   # The standalone network of an architecture (see bnas_jax/models/nasbnn_subnet.py).
   c.model = ml_collections.ConfigDict(dict(
       name="reactnet", kernel_norm="channelwise", stem_weight_bits=8))

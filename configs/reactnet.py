@@ -29,11 +29,7 @@ def get_config(arg=None):
   c.seed = 0
   c.num_devices = 0  # 0 = all visible devices
 
-  c.data = ml_collections.ConfigDict(dict(
-      name="digits", image_size=32, data_dir=ml_collections.FieldReference(None, str),
-      holdout_per_class=0, holdout_fraction=0.0, split_seed=0,
-      class_subset=ml_collections.FieldReference(None, tuple),
-      cache_dir=ml_collections.FieldReference(None, str)))
+  c.data = presets.data_config()
 
   c.model = ml_collections.ConfigDict(dict(
       name="reactnet", blocks=DIGITS_BLOCKS, stem_features=16, width_multiplier=1.0,
