@@ -18,6 +18,7 @@ import ml_collections
 
 from bnas_jax import cost_model
 from bnas_jax import layers
+from bnas_jax.models import reactnet
 from bnas_jax.search_spaces import nasbnn
 
 
@@ -70,7 +71,6 @@ def space_counts(config: Any) -> dict[str, int]:
 @functools.lru_cache(maxsize=None)
 def _part_cost(kind: str, *args) -> tuple[int, int, int, int]:
   """(flops, int8_ops, bops, params) of one network part, counted on its module."""
-  from bnas_jax.models import reactnet  # pylint: disable=g-import-not-at-top
   if kind == "stem":
     width, res = args
     module, shape = reactnet.Stem(width), (1, res, res, 3)

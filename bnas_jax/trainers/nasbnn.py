@@ -218,7 +218,7 @@ def _evolution_config(config, space, num_classes) -> evolution.EvolutionConfig:
       max_tries=s.max_tries)
 
 
-def _calibration_batches(config, info, mesh) -> dict:
+def _calibration_batches(config, mesh) -> jax.Array:
   it = input_pipeline.make_train_iterator(
       config.data, "train", config.eval_batch_size, config.seed + 1, augment=False,
       process_index=jax.process_index(), process_count=jax.process_count())
@@ -234,10 +234,9 @@ def _eval_batches(config, split: str, mesh) -> dict:
       mesh)
 
 
-def search(config, space, info, mesh, state, workdir: str) -> evolution.SearchResult:
+def search(config, space, info, mesh, state, calib, workdir: str) -> evolution.SearchResult:
   """Phase 2: evolutionary search with recalibrated, jit-swept evaluation."""
   model = _supernet(config, space, info.num_classes)
-  calib = _calibration_batches(config, info, mesh)
   holdout = _eval_batches(config, "holdout", mesh)
   sweep = jax.jit(make_eval_sweep(model))
   chunk = config.search.sweep_chunk
@@ -263,11 +262,10 @@ def search(config, space, info, mesh, state, workdir: str) -> evolution.SearchRe
   return result
 
 
-def deploy(config, space, info, mesh, state, result, workdir: str) -> list[dict]:
+def deploy(config, space, info, mesh, state, result, calib, workdir: str) -> list[dict]:
   """Phase 3: pipeline 1 (extract + test) and pipeline 2 (finetune + test)."""
   model = _supernet(config, space, info.num_classes)
   recalibrate = jax.jit(make_recalibrate(model))
-  calib = _calibration_batches(config, info, mesh)
   chosen = sorted(result.front, key=lambda r: -r["acc"])[:config.deploy.num_archs]
   reports = []
   for k, record in enumerate(chosen):
@@ -301,11 +299,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.get("num_devices", 0))
   space, info = validate(config, mesh)
   state = train_supernet(config, space, info, mesh, os.path.join(workdir, "supernet"))
-  result = search(config, space, info, mesh, state, os.path.join(workdir, "search"))
+  # The same calibration batches serve the search and the deployed subnets.
+  calib = _calibration_batches(config, mesh)
+  result = search(config, space, info, mesh, state, calib, os.path.join(workdir, "search"))
   print("Pareto front (OPs in M, held-out accuracy):")
   for r in result.front:
     print(f"  {r['ops']:10.4f}  {r['acc']:.4f}  {r['arch'].to_string()}")
-  deployed = deploy(config, space, info, mesh, state, result, os.path.join(workdir, "deploy"))
+  deployed = deploy(config, space, info, mesh, state, result, calib,
+                    os.path.join(workdir, "deploy"))
   report = {"front": [{"arch": r["arch"].to_string(), "ops_m": r["ops"], "holdout_accuracy": r["acc"]}
                       for r in result.front],
             "deployed": deployed}
