@@ -61,6 +61,19 @@ def test_every_subnet_equals_its_extracted_standalone_network():
   assert len(TRACES) == 1  # eight different subnets, one compilation
 
 
+def test_static_encoding_runs_the_same_subnet():
+  variables = _variables()
+  for arch in (nasbnn.biggest(SPACE), nasbnn.smallest(SPACE)):
+    enc = nasbnn.encode(SPACE, arch)  # numpy: picked at trace time where possible
+    static = jax.jit(lambda v, x, enc=enc: MODEL.apply(v, x, enc, train=False))
+    np.testing.assert_allclose(static(variables, X), _forward(variables, X, enc), rtol=1e-5,
+                               atol=1e-5)
+  # The biggest subnet (the teacher) has identical slots within a stage: no switch at all.
+  biggest = nasbnn.encode(SPACE, nasbnn.biggest(SPACE))
+  jaxpr = str(jax.make_jaxpr(lambda v, x: MODEL.apply(v, x, biggest, train=False))(variables, X))
+  assert "cond" not in jaxpr and "cond" in str(jax.make_jaxpr(_forward)(variables, X, biggest))
+
+
 def test_inactive_blocks_keep_their_batch_statistics():
   variables = _variables()
   arch = nasbnn.smallest(SPACE)  # runs 1 of 2 and 1 of 3 blocks
@@ -71,12 +84,13 @@ def test_inactive_blocks_keep_their_batch_statistics():
   assert inactive
   for i in inactive:
     for bn in ("bn_kxk", "bn_1x1"):
-      jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"][f"block{i}_{bn}"],
-                   variables["batch_stats"][f"block{i}_{bn}"])
+      jax.tree.map(np.testing.assert_array_equal,
+                   nasbnn_supernet.slot_variables(updates["batch_stats"], SPACE, i)[bn],
+                   nasbnn_supernet.slot_variables(variables["batch_stats"], SPACE, i)[bn])
   # An active block's statistics move only in its active channels.
-  first = updates["batch_stats"]["block0_bn_1x1"]["mean"]
+  first = nasbnn_supernet.slot_variables(updates["batch_stats"], SPACE, 0)["bn_1x1"]["mean"]
   width = arch.stages[0][0].width
-  old = variables["batch_stats"]["block0_bn_1x1"]["mean"]
+  old = nasbnn_supernet.slot_variables(variables["batch_stats"], SPACE, 0)["bn_1x1"]["mean"]
   assert not np.allclose(first[:width], old[:width])
   np.testing.assert_array_equal(first[width:], old[width:])
 
@@ -96,6 +110,58 @@ def test_teacher_modes_skip_the_bi_transformation(weight_mode, activation_mode):
   grads_student = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], ("binary", "binary"))
   # Biggest subnet uses the largest kernel everywhere: Bi-Transformation (Eq. 5)
   # is used by binary-weight students only, never by the FP-weight teacher.
-  name = "block0_conv_kxk"
-  assert not np.any(grads_teacher[name]["fp2bin"])
-  assert np.any(grads_student[name]["fp2bin"])
+  for slot in range(len(nasbnn.block_slots(SPACE))):
+    assert not np.any(nasbnn_supernet.slot_variables(grads_teacher, SPACE, slot)["conv_kxk"]["fp2bin"])
+    assert np.any(nasbnn_supernet.slot_variables(grads_student, SPACE, slot)["conv_kxk"]["fp2bin"])
+
+
+def test_gradients_equal_those_of_the_extracted_network():
+  """Training a subnet inside the supernet = training the standalone network.
+
+  The standalone ReActNet differentiates plain lax convolutions; the supernet
+  takes its gradients from the matmul form inside switch branches.
+  """
+  variables = _variables()
+  labels = jnp.array([1, 7])
+
+  def xent(logits):
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
+
+  @jax.jit
+  def super_grads(params, x, enc):
+    def loss(params, x):
+      logits, _ = MODEL.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                              enc, train=True, mutable=["batch_stats"])
+      return xent(logits)
+    return jax.grad(loss, argnums=(0, 1))(params, x)
+
+  rng = np.random.default_rng(3)
+  for arch in [nasbnn.sample_uniform(SPACE, rng) for _ in range(2)] + [nasbnn.smallest(SPACE)]:
+    g_super, gx_super = super_grads(variables["params"], X, nasbnn.encode(SPACE, arch))
+    subnet = build_model(nasbnn_subnet.model_config(SPACE, arch), 10)
+    extracted = nasbnn_supernet.extract_subnet_variables(SPACE, arch, variables)
+
+    def sub_loss(params, x):
+      logits, _ = subnet.apply({"params": params, "batch_stats": extracted["batch_stats"]}, x,
+                               train=True, mutable=["batch_stats"])
+      return xent(logits)
+
+    g_sub, gx_sub = jax.jit(jax.grad(sub_loss, argnums=(0, 1)))(extracted["params"], X)
+    tol = dict(rtol=2e-3, atol=1e-5)
+    np.testing.assert_allclose(gx_super, gx_sub, **tol)
+    slots = nasbnn.block_slots(SPACE)
+    active = [i for i, s in enumerate(slots) if s.block < arch.depths[s.stage]]
+    blocks = [b for stage in arch.stages for b in stage]
+    for n, (i, block) in enumerate(zip(active, blocks)):
+      g_slot = nasbnn_supernet.slot_variables(g_super, SPACE, i)
+      got = g_slot["conv_1x1"]["kernel"]
+      want = g_sub[f"block{n}"]["conv_1x1"]["kernel"]
+      c_in, c_out = want.shape[2], want.shape[3]
+      np.testing.assert_allclose(got[:, :, :c_in, :c_out], want, **tol)
+      assert not np.any(got[:, :, c_in:]) and not np.any(got[..., c_out:])
+      np.testing.assert_allclose(g_slot["bn_kxk"]["scale"][:c_in],
+                                 g_sub[f"block{n}"]["bn_kxk"]["scale"], **tol)
+      np.testing.assert_allclose(g_slot["conv_kxk"]["input_threshold"][:c_in],
+                                 g_sub[f"block{n}"]["conv_kxk"]["input_threshold"], **tol)
+    np.testing.assert_allclose(g_super["stem_conv"]["kernel"][..., :arch.stem_width],
+                               g_sub["stem"]["conv"]["kernel"], **tol)

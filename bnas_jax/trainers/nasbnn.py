@@ -13,7 +13,9 @@ state in `workdir`:
    generation runs as one jit-compiled sweep. Evolution with the paper's
    defaults, state saved every generation (`search/evolution.py`).
 3. Deployment: pipeline 1 extracts chosen subnets into standalone networks
-   (parameters sliced, BN recalibrated) and tests them; pipeline 2 finetunes
+   (parameters sliced, BN recalibrated), tests them and writes their compact
+   form (+-1 int8 weights, BN folded: `models/binary_export.py`) to
+   `deploy/arch{k}/binary_export.npz`; pipeline 2 finetunes
    them (plain CE, Adam 1e-5 cosine, as the public code's README) and reports
    before/after accuracy (Table 5's effect).
 """
@@ -36,6 +38,7 @@ from bnas_jax import sharding
 from bnas_jax import train_state as train_state_lib
 from bnas_jax import training_loop
 from bnas_jax.errors import UserInputError
+from bnas_jax.models import binary_export
 from bnas_jax.models import nasbnn_subnet
 from bnas_jax.models import nasbnn_supernet
 from bnas_jax.search import evolution
@@ -283,12 +286,17 @@ def deploy(config, space, info, mesh, state, result, calib, workdir: str) -> lis
       ft.label_smoothing = 0.0
     sub_dir = os.path.join(workdir, f"arch{k}")
     before = supervised.evaluate_variables(ft, variables, mesh, info, "test")["accuracy"]
+    compact = binary_export.export(ft.model.blocks, variables,
+                                   kernel_norm=ft.model.kernel_norm == "channelwise")
+    if jax.process_index() == 0:
+      binary_export.save(os.path.join(sub_dir, "binary_export.npz"), compact)
     after = supervised.train_phase(ft, sub_dir, binary_weights=True,
                                    weight_decay=ft.optimizer.weight_decay,
                                    init_variables=variables, phase_name=f"finetune{k}")
     reports.append({"arch": arch.to_string(), "ops_m": record["ops"], "search_accuracy": record["acc"],
                     "test_accuracy_extracted": before, "test_accuracy_finetuned":
-                    after["test_accuracy"]})
+                    after["test_accuracy"],
+                    "export_bytes": binary_export.size_bytes(compact)["total"]})
     print(f"[deploy] {arch.to_string()}: {record['ops']:.4g} M OPs, holdout {record['acc']:.4f}, "
           f"test {before:.4f} extracted -> {after['test_accuracy']:.4f} finetuned")
   return reports

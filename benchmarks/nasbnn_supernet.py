@@ -1,0 +1,193 @@
+r"""NAS-BNN supernet speed: sandwich step, eval forwards, compile time, recompiles.
+
+  python benchmarks/nasbnn_supernet.py [--steps=N] [--rounds=N] [--devices=N]
+      [--image_size=64] [--batch=16] [--num_classes=100] [--conv_forward=lax|im2col] [--json]
+
+Issue 3 Sec. 8: the imagenet space of Table 1 (`configs/nasbnn.py:imagenet`),
+input 64 x 64, batch 16, 100 classes, on this machine, through the library's
+own code: `NasBnnSupernet` and the trainer's `make_sandwich_step` (Bi-Teacher
+FWBA with label smoothing + the smallest and two random students with KD, one
+Adam update), state built as the trainer builds it. Measured in one run:
+
+* compile time (`jit(...).lower(...).compile()`, no execution) of the sandwich
+  step and of the eval forward (`apply(..., train=False)` with a traced
+  architecture);
+* sandwich step time: median over `--steps` steps after one warm-up, each step
+  with new students sampled as the trainer samples them (seed 0, step s); steps
+  run "lag-1" as in the trainer;
+* eval forward time of the biggest, the smallest and one random subnet through
+  the one eval program, timed interleaved over `--rounds` rounds (median);
+* recompile count: how many times each program was traced beyond the first
+  (0 means every subnet ran through the same compiled program).
+
+The PyTorch reference point of the issue (public NAS-BNN code on a 2-core CPU of
+the kind these machines have): 5.7 s sandwich step, 0.70 s / 0.13 s biggest /
+smallest eval forward. The table prints our time / reference (below 1 is faster).
+Data are random images and labels; no dataset is read.
+"""
+
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO_ROOT not in sys.path:
+  sys.path.insert(0, _REPO_ROOT)
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# pylint: disable=g-import-not-at-top
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bnas_jax import optimizers
+from bnas_jax import sharding
+from bnas_jax import train_state as train_state_lib
+from bnas_jax.models import nasbnn_supernet
+from bnas_jax.search_spaces import nasbnn
+from bnas_jax.trainers import nasbnn as nasbnn_trainer
+from configs import nasbnn as nasbnn_config
+# pylint: enable=g-import-not-at-top
+
+flags.DEFINE_integer("steps", 5, "Timed sandwich steps (after one warm-up step).")
+flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds of the eval forwards.")
+flags.DEFINE_integer("devices", 0, "XLA host devices (0 = one per CPU core, as main.py).")
+flags.DEFINE_integer("image_size", 64, "Input side.")
+flags.DEFINE_integer("batch", 16, "Global batch size.")
+flags.DEFINE_integer("num_classes", 100, "Classifier width.")
+flags.DEFINE_enum("conv_forward", "lax", ["lax", "im2col"], "Forward of the binary convs.")
+flags.DEFINE_bool("json", False, "Print one JSON object with all numbers as the last line.")
+FLAGS = flags.FLAGS
+
+# The issue's PyTorch reference (seconds).
+REFERENCE = {"sandwich_step": 5.7, "eval_biggest": 0.70, "eval_smallest": 0.13}
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
+def benchmark() -> dict[str, Any]:
+  """Runs every measurement of the module docstring; returns the numbers."""
+  mesh = sharding.make_mesh(FLAGS.devices if FLAGS.devices else 0)
+  sharding.check_batch_size(FLAGS.batch, mesh, "--batch")
+  config = nasbnn_config.get_config("imagenet")
+  space = nasbnn.SearchSpace.imagenet(num_classes=FLAGS.num_classes)
+  model = nasbnn_supernet.NasBnnSupernet(space, FLAGS.num_classes,
+                                         conv_forward=FLAGS.conv_forward)
+  rng = np.random.default_rng(0)
+  images = rng.standard_normal((FLAGS.batch, FLAGS.image_size, FLAGS.image_size, 3), np.float32)
+  labels = rng.integers(0, FLAGS.num_classes, FLAGS.batch).astype(np.int32)
+  batch = sharding.global_batch({"image": images, "label": labels}, mesh)
+  biggest = nasbnn.encode(space, nasbnn.biggest(space))
+  total_steps = FLAGS.steps + 2
+
+  def init_state(key):
+    variables = model.init(key, jnp.zeros((1, FLAGS.image_size, FLAGS.image_size, 3)), biggest)
+    tx = optimizers.make_optimizer(config.supernet.optimizer, variables["params"], total_steps, 1)
+    return train_state_lib.TrainState.create(
+        params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
+        rng=jax.random.key_data(key))
+
+  state = sharding.init_replicated(init_state, mesh, jax.random.key(0))
+  traces = {"sandwich": 0, "eval": 0}
+
+  def counted(name, fn):
+    def wrapped(*args):
+      traces[name] += 1  # runs once per trace
+      return fn(*args)
+    return wrapped
+
+  step_fn = jax.jit(counted("sandwich", nasbnn_trainer.make_sandwich_step(
+      model, FLAGS.num_classes, biggest, label_smoothing=0.1, teacher_mode="fwba",
+      distill=True)), donate_argnums=(0,))
+  students = [nasbnn_trainer.sandwich_archs(space, 0, s, "uniform_depths")
+              for s in range(total_steps)]
+  start = time.perf_counter()
+  step_fn.lower(state, batch, students[0]).compile()
+  compile_sandwich = time.perf_counter() - start
+
+  state, metrics = step_fn(state, batch, students[0])  # warm-up
+  jax.block_until_ready(metrics)
+  times, last = [], time.perf_counter()
+  for s in range(1, total_steps - 1):
+    state, new_metrics = step_fn(state, batch, students[s])
+    jax.block_until_ready(metrics)  # lag-1, as training_loop.run_steps
+    metrics = new_metrics
+    now = time.perf_counter()
+    times.append(now - last)
+    last = now
+  jax.block_until_ready(metrics)
+  times.append(time.perf_counter() - last)
+  times = times[1:]  # the first interval still overlaps the warm-up step
+
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  forward = jax.jit(counted("eval", lambda v, x, arch: model.apply(v, x, arch, train=False)))
+  archs = {"biggest": nasbnn.biggest(space), "smallest": nasbnn.smallest(space),
+           "random": nasbnn.sample_uniform(space, rng)}
+  encodings = {name: jax.tree.map(jnp.asarray, nasbnn.encode(space, a))
+               for name, a in archs.items()}
+  start = time.perf_counter()
+  forward.lower(variables, batch["image"], encodings["biggest"]).compile()
+  compile_eval = time.perf_counter() - start
+  for enc in encodings.values():  # first calls
+    _seconds(lambda enc=enc: forward(variables, batch["image"], enc))
+  eval_times = {name: [] for name in archs}
+  for _ in range(FLAGS.rounds):
+    for name, enc in encodings.items():
+      eval_times[name].append(_seconds(lambda enc=enc: forward(variables, batch["image"], enc)))
+
+  result = {
+      "devices": mesh.size, "batch": FLAGS.batch, "image_size": FLAGS.image_size,
+      "num_classes": FLAGS.num_classes, "conv_forward": FLAGS.conv_forward,
+      "sandwich_step": float(np.median(times)), "sandwich_step_min": float(np.min(times)),
+      "compile_sandwich": compile_sandwich, "compile_eval": compile_eval,
+      "recompiles_sandwich": traces["sandwich"] - 1, "recompiles_eval": traces["eval"] - 1,
+      "random_arch": archs["random"].to_string(),
+  }
+  for name, ts in eval_times.items():
+    result[f"eval_{name}"] = float(np.median(ts))
+  return result
+
+
+def format_report(r: dict[str, Any]) -> str:
+  lines = [f"NAS-BNN imagenet supernet, {r['image_size']}x{r['image_size']}, batch {r['batch']}, "
+           f"{r['num_classes']} classes, {r['devices']} host device(s), conv forward "
+           f"{r['conv_forward']}",
+           f"{'measurement':<24}{'ours (s)':>10}{'PyTorch ref (s)':>17}{'ours/ref':>10}"]
+  for key in ("sandwich_step", "eval_biggest", "eval_smallest", "eval_random"):
+    ref = REFERENCE.get(key)
+    ratio = f"{r[key] / ref:>10.2f}" if ref else f"{'':>10}"
+    ref_text = f"{ref:>17.2f}" if ref else f"{'':>17}"
+    lines.append(f"{key:<24}{r[key]:>10.3f}{ref_text}{ratio}")
+  lines += [f"compile: sandwich step {r['compile_sandwich']:.1f} s, eval forward "
+            f"{r['compile_eval']:.1f} s",
+            f"recompiles after the first trace: sandwich {r['recompiles_sandwich']}, "
+            f"eval {r['recompiles_eval']}",
+            f"random subnet: {r['random_arch']}"]
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  result = benchmark()
+  print(format_report(result))
+  if FLAGS.json:
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  flags.FLAGS(sys.argv, known_only=True)
+  if FLAGS.devices:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={FLAGS.devices}")
+  else:
+    sharding.use_one_cpu_device_per_core()
+  app.run(main)
