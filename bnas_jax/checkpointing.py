@@ -3,17 +3,27 @@
 One checkpoint holds the train state (array pytree), the data iterator's state
 and a small JSON record (e.g. phase, search state). Orbax writes each step to a
 temporary location and marks it complete only when every file is written, so a
-run killed mid-save resumes from the previous complete checkpoint. All
-processes must call `save`/`restore` (orbax coordinates multi-host writes); the
-workdir must be on storage every host sees (e.g. GCS) for multi-host runs.
+run killed mid-save resumes from the previous complete checkpoint (leftover
+temporary directories are removed at the next start). A complete checkpoint
+that cannot be read back (truncated or corrupted files) is reported, moved to
+`<directory>_unreadable/<step>` and the previous one is used. All processes
+must call `save`/`restore` (orbax coordinates multi-host writes); the workdir
+must be on storage every host sees (e.g. GCS) for multi-host runs.
 """
 
+import logging
 import os
+import shutil
 from typing import Any, Optional
 
+from etils import epath
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
+
+from bnas_jax.errors import UserInputError
 
 
 class Checkpointer:
@@ -26,6 +36,7 @@ class Checkpointer:
         save_interval_steps=save_interval_steps,
         preservation_policy=checkpoint_managers.LatestN(max_to_keep),
         enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True,
         create=True)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("state", "data", "meta"))
@@ -45,20 +56,89 @@ class Checkpointer:
                                 meta=ocp.args.JsonSave(meta)),
         force=force)
 
-  def restore(self, abstract_state: Any, step: Optional[int] = None) -> Optional[tuple[Any, dict, dict]]:
-    """(state, data_state, meta) of `step` (default: latest complete), or None.
-
-    `abstract_state` carries shapes, dtypes and shardings (e.g. from
-    `jax.eval_shape` plus the mesh shardings) so arrays come back sharded.
-    """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      return None
+  def _restore_step(self, abstract_state: Any, step: int) -> tuple[Any, dict, dict]:
     restored = self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                       data=ocp.args.JsonRestore(),
                                       meta=ocp.args.JsonRestore()))
+    if not isinstance(restored["data"], dict) or not isinstance(restored["meta"], dict):
+      raise ValueError("the iterator state or metadata JSON is not an object")
     return restored["state"], restored["data"], restored["meta"]
+
+  def restore(self, abstract_state: Any, step: Optional[int] = None) -> Optional[tuple[Any, dict, dict]]:
+    """(state, data_state, meta) of `step` (default: latest readable), or None.
+
+    `abstract_state` carries shapes, dtypes and shardings (e.g. from
+    `jax.eval_shape` plus the mesh shardings) so arrays come back sharded.
+    Without `step`, checkpoints that fail to load (truncated or corrupt files)
+    are tried newest first; once an older one loads, the unreadable newer ones
+    are reported and moved aside so training continues from the older one.
+
+    Raises:
+      UserInputError: no checkpoint loads (e.g. the model changed under
+        --force_resume, or every checkpoint is damaged); nothing is moved.
+    """
+    if step is not None:
+      return self._restore_step(abstract_state, step)
+    failed: list[tuple[int, str]] = []
+    for candidate in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored = self._restore_step(abstract_state, candidate)
+      except Exception as e:  # pylint: disable=broad-except
+        # Orbax/TensorStore/JSON raise many types for damaged files.
+        failed.append((candidate, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"))
+        continue
+      if failed:
+        self._set_aside(failed, candidate)
+      return restored
+    if failed:
+      raise UserInputError(
+          f"No checkpoint in {self.directory} can be restored into this run's train state "
+          f"(tried steps {[s for s, _ in failed]}; newest error: {failed[0][1]}). If the model "
+          "or optimizer config changed, use a new --workdir; if the files are damaged, move "
+          "the step directories away to start from scratch.")
+    return None
+
+  def _set_aside(self, failed: list[tuple[int, str]], used: int) -> None:
+    """Reports unreadable checkpoints and moves them out of the manager's way."""
+    aside = epath.Path(str(self.directory).rstrip("/") + "_unreadable")
+    for step, error in failed:
+      logging.warning("Checkpoint %s is unreadable (%s); moved to %s, resuming from step %d.",
+                      self.path(step), error, aside / str(step), used)
+      if jax.process_index() == 0:
+        print(f"warning: checkpoint {self.path(step)} is unreadable ({error}); it was moved to "
+              f"{aside / str(step)} and training resumes from step {used}.", flush=True)
+        aside.mkdir(parents=True, exist_ok=True)
+        target = aside / str(step)
+        if target.exists():
+          target.rmtree()
+        try:
+          epath.Path(self.path(step)).rename(target)
+        except Exception as e:  # e.g. object stores without directory renames
+          raise UserInputError(
+              f"Checkpoint {self.path(step)} is unreadable ({error}) and could not be moved to "
+              f"{target} ({e}); move or delete it by hand (e.g. `gcloud storage mv`) and "
+              f"launch again to resume from step {used}.") from None
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("bnas_checkpoint_set_aside")
+    self._manager.reload()
+
+  def check_free_space(self, state: Any, metadata_bytes: int = 1 << 20) -> None:
+    """Raises `UserInputError` if the disk cannot hold one more checkpoint of `state`.
+
+    The bound is the state's uncompressed size plus `metadata_bytes`; orbax
+    compresses, so this errs on the safe side. Object stores (gs://) are not
+    checked.
+    """
+    if "://" in self.directory:
+      return
+    needed = metadata_bytes + sum(
+        int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+    free = shutil.disk_usage(self.directory).free
+    if free < needed:
+      raise UserInputError(
+          f"The disk of {self.directory} has {free / 2**20:.1f} MiB free but a checkpoint of this "
+          f"run needs up to {needed / 2**20:.1f} MiB; free space or choose another --workdir.")
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

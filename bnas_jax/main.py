@@ -5,8 +5,11 @@ r"""Command-line entry point; intentionally short, the logic lives in trainers.
 
 `config.trainer` names the module in `bnas_jax.trainers` whose
 `train_and_evaluate(config, workdir)` runs the job. Bad input (unknown config
-keys or presets, datasets, impossible shapes, batch sizes) prints one paragraph
-and exits with status 2 before any compute.
+keys or presets, datasets, impossible shapes, batch sizes, an unwritable
+workdir or one holding a run of another config) prints one paragraph and
+exits with status 2 before any compute. SIGTERM checkpoints the current step
+and exits 0; the same command resumes. Multi-process flags: see
+`bnas_jax/distributed.py` and the README's "Multi-host and launch".
 """
 
 import importlib
@@ -15,6 +18,9 @@ import logging
 import sys
 
 from bnas_jax import cli
+from bnas_jax import distributed
+from bnas_jax import preemption
+from bnas_jax import run_directory
 from bnas_jax import sharding
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF is imported only for metric writers
@@ -26,8 +32,22 @@ import jax
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.DEFINE_bool("force_resume", False,
+                  "Continue the run in --workdir although its recorded config differs.")
 flags.DEFINE_bool("jax_distributed", False,
-                  "Call jax.distributed.initialize() (multi-host runs; auto-detected on Cloud TPU).")
+                  "Join a multi-process job found by JAX's cluster detection (SLURM, Open MPI, "
+                  "Kubernetes, Cloud TPU; Cloud TPU VMs join automatically). Env: "
+                  f"{distributed.ENV_AUTO}=1.")
+flags.DEFINE_string("coordinator_address", None,
+                    "HOST:PORT of process 0 of a multi-process job "
+                    f"(env {distributed.ENV_COORDINATOR}).")
+flags.DEFINE_integer("num_processes", None,
+                     f"Number of processes of the job (env {distributed.ENV_NUM_PROCESSES}).")
+flags.DEFINE_integer("process_id", None,
+                     f"This process's id in 0..num_processes-1 (env {distributed.ENV_PROCESS_ID}).")
+flags.DEFINE_integer("heartbeat_timeout_seconds", None,
+                     "A process silent this long is declared dead and the job stops with an "
+                     f"error (default 100; env {distributed.ENV_HEARTBEAT}).")
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with :preset.",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -37,18 +57,27 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"Unexpected positional arguments {argv[1:]!r}; all options are --flags.")
-  if FLAGS.jax_distributed:
-    jax.distributed.initialize()
+  with cli.user_errors_exit():
+    settings = distributed.resolve(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id, FLAGS.jax_distributed,
+                                   FLAGS.heartbeat_timeout_seconds)
+    distributed.initialize(settings)
+  preemption.install_handler()
   logging.info("JAX %s, process %d/%d, devices: %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.devices())
   config = FLAGS.config
+  with cli.user_errors_exit():
+    run_directory.check(config, FLAGS.workdir, force_resume=FLAGS.force_resume)
   trainer_name = config.get("trainer", "")
   try:
     trainer = importlib.import_module(f"bnas_jax.trainers.{trainer_name}")
   except ModuleNotFoundError:
     cli.fail(f"config.trainer={trainer_name!r} names no module in bnas_jax.trainers.")
   with cli.user_errors_exit():
-    trainer.train_and_evaluate(config, FLAGS.workdir)
+    try:
+      trainer.train_and_evaluate(config, FLAGS.workdir)
+    except preemption.Preempted as e:
+      print(e, flush=True)  # exit status 0: the scheduler may restart the same command
 
 
 if __name__ == "__main__":

@@ -38,6 +38,11 @@ def use_one_cpu_device_per_core() -> None:
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   """A ("data",) mesh over all devices (or the first `num_devices`)."""
   devices = jax.devices()
+  if num_devices and jax.process_count() > 1 and num_devices != len(devices):
+    raise UserInputError(
+        f"num_devices={num_devices} with {jax.process_count()} processes: a multi-process run "
+        f"uses all {len(devices)} devices of the job (every process feeds its own devices); "
+        "leave num_devices=0.")
   if num_devices:
     if num_devices > len(devices):
       raise UserInputError(

@@ -5,7 +5,8 @@ step to `total_steps`: global batches from the process-local iterator, one
 step in flight (each step's metrics are read one step late; queueing many
 steps on XLA:CPU is no faster and can stall multi-device all-reduces), a
 non-finite check on loss and gradient norm before anything is checkpointed,
-periodic atomic checkpoints holding the iterator position, and clu metrics.
+periodic atomic checkpoints holding the iterator position, clu metrics, and a
+stop on SIGTERM after a checkpoint of the last finished step (`preemption`).
 """
 
 import os
@@ -18,7 +19,9 @@ from bnas_jax import checkpointing
 from bnas_jax import input_pipeline
 from bnas_jax import nonfinite_guard
 from bnas_jax import optimizers
+from bnas_jax import preemption
 from bnas_jax import reporting
+from bnas_jax import run_directory
 from bnas_jax import sharding
 from bnas_jax import train_state as train_state_lib
 
@@ -38,8 +41,10 @@ def start_phase(config: Any, workdir: str, mesh: jax.sharding.Mesh,
                 steps_per_epoch: int) -> tuple[Any, checkpointing.Checkpointer, Any, bool]:
   """A phase's train state (born replicated), checkpointer and train iterator.
 
-  Resumes state and iterator from the latest complete checkpoint in
+  Resumes state and iterator from the latest readable checkpoint in
   `workdir/checkpoints` if there is one; the last element says whether it did.
+  Records the run's config in the run directory (once the trainer has
+  validated it) and checks the disk can hold a checkpoint before training.
   """
 
   def init_state(key):
@@ -50,13 +55,15 @@ def start_phase(config: Any, workdir: str, mesh: jax.sharding.Mesh,
         rng=jax.random.key_data(jax.random.fold_in(key, 1)))
 
   state = sharding.init_replicated(init_state, mesh, jax.random.key(config.seed))
+  run_directory.record()
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.get("keep_checkpoints", 3))
+  ckpt.check_free_space(state)
   train_iter = input_pipeline.make_train_iterator(
       config.data, "train", config.batch_size, config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
-  resumed = ckpt.latest_step() is not None
-  return restore_or_keep(ckpt, state, train_iter), ckpt, train_iter, resumed
+  state = restore_or_keep(ckpt, state, train_iter)
+  return state, ckpt, train_iter, ckpt.latest_step() is not None
 
 
 def run_steps(*, state: Any, train_step: Callable[..., tuple[Any, dict]], train_iter: Any,
@@ -81,6 +88,11 @@ def run_steps(*, state: Any, train_step: Callable[..., tuple[Any, dict]], train_
       deterministic function of the step so a resumed run repeats them.
     schedule: learning-rate schedule to log.
     after_step: called as after_step(step, state) (e.g. periodic evaluation).
+
+  Raises:
+    preemption.Preempted: after a stop request (SIGTERM), once the checkpoint
+      of the step that was running is complete.
+    nonfinite_guard.NonFiniteError: on a NaN/inf loss or gradient norm.
   """
   initial_step = int(state.step)
   last_good = ckpt.path(ckpt.latest_step()) if ckpt.latest_step() is not None else None
@@ -106,11 +118,17 @@ def run_steps(*, state: Any, train_step: Callable[..., tuple[Any, dict]], train_
         drain(*pending)
       pending = (step, metrics)
       reporter.advance()
-      if step % checkpoint_every == 0 or step == total_steps:
+      stop = preemption.should_stop()
+      if stop or step % checkpoint_every == 0 or step == total_steps:
         drain(*pending)  # never checkpoint a non-finite state
         pending = None
         if ckpt.save(step, state, train_iter.get_state(), {"phase": phase_name}, force=True):
           last_good = ckpt.path(step)
+      if stop:
+        ckpt.wait()
+        reporter.message(f"[{phase_name}] stopping after step {step}: termination requested")
+        reporter.writer.flush()
+        raise preemption.Preempted(step, ckpt.path(step))
       if after_step is not None:
         after_step(step, state)
     if pending is not None:
