@@ -393,3 +393,20 @@ def test_write_outputs(tmp_path, searched):
   records = json.loads(open(paths["records"]).read())
   assert len(records) == len(result.records)
   assert records[0]["generation"] == 0
+
+
+def test_stop_after_a_saved_generation_then_resume_equals_uninterrupted(tmp_path, searched):
+  class Stop(Exception):
+    pass
+
+  def stop_after_first(generation):  # what the trainer does on SIGTERM
+    if generation == 1:
+      raise Stop()
+
+  with pytest.raises(Stop):
+    run(tmp_path, after_generation=stop_after_first)
+  assert json.loads((tmp_path / "state.json").read_text())["generation"] == 1
+  seen = []
+  resumed, evaluator, _ = run(tmp_path, after_generation=seen.append)
+  assert as_rows(resumed.records) == as_rows(searched[0].records)
+  assert len(evaluator.batches) == 2 and seen == [2, 3]

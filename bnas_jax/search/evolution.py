@@ -363,7 +363,8 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
                   evaluate_fn: Callable[[list[Any]], Sequence[float]], state_path: str,
                   ops_fn_name: str = "OPs", log: Callable[[str], Any] = print,
                   force_restart: bool = False, save_state: bool = True,
-                  space_module: Any = nasbnn) -> SearchResult:
+                  space_module: Any = nasbnn,
+                  after_generation: Optional[Callable[[int], Any]] = None) -> SearchResult:
   """Runs (or resumes) NAS-BNN's evolutionary search; see the module docstring.
 
   Args:
@@ -383,6 +384,8 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
       share `state_path`).
     space_module: module providing smallest, biggest, sample_in_range,
       mutate_in_range, crossover_in_range and Architecture.from_string.
+    after_generation: called with the generation number once its state is
+      saved (e.g. to stop cleanly on SIGTERM by raising).
 
   Returns:
     A `SearchResult` with every record, the bucket table and the Pareto front.
@@ -464,6 +467,8 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
     done = 0
     persist(done)
     report(done)
+    if after_generation is not None:
+      after_generation(done)
 
   for generation in range(done + 1, cfg.generations + 1):
     table = pareto.best_per_bucket(records, cfg.bucket_step, lo, hi)
@@ -491,6 +496,8 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
     done = generation
     persist(done)
     report(done)
+    if after_generation is not None:
+      after_generation(done)
 
   return SearchResult(
       records=records,

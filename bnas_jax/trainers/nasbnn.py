@@ -33,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from bnas_jax import input_pipeline
 from bnas_jax import optimizers
+from bnas_jax import preemption
 from bnas_jax import reporting
 from bnas_jax import sharding
 from bnas_jax import train_state as train_state_lib
@@ -256,10 +257,17 @@ def search(config, space, info, mesh, state, calib, workdir: str) -> evolution.S
 
   cost = lambda arch: nasbnn_subnet.subnet_cost(space, arch, info.num_classes)["ops"] / 1e6
   os.makedirs(workdir, exist_ok=True)
+  state_path = os.path.join(workdir, "search_state.json")
+
+  def stop_if_requested(generation):  # SIGTERM: the generation's state is saved
+    if preemption.should_stop():
+      raise preemption.Preempted(generation, state_path)
+
   result = evolution.run_evolution(
       space, _evolution_config(config, space, info.num_classes), cost_fn=cost,
-      evaluate_fn=evaluate, state_path=os.path.join(workdir, "search_state.json"),
-      save_state=jax.process_index() == 0, log=print if jax.process_index() == 0 else lambda _: None)
+      evaluate_fn=evaluate, state_path=state_path, save_state=jax.process_index() == 0,
+      log=print if jax.process_index() == 0 else lambda _: None,
+      after_generation=stop_if_requested)
   if jax.process_index() == 0:
     evolution.write_outputs(result, workdir)
   return result
