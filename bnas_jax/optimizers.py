@@ -13,7 +13,8 @@ import optax
 from bnas_jax import param_policies
 from bnas_jax.errors import UserInputError
 
-SCHEDULES = ("constant", "cosine", "linear", "warmup_cosine", "cosine_restarts")
+SCHEDULES = ("constant", "cosine", "linear", "warmup_cosine", "cosine_restarts",
+             "multistep")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
@@ -22,7 +23,8 @@ def make_schedule(cfg: Any, total_steps: int, steps_per_epoch: int) -> optax.Sch
 
   cosine: to 0 (NAS-BNN, PyTorch CosineAnnealingLR with eta_min 0); linear: to 0
   (ReActNet); warmup_cosine: `warmup_epochs` of linear warm-up;
-  cosine_restarts: cosine cycles of `restart_epochs` (BNAS ImageNet).
+  cosine_restarts: cosine cycles of `restart_epochs` (BNAS ImageNet);
+  multistep: times `decay_factor` at each of `boundaries_epochs` (DMS App. B.2.2).
   """
   lr = cfg.learning_rate
   name = cfg.get("schedule", "cosine")
@@ -42,6 +44,10 @@ def make_schedule(cfg: Any, total_steps: int, steps_per_epoch: int) -> optax.Sch
     return optax.join_schedules(
         [optax.cosine_decay_schedule(lr, cycle, alpha=cfg.get("min_lr", 0.0) / lr)] * n,
         [cycle * (i + 1) for i in range(n - 1)])
+  if name == "multistep":
+    boundaries = {int(e * steps_per_epoch): cfg.get("decay_factor", 0.1)
+                  for e in cfg.boundaries_epochs}
+    return optax.piecewise_constant_schedule(lr, boundaries)
   raise UserInputError(f"optimizer.schedule={name!r} is not one of {SCHEDULES}.")
 
 

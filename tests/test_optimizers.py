@@ -54,3 +54,11 @@ def test_schedules_end_where_the_papers_say(name, at_end):
   sched = optimizers.make_schedule(cfg, 100, 10)
   assert float(sched(0)) == pytest.approx(1.0)
   assert float(sched(100)) == pytest.approx(at_end, abs=1e-6)
+
+
+def test_multistep_schedule_decays_at_epoch_boundaries():
+  cfg = ml_collections.ConfigDict(dict(learning_rate=0.1, schedule="multistep",
+                                       boundaries_epochs=(2, 3), decay_factor=0.5))
+  s = optimizers.make_schedule(cfg, total_steps=40, steps_per_epoch=10)
+  np.testing.assert_allclose([float(s(t)) for t in (0, 19, 20, 29, 30, 39)],
+                             [0.1, 0.1, 0.05, 0.05, 0.025, 0.025], rtol=1e-6)

@@ -43,5 +43,8 @@ def build_model(model_config: Any, num_classes: int, *, binary_weights: bool = T
         binary_weights=binary_weights and model_config.get("binary_weights", True),
         kernel_norm=model_config.get("kernel_norm", "channelwise"),
         stem_weight_bits=model_config.get("stem_weight_bits", 8))
+  if name in ("dms_vgg11", "dms_resnet18"):
+    from bnas_jax.models import dms_nets
+    return dms_nets.build(model_config, num_classes, binary_weights=binary_weights)
   raise UserInputError(
       f"config.model.name={name!r} is not a known model family; known: 'reactnet'.")
