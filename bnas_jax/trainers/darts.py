@@ -1,0 +1,512 @@
+"""Differentiable binary architecture search end to end: search -> derive -> train -> test.
+
+`train_and_evaluate(config, workdir)` runs (each phase resumes from its own
+checkpoints in `workdir`):
+
+1. Search (`workdir/search`): the cell supernet (`models/darts_cells.py`) with
+   the bilevel step of `search/bilevel.py` on the two halves of the training
+   split ("train" and "holdout" of the input pipeline; the held-out half is read
+   by its own persistent, resumable iterator, not re-sampled each step as in
+   the DARTS/BNAS code). After every epoch: the genotype derived from the
+   current alpha (`genotype_epoch_NNN.json`), the mean edge entropy of
+   softmax(alpha / T), the share of learnable ops in the genotype (BNAS Sec. 4.3)
+   and the supernet's held-out accuracy go to `history.json` and the metric
+   writers; the genotype of the best held-out epoch is kept as
+   `genotype_best.json` (BNAS keeps the best-validation genotype; it logs
+   each epoch's genotype before that epoch's training, here it is the alpha
+   at the end of the epoch that was evaluated).
+2. Derivation: `genotype_best.json` (or `config.genotype_file`, which skips
+   the search) and a PNG of its cells (`cells.png`).
+3. Final network (`workdir/final`): `GenotypeNetwork` with `config.final`'s
+   cells and channels, trained from scratch on the whole training split with
+   the paper's recipe, tested; cost summary with the real-valued shortcut
+   projections (`res_conv`) counted separately.
+4. Optionally the same training for a random genotype of the space
+   (`config.final.random_baseline`, `workdir/random`), the baseline the issue asks for.
+
+`workdir/report.json` collects the genotype, test accuracies, costs and the
+search history.
+"""
+
+import json
+import os
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bnas_jax import checkpointing
+from bnas_jax import cost_model
+from bnas_jax import input_pipeline
+from bnas_jax import optimizers
+from bnas_jax import param_policies
+from bnas_jax import reporting
+from bnas_jax import sharding
+from bnas_jax import train_state as train_state_lib
+from bnas_jax import training_loop
+from bnas_jax.errors import UserInputError
+from bnas_jax.models import darts_cells
+from bnas_jax.search import bilevel
+from bnas_jax.search import genotype as genotype_lib
+from bnas_jax.search_spaces import darts_ops
+
+SHORTCUT_LAYER = "res_conv"  # the real 2x2 projections of BNAS's inter-cell skips
+
+
+# ----------------------------------------------------------------------------
+# Models and validation.
+
+
+def op_options(config: Any) -> darts_ops.OpOptions:
+  m = config.model
+  return darts_ops.OpOptions(binary_weights=m.binary_weights, groups=m.groups,
+                             shuffle_groups=m.shuffle_groups)
+
+
+def search_model(config: Any, space: darts_ops.CellSpace, num_classes: int
+                 ) -> darts_cells.SearchNetwork:
+  m = config.model
+  return darts_cells.SearchNetwork(
+      space, num_classes, channels=m.channels, num_cells=m.num_cells,
+      stem_multiplier=m.stem_multiplier, inter_cell_skip=m.inter_cell_skip,
+      temperature=config.search.temperature,
+      options=darts_ops.OpOptions(binary_weights=config.search.binary_weights,
+                                  groups=m.groups, shuffle_groups=m.shuffle_groups),
+      stem=m.stem, fused=m.get("fused", True))
+
+
+def final_model(config: Any, genotype: genotype_lib.Genotype, num_classes: int
+                ) -> darts_cells.GenotypeNetwork:
+  f, m = config.final, config.model
+  return darts_cells.GenotypeNetwork(
+      genotype, num_classes, channels=f.channels, num_cells=f.num_cells,
+      stem_multiplier=m.stem_multiplier, inter_cell_skip=m.inter_cell_skip,
+      options=op_options(config), stem=f.stem, drop_path=f.drop_path_prob > 0)
+
+
+def final_data_config(config: Any) -> ml_collections.ConfigDict:
+  """The final network trains on the whole training split (BNAS Sec. 5.1)."""
+  data = config.data.copy_and_resolve_references()
+  with data.unlocked():
+    data.holdout_fraction = 0.0
+    data.holdout_per_class = 0
+  return data
+
+
+def noise_config(config: Any) -> bilevel.NoiseConfig:
+  n = config.search.noise
+  return bilevel.NoiseConfig(
+      arch_scale=float(n.arch_scale), weight_scale=float(n.weight_scale),
+      distribution=n.distribution, arch_relative=bool(n.arch_relative),
+      weight_relative=bool(n.weight_relative), arch_placement=n.arch_placement,
+      steps=tuple(n.steps)).validate()
+
+
+def _check_shape(model: Any, image_shape: tuple[int, ...], what: str, **kwargs) -> None:
+  try:
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)),
+                                      train=False, **kwargs))
+  except UserInputError:
+    raise
+  except Exception as e:  # an impossible shape (resolution too small for the reductions)
+    raise UserInputError(
+        f"The {what} cannot run on {image_shape} inputs: {e}. Check config.model / "
+        "config.final (cells, channels) and data.image_size.") from e
+
+
+def _positive_ints(prefix: str, cfg: Any, *names: str) -> None:
+  for name in names:
+    v = cfg.get(name)
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+      raise UserInputError(f"{prefix}.{name}={v!r} must be a positive integer.")
+
+
+def validate(config: Any, mesh) -> dict[str, Any]:
+  """Checks everything a user can get wrong, before any compute."""
+  space = darts_ops.get_space(config.space)
+  _positive_ints("config.model", config.model, "channels", "num_cells", "stem_multiplier")
+  _positive_ints("config.final", config.final, "channels", "num_cells", "batch_size")
+  _positive_ints("config.search", config.search, "batch_size")
+  _positive_ints("config", config, "eval_batch_size")
+  for what, bs in (("config.search.batch_size", config.search.batch_size),
+                   ("config.final.batch_size", config.final.batch_size),
+                   ("config.eval_batch_size", config.eval_batch_size)):
+    sharding.check_batch_size(bs, mesh, what)
+  for name, cfg in (("search", config.search), ("final", config.final)):
+    if cfg.num_epochs < 0 or cfg.num_train_steps < 0:
+      raise UserInputError(f"config.{name}.num_epochs and num_train_steps must be >= 0.")
+  if config.search.temperature <= 0:
+    raise UserInputError(f"config.search.temperature={config.search.temperature} must be > 0.")
+  if config.derive.gamma <= 0:
+    raise UserInputError(f"config.derive.gamma={config.derive.gamma} must be > 0 (BNAS Eq. 4).")
+  if config.final.optimizer.get("schedule") not in optimizers.SCHEDULES + ("one_cycle",):
+    raise UserInputError(f"config.final.optimizer.schedule={config.final.optimizer.schedule!r} "
+                         f"is not one of {optimizers.SCHEDULES + ('one_cycle',)}.")
+  noise = noise_config(config)
+  info = input_pipeline.get_dataset_info(config.data)
+  final_info = input_pipeline.get_dataset_info(final_data_config(config))
+  genotype = None
+  if config.genotype_file:
+    genotype = genotype_lib.load(config.genotype_file)
+    if genotype.space != space.name:
+      raise UserInputError(f"config.genotype_file is a {genotype.space} genotype but "
+                           f"config.space={space.name!r}.")
+  else:
+    if not info.num_examples.get("holdout"):
+      raise UserInputError(
+          "The search needs a held-out half of the training split for alpha: set "
+          "config.data.holdout_fraction (0.5 as DARTS/BNAS) or holdout_per_class, or pass "
+          "config.genotype_file to train a given genotype without searching.")
+    for split in ("train", "holdout"):
+      if config.search.batch_size > info.num_examples[split]:
+        raise UserInputError(f"config.search.batch_size={config.search.batch_size} is larger "
+                             f"than the {split} split ({info.num_examples[split]} examples).")
+    _check_shape(search_model(config, space, info.num_classes), info.image_shape, "supernet")
+  probe = genotype or genotype_lib.random_genotype(space, np.random.default_rng(0))
+  _check_shape(final_model(config, probe, info.num_classes), info.image_shape, "final network")
+  if config.final.batch_size > final_info.num_examples["train"]:
+    raise UserInputError(f"config.final.batch_size={config.final.batch_size} is larger than the "
+                         f"training split ({final_info.num_examples['train']} examples).")
+  return dict(space=space, info=info, genotype=genotype, noise=noise)
+
+
+# ----------------------------------------------------------------------------
+# Search.
+
+
+class PairedIterator:
+  """Train-half and held-out-half batches side by side, with one resumable state."""
+
+  def __init__(self, train_iter: Any, holdout_iter: Any):
+    self.train, self.holdout = train_iter, holdout_iter
+
+  def __iter__(self) -> "PairedIterator":
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = dict(next(self.train))
+    val = next(self.holdout)
+    batch["val_image"], batch["val_label"] = val["image"], val["label"]
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    return {"train": self.train.get_state(), "holdout": self.holdout.get_state()}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self.train.set_state(state["train"])
+    self.holdout.set_state(state["holdout"])
+
+  def close(self) -> None:
+    self.train.close()
+    self.holdout.close()
+
+
+def _steps(cfg: Any, steps_per_epoch: int) -> int:
+  return int(cfg.get("num_train_steps") or round(cfg.num_epochs * steps_per_epoch))
+
+
+def _evaluate(eval_fn, variables, data_cfg, split: str, batch_size: int, mesh,
+              max_examples: int = 0) -> dict[str, float]:
+  totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
+  for local in input_pipeline.make_eval_batches(
+      data_cfg, split, batch_size, process_index=jax.process_index(),
+      process_count=jax.process_count(), max_examples=max_examples or None):
+    out = eval_fn(variables, sharding.global_batch(local, mesh))
+    for k in totals:
+      totals[k] += float(out[k])
+  n = max(totals["count"], 1.0)
+  return {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n,
+          "count": int(totals["count"])}
+
+
+def _make_eval_fn(model, num_classes: int):
+  def eval_fn(variables, batch):
+    logits = model.apply(variables, batch["image"], train=False)
+    loss = train_state_lib.cross_entropy(logits, batch["label"], num_classes)
+    mask = batch["mask"]
+    return {"correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+            "loss": jnp.sum(loss * mask), "count": jnp.sum(mask)}
+  return jax.jit(eval_fn)
+
+
+def _write_json(path: str, obj: Any) -> None:
+  if jax.process_index() != 0:
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def derive_genotype(config: Any, space: darts_ops.CellSpace, arch: dict
+                    ) -> genotype_lib.Genotype:
+  arch = jax.device_get(arch)
+  return genotype_lib.derive(np.asarray(arch["normal"]), np.asarray(arch["reduce"]), space,
+                             temperature=config.search.temperature, gamma=config.derive.gamma,
+                             keep_zeroise=config.derive.keep_zeroise)
+
+
+def run_search(config: Any, workdir: str, mesh, space: darts_ops.CellSpace, info: Any,
+               noise: bilevel.NoiseConfig) -> tuple[genotype_lib.Genotype, list[dict]]:
+  """Bilevel search; returns the best-held-out genotype and the per-epoch history."""
+  os.makedirs(workdir, exist_ok=True)
+  sc = config.search
+  model = search_model(config, space, info.num_classes)
+  steps_per_epoch = input_pipeline.num_batches_per_epoch(config.data, "train", sc.batch_size)
+  total_steps = _steps(sc, steps_per_epoch)
+  x0 = jnp.zeros((1, *info.image_shape))
+
+  def init_state(key):
+    # An "rbg" key: XLA:CPU compiles the supernet's initialisation ~2x faster
+    # than with threefry (hundreds of kernels).
+    variables = model.init(jax.random.key(config.seed, impl="rbg"), x0, train=False)
+    params = {"weights": variables["params"], "arch": variables["arch"]}
+    weight_tx, arch_tx, _ = bilevel.make_optimizers(sc.optimizer, sc.arch_optimizer, params,
+                                                    total_steps, steps_per_epoch)
+    return bilevel.SearchState.create(params=params, batch_stats=variables["batch_stats"],
+                                      weight_tx=weight_tx, arch_tx=arch_tx,
+                                      rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+
+  state = sharding.init_replicated(init_state, mesh, jax.random.key(config.seed))
+  _, _, schedule = bilevel.make_optimizers(sc.optimizer, sc.arch_optimizer, state.params,
+                                           total_steps, steps_per_epoch)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=config.get("keep_checkpoints", 3))
+  pc, pi = jax.process_count(), jax.process_index()
+  paired = PairedIterator(
+      input_pipeline.make_train_iterator(config.data, "train", sc.batch_size, config.seed,
+                                         process_index=pi, process_count=pc),
+      input_pipeline.make_train_iterator(config.data, "holdout", sc.batch_size, config.seed,
+                                         process_index=pi, process_count=pc))
+  state = training_loop.restore_or_keep(ckpt, state, paired)
+  step_cfg = bilevel.SearchStepConfig(
+      num_classes=info.num_classes, steps_per_epoch=steps_per_epoch,
+      diversity_lambda=sc.diversity_lambda, diversity_tau=sc.diversity_tau,
+      temperature=sc.temperature, second_order=sc.second_order,
+      weight_decay=sc.optimizer.weight_decay, noise=noise)
+  step_fn = jax.jit(bilevel.make_search_step(model, step_cfg, schedule), donate_argnums=(0,))
+  eval_fn = _make_eval_fn(model, info.num_classes)
+  reporter = reporting.Reporter(workdir, total_steps, int(state.step),
+                                progress_bar=config.get("progress_bar", True), desc="search")
+
+  history_path = os.path.join(workdir, "history.json")
+  history: list[dict] = []
+  if os.path.exists(history_path):
+    with open(history_path) as f:
+      history = [h for h in json.load(f) if h["step"] <= int(state.step)]
+
+  def record_epoch(step: int, state: Any) -> None:
+    epoch = step // steps_per_epoch
+    arch = jax.device_get(state.params["arch"])
+    geno = derive_genotype(config, space, arch)
+    genotype_lib.save(geno, os.path.join(workdir, f"genotype_epoch_{epoch:03d}.json"))
+    entry = {"epoch": epoch, "step": step, "wall_seconds": round(time.time() - start, 2),
+             "genotype": geno.to_dict(),
+             "entropy": float(bilevel.mean_entropy(arch, sc.temperature)),
+             "learnable_share": genotype_lib.learnable_share(geno)}
+    if sc.eval_holdout:
+      variables = {"params": state.params["weights"], "arch": state.params["arch"],
+                   "batch_stats": state.batch_stats}
+      ev = _evaluate(eval_fn, variables, config.data, "holdout", config.eval_batch_size, mesh,
+                     config.get("max_eval_examples", 0))
+      entry.update(holdout_accuracy=ev["accuracy"], holdout_loss=ev["loss"])
+    best = max((h.get("holdout_accuracy", -1.0) for h in history), default=-1.0)
+    history.append(entry)
+    if entry.get("holdout_accuracy", 0.0) >= best:
+      genotype_lib.save(geno, os.path.join(workdir, "genotype_best.json"))
+    _write_json(history_path, history)
+    reporter.scalars(step, {k: entry[k] for k in ("entropy", "learnable_share",
+                                                 "holdout_accuracy") if k in entry})
+    reporter.message(f"[search] epoch {epoch}: entropy {entry['entropy']:.4f}, learnable-op "
+                     f"share {entry['learnable_share']:.3f}"
+                     + (f", held-out accuracy {entry['holdout_accuracy']:.4f}"
+                        if "holdout_accuracy" in entry else "") + f"\n  {geno}")
+
+  start = time.time()  # wall time of this process (compilation included)
+  restored_step = int(state.step)
+  if (restored_step and restored_step % steps_per_epoch == 0
+      and not any(h["step"] == restored_step for h in history)):
+    record_epoch(restored_step, state)  # the run stopped between checkpoint and record
+
+  def after_step(step: int, state: Any) -> None:
+    if step % steps_per_epoch == 0:
+      record_epoch(step, state)
+
+  try:
+    state = training_loop.run_steps(
+        state=state, train_step=step_fn, train_iter=paired, mesh=mesh, ckpt=ckpt,
+        reporter=reporter, total_steps=total_steps,
+        log_every=max(1, config.get("log_every_steps", 50)),
+        checkpoint_every=config.get("checkpoint_every_steps") or steps_per_epoch,
+        phase_name="search", schedule=schedule, after_step=after_step)
+  finally:
+    paired.close()
+  if not history or history[-1]["step"] != total_steps:
+    record_epoch(total_steps, state)  # a search shorter than one epoch, or not on an edge
+  reporter.close()
+  ckpt.close()
+  best_path = os.path.join(workdir, "genotype_best.json")
+  return genotype_lib.load(best_path), history
+
+
+# ----------------------------------------------------------------------------
+# Final network.
+
+
+def final_optimizer(cfg: Any, params: Any, total_steps: int, steps_per_epoch: int
+                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """SGD/Adam per `cfg`; `schedule="one_cycle"` is BNAS's CIFAR recipe.
+
+  One-cycle as the BNAS code's `OneCycleLR` (stepped per iteration): linear
+  lr/div_factor -> lr over the first 45% of the steps, back by 90%, then to
+  lr/(div_factor * final_div_factor). Its momentum cycling (0.95/0.85) is not
+  reproduced (constant `momentum`).
+  """
+  if cfg.schedule != "one_cycle":
+    return (optimizers.make_optimizer(cfg, params, total_steps, steps_per_epoch),
+            optimizers.make_schedule(cfg, total_steps, steps_per_epoch))
+  schedule = optax.linear_onecycle_schedule(
+      max(1, total_steps), cfg.learning_rate, pct_start=0.45, pct_final=0.9,
+      div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
+  sgd = lambda wd: optax.chain(optax.add_decayed_weights(wd) if wd else optax.identity(),
+                               optax.sgd(schedule, momentum=cfg.momentum))
+  tx = optax.partition({"decay": sgd(cfg.weight_decay), "no_decay": sgd(0.0)},
+                       param_policies.label_params(params, param_policies.WEIGHT_DECAY_ON_KERNELS))
+  clip = cfg.get("grad_clip_norm", None)
+  return (optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx), schedule
+
+
+def make_final_train_step(model, num_classes: int, label_smoothing: float,
+                          drop_path_prob: float, total_steps: int):
+  """Classification step; drop-path probability ramps linearly 0 -> p (DARTS/BNAS)."""
+
+  def step(state: train_state_lib.TrainState, batch: dict):
+    p = drop_path_prob * state.step.astype(jnp.float32) / max(1, total_steps)
+
+    def loss_fn(params):
+      logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                batch["image"], train=True, drop_path_prob=p,
+                                rngs={"dropout": state.step_key()}, mutable=["batch_stats"])
+      loss = train_state_lib.cross_entropy(logits, batch["label"], num_classes,
+                                           label_smoothing).mean()
+      return loss, (logits, upd["batch_stats"])
+
+    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+               "grad_norm": optax.tree.norm(grads)}
+    return state.apply_gradients(grads, stats), metrics
+
+  return step
+
+
+def cost_summary(model: Any, image_shape: tuple[int, ...]) -> dict[str, Any]:
+  """Costs with the real-valued shortcut projections counted separately."""
+  report = cost_model.count_costs(model, (1, *image_shape), train=False)
+  shortcut = [l for l in report.layers if SHORTCUT_LAYER in l.name]
+  shortcut_flops = sum(l.macs.get(32, 0) for l in shortcut)
+  shortcut_params = sum(sum(l.params.values()) for l in shortcut)
+  return {"flops": report.flops, "bops": report.bops, "ops": report.ops,
+          "params": report.params, "binary_params": report.binary_params,
+          "model_size_bytes": report.model_size_bytes,
+          "shortcut_flops": shortcut_flops, "shortcut_params": shortcut_params,
+          "flops_without_shortcuts": report.flops - shortcut_flops,
+          "ops_without_shortcuts": report.ops - shortcut_flops}
+
+
+def train_final(config: Any, workdir: str, mesh, genotype: genotype_lib.Genotype,
+                phase_name: str = "final") -> dict[str, Any]:
+  """Trains the genotype's network from scratch and tests it."""
+  os.makedirs(workdir, exist_ok=True)
+  fc = config.final
+  data = final_data_config(config)
+  info = input_pipeline.get_dataset_info(data)
+  model = final_model(config, genotype, info.num_classes)
+  steps_per_epoch = input_pipeline.num_batches_per_epoch(data, "train", fc.batch_size)
+  total_steps = _steps(fc, steps_per_epoch)
+  x0 = jnp.zeros((1, *info.image_shape))
+
+  def init_state(key):
+    variables = model.init(key, x0, train=False)
+    tx, _ = final_optimizer(fc.optimizer, variables["params"], total_steps, steps_per_epoch)
+    return train_state_lib.TrainState.create(
+        params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
+        rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+
+  state = sharding.init_replicated(init_state, mesh, jax.random.key(config.seed))
+  _, schedule = final_optimizer(fc.optimizer, state.params, total_steps, steps_per_epoch)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=config.get("keep_checkpoints", 3))
+  train_iter = input_pipeline.make_train_iterator(
+      data, "train", fc.batch_size, config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  state = training_loop.restore_or_keep(ckpt, state, train_iter)
+  step_fn = jax.jit(make_final_train_step(model, info.num_classes, fc.label_smoothing,
+                                          fc.drop_path_prob, total_steps), donate_argnums=(0,))
+  reporter = reporting.Reporter(workdir, total_steps, int(state.step),
+                                progress_bar=config.get("progress_bar", True), desc=phase_name)
+  try:
+    state = training_loop.run_steps(
+        state=state, train_step=step_fn, train_iter=train_iter, mesh=mesh, ckpt=ckpt,
+        reporter=reporter, total_steps=total_steps,
+        log_every=max(1, config.get("log_every_steps", 50)),
+        checkpoint_every=config.get("checkpoint_every_steps") or steps_per_epoch,
+        phase_name=phase_name, schedule=schedule)
+  finally:
+    train_iter.close()
+  eval_fn = _make_eval_fn(model, info.num_classes)
+  test = _evaluate(eval_fn, {"params": state.params, "batch_stats": state.batch_stats}, data,
+                   "test", config.eval_batch_size, mesh, config.get("max_eval_examples", 0))
+  costs = cost_summary(model, info.image_shape)
+  results = {"phase": phase_name, "genotype": genotype.to_dict(), "steps": total_steps,
+             "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+             "test_examples": test["count"], "costs": costs}
+  reporter.scalars(total_steps, {"test_accuracy": test["accuracy"]})
+  reporter.message(
+      f"[{phase_name}] test accuracy {test['accuracy']:.4f} on {test['count']} examples after "
+      f"{total_steps} steps; FLOPs {costs['flops'] / 1e6:.3f} M (of which real shortcut "
+      f"projections {costs['shortcut_flops'] / 1e6:.3f} M), BOPs {costs['bops'] / 1e6:.3f} M, "
+      f"OPs {costs['ops'] / 1e6:.3f} M")
+  reporter.close()
+  ckpt.close()
+  _write_json(os.path.join(workdir, "results.json"), results)
+  return results
+
+
+# ----------------------------------------------------------------------------
+# Entry point.
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
+  """Search (unless config.genotype_file), derive, train the final network, test."""
+  mesh = sharding.make_mesh(config.get("num_devices", 0))
+  checked = validate(config, mesh)
+  space, info = checked["space"], checked["info"]
+  os.makedirs(workdir, exist_ok=True)
+  report: dict[str, Any] = {"space": space.name}
+  genotype: Optional[genotype_lib.Genotype] = checked["genotype"]
+  if genotype is None:
+    genotype, history = run_search(config, os.path.join(workdir, "search"), mesh, space, info,
+                                   checked["noise"])
+    report["search_history"] = history
+  report["genotype"] = genotype.to_dict()
+  if jax.process_index() == 0:
+    genotype_lib.save(genotype, os.path.join(workdir, "genotype.json"))
+    genotype_lib.draw(genotype, os.path.join(workdir, "cells.png"), title=str(space.name))
+  print(f"genotype: {genotype}", flush=True)
+  final = {}
+  if config.final.num_epochs or config.final.num_train_steps:
+    final = train_final(config, os.path.join(workdir, "final"), mesh, genotype)
+    report["final"] = final
+    if config.final.random_baseline:
+      rng = np.random.default_rng([config.seed, 7])
+      random_geno = genotype_lib.random_genotype(space, rng, config.derive.keep_zeroise)
+      report["random_baseline"] = train_final(config, os.path.join(workdir, "random"), mesh,
+                                              random_geno, phase_name="random")
+  _write_json(os.path.join(workdir, "report.json"), report)
+  if final:
+    print(f"test accuracy {final['test_accuracy']:.4f}", flush=True)
+  return report
