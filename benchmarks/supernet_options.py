@@ -96,6 +96,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from bnas_jax import convolution
 from bnas_jax import quantizers
 from bnas_jax.search_spaces import nasbnn
 # pylint: enable=g-import-not-at-top
@@ -138,53 +139,14 @@ CHECK_ARCHS = ((768, 512, 3, 8), (512, 768, 5, 8), (512, 384, 3, 4), (384, 768, 
 # --------------------------------------------------------------------------- #
 
 
-def conv_lax(x: Array, w: Array, groups: int, stride: int = 1) -> Array:
-  """Conv with PyTorch's padding (k-1)//2, NHWC x HWIO, `groups` groups."""
-  pad = (w.shape[0] - 1) // 2
-  return lax.conv_general_dilated(
-      x, w, (stride, stride), ((pad, pad), (pad, pad)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
-      preferred_element_type=jnp.float32)
+conv_lax = convolution.conv_lax
+conv_mm = convolution.conv_im2col
 
 
-def conv_mm(x: Array, w: Array, groups: int, stride: int = 1) -> Array:
-  """`conv_lax` as im2col plus one matmul per group (batched over groups)."""
-  n, h, wd, c = x.shape
-  k, out = w.shape[0], w.shape[-1]
-  cg, og = c // groups, out // groups
-  pad = (k - 1) // 2
-  ho, wo = (h + 2 * pad - k) // stride + 1, (wd + 2 * pad - k) // stride + 1
-  if k == 1:
-    cols = x[:, ::stride, ::stride, :].reshape(n * ho * wo, groups, cg)
-  else:
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    taps = [xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
-            for dy in range(k) for dx in range(k)]
-    cols = jnp.stack(taps, axis=3).reshape(n * ho * wo, k * k, groups, cg)
-    cols = cols.transpose(0, 2, 1, 3).reshape(n * ho * wo, groups, k * k * cg)
-  # HWIO with O = groups x og; rows ordered (tap, in-channel) like `cols`.
-  wg = w.reshape(k * k * cg, groups, og)
-  y = jnp.einsum("rgi,igo->rgo", cols, wg)
-  return y.reshape(n, ho, wo, out)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_hybrid(x: Array, w: Array, groups: int, stride: int = 1) -> Array:
   """Forward of `conv_lax`, gradients of `conv_mm` (the two are the same function)."""
-  return conv_lax(x, w, groups, stride)
+  return convolution.conv2d(x, w, groups, stride, "lax")
 
-
-def _conv_hybrid_fwd(x, w, groups, stride):
-  return conv_lax(x, w, groups, stride), (x, w)
-
-
-def _conv_hybrid_bwd(groups, stride, res, dy):
-  x, w = res
-  _, vjp = jax.vjp(lambda a, b: conv_mm(a, b, groups, stride), x, w)
-  return vjp(dy)
-
-
-conv_hybrid.defvjp(_conv_hybrid_fwd, _conv_hybrid_bwd)
 
 BACKENDS = {"lax": conv_lax, "mm": conv_mm,
             "hybrid": lambda x, w, groups, stride=1: conv_hybrid(x, w, groups, stride)}

@@ -1,6 +1,6 @@
 """The train state every trainer carries, and the classification losses/steps on it."""
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.struct
 import jax
@@ -47,25 +47,33 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 
 def make_classification_loss(model: Any, num_classes: int, label_smoothing: float = 0.0
                              ) -> Callable[..., tuple[jax.Array, tuple[jax.Array, Any]]]:
-  """loss(params, batch_stats, batch) -> (mean loss, (logits, new batch_stats))."""
+  """loss(params, batch_stats, batch, **apply_kwargs) -> (mean loss, (logits, new batch_stats))."""
 
-  def loss_fn(params, batch_stats, batch):
+  def loss_fn(params, batch_stats, batch, **apply_kwargs):
     logits, updates = model.apply({"params": params, "batch_stats": batch_stats},
-                                  batch["image"], train=True, mutable=["batch_stats"])
+                                  batch["image"], train=True, mutable=["batch_stats"],
+                                  **apply_kwargs)
     loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing).mean()
     return loss, (logits, updates["batch_stats"])
 
   return loss_fn
 
 
-def make_classification_train_step(model: Any, num_classes: int, label_smoothing: float = 0.0
-                                   ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """One optimizer step of supervised classification; metrics are global-batch means."""
+def make_classification_train_step(
+    model: Any, num_classes: int, label_smoothing: float = 0.0,
+    apply_kwargs: Optional[Callable[..., dict]] = None
+) -> Callable[..., tuple[TrainState, dict]]:
+  """One optimizer step of supervised classification; metrics are global-batch means.
+
+  `train_step(state, batch, *extra)`; `apply_kwargs(state, *extra)` gives extra
+  keyword arguments of `model.apply` (e.g. a drop-path rate, rngs, channel masks).
+  """
   loss_fn = make_classification_loss(model, num_classes, label_smoothing)
 
-  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  def train_step(state: TrainState, batch: dict, *extra: Any) -> tuple[TrainState, dict]:
+    kwargs = apply_kwargs(state, *extra) if apply_kwargs is not None else {}
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, batch)
+        state.params, state.batch_stats, batch, **kwargs)
     new_state = state.apply_gradients(grads, batch_stats)
     metrics = {"loss": loss,
                "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),

@@ -384,23 +384,12 @@ def make_final_train_step(model, num_classes: int, label_smoothing: float,
                           drop_path_prob: float, total_steps: int):
   """Classification step; drop-path probability ramps linearly 0 -> p (DARTS/BNAS)."""
 
-  def step(state: train_state_lib.TrainState, batch: dict):
+  def apply_kwargs(state: train_state_lib.TrainState) -> dict:
     p = drop_path_prob * state.step.astype(jnp.float32) / max(1, total_steps)
+    return {"drop_path_prob": p, "rngs": {"dropout": state.step_key()}}
 
-    def loss_fn(params):
-      logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                batch["image"], train=True, drop_path_prob=p,
-                                rngs={"dropout": state.step_key()}, mutable=["batch_stats"])
-      loss = train_state_lib.cross_entropy(logits, batch["label"], num_classes,
-                                           label_smoothing).mean()
-      return loss, (logits, upd["batch_stats"])
-
-    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-               "grad_norm": optax.tree.norm(grads)}
-    return state.apply_gradients(grads, stats), metrics
-
-  return step
+  return train_state_lib.make_classification_train_step(model, num_classes, label_smoothing,
+                                                        apply_kwargs)
 
 
 def cost_summary(model: Any, image_shape: tuple[int, ...]) -> dict[str, Any]:

@@ -154,24 +154,12 @@ def make_weight_step(model, num_classes: int, buffer_widths: tuple[int, ...], ta
   block whose widths fit the same buffers.
   """
 
-  def step(state, batch, cand_widths, log_probs):
+  def apply_kwargs(state, cand_widths, log_probs):
     pi = dms.gumbel_softmax(state.step_key(), log_probs, tau)
-    masks = _masks(cand_widths, buffer_widths, pi)
+    return {"channel_masks": _masks(cand_widths, buffer_widths, pi)}
 
-    def loss_fn(params):
-      logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                batch["image"], train=True, channel_masks=masks,
-                                mutable=["batch_stats"])
-      loss = train_state_lib.cross_entropy(logits, batch["label"], num_classes,
-                                           label_smoothing).mean()
-      return loss, (logits, upd["batch_stats"])
-
-    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-               "grad_norm": optax.tree.norm(grads)}
-    return state.apply_gradients(grads, stats), metrics
-
-  return step
+  return train_state_lib.make_classification_train_step(model, num_classes, label_smoothing,
+                                                        apply_kwargs)
 
 
 def make_arch_step(model, num_classes: int, buffer_widths: tuple[int, ...], *, tau: float,
