@@ -91,7 +91,6 @@ class ReActNet(nn.Module):
     num_classes: classifier outputs.
     stem_features: stem width.
     blocks: per-block (width, stride, kernel, groups).
-    stem_stride: 2 as in ImageNet models; 1 keeps resolution for tiny inputs.
     binary_weights: False for ReActNet step 1 (binary activations, real weights).
     kernel_norm: weight normalization of the binary convs ("channelwise" =
       NAS-BNN Eq. 6, None = ReActNet's plain sign(w)*mean|w|).
