@@ -15,7 +15,6 @@ and exits 0; the same command resumes. Multi-process flags: see
 import importlib
 import os
 import logging
-import sys
 
 from bnas_jax import cli
 from bnas_jax import distributed
@@ -26,8 +25,7 @@ from bnas_jax import sharding
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF is imported only for metric writers
 sharding.use_one_cpu_device_per_core()  # before JAX initialises its backends
 
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
+from absl import flags  # pylint: disable=g-import-not-at-top
 import jax
 from ml_collections import config_flags
 

@@ -6,7 +6,7 @@ log. `clu.metric_writers` imports TensorFlow (tensorflow-cpu is a dependency).
 
 import logging
 import sys
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import jax
 import tqdm

@@ -1,7 +1,6 @@
 """conv2d: lax or im2col forward, im2col gradients; the same function as lax's conv."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

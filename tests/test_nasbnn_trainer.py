@@ -1,7 +1,6 @@
 """NAS-BNN end to end on a tiny space: supernet -> search -> deployment, and resume."""
 
 import json
-import os
 
 import jax
 import numpy as np

@@ -327,8 +327,8 @@ def _check_resume(state: dict[str, Any], current: dict[str, Any], path: str) -> 
     raise UserInputError(
         f"The search state {path!r} was written by a different search ("
         + "; ".join(diffs) + "). Resuming would mix two searches; restore those "
-        f"settings, use another state_path, or pass force_restart=True to discard "
-        f"the saved state.")
+        "settings, use another state_path, or pass force_restart=True to discard "
+        "the saved state.")
   done = state.get("generation")
   if isinstance(done, int) and done > current["generations"]:
     raise UserInputError(
