@@ -28,7 +28,7 @@ def _accepts_or_user_error(fn, *args):
     return None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(_TEXT)
 def test_any_architecture_text_parses_or_raises_user_input_error(text):
   arch = _accepts_or_user_error(nasbnn.resolve, SPACE, text)
@@ -45,7 +45,7 @@ _JSON = st.recursive(
     max_leaves=20)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(_JSON)
 def test_any_json_value_parses_or_raises_user_input_error(value):
   arch = _accepts_or_user_error(nasbnn.resolve, SPACE, json.dumps(value)
@@ -54,7 +54,7 @@ def test_any_json_value_parses_or_raises_user_input_error(value):
     assert nasbnn.Architecture.from_json(arch.to_json(), SPACE) == arch
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(st.integers(0, 2**32 - 1), st.sampled_from(["uniform", "uniform_depths"]))
 def test_sampled_architectures_round_trip_through_both_forms(seed, distribution):
   arch = nasbnn.sample_uniform(SPACE, np.random.default_rng(seed), distribution=distribution)
@@ -69,3 +69,33 @@ def test_sampled_architectures_round_trip_through_both_forms(seed, distribution)
 def test_out_of_space_errors_name_the_problem(text):
   with pytest.raises(UserInputError):
     nasbnn.resolve(SPACE, text)
+
+
+# Genotypes (DARTS cell search): any JSON value is a genotype or a UserInputError.
+_GENO_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 8) | st.sampled_from(
+        ["bnas", "bats", "conv3", "max3", "none", "zeroise", "dil5", "x"]),
+    lambda children: st.lists(children, max_size=9) | st.dictionaries(
+        st.sampled_from(["space", "normal", "reduce", "normal_concat", "reduce_concat", "y"]),
+        children, max_size=5),
+    max_leaves=40)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(_GENO_JSON)
+def test_any_genotype_json_parses_or_raises_user_input_error(value):
+  from bnas_jax.search import genotype as genotype_lib  # pylint: disable=g-import-not-at-top
+  geno = _accepts_or_user_error(genotype_lib.from_json, json.dumps(value))
+  if geno is not None:
+    assert genotype_lib.from_json(geno.to_json()) == geno
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["bnas", "bats"]), st.booleans())
+def test_random_genotypes_round_trip_and_validate(seed, space_name, keep_zeroise):
+  from bnas_jax.search import genotype as genotype_lib  # pylint: disable=g-import-not-at-top
+  from bnas_jax.search_spaces import darts_ops  # pylint: disable=g-import-not-at-top
+  geno = genotype_lib.random_genotype(darts_ops.get_space(space_name),
+                                      np.random.default_rng(seed), keep_zeroise=keep_zeroise)
+  assert genotype_lib.from_json(geno.to_json()) == geno
+  assert genotype_lib.validate(geno) == geno

@@ -92,7 +92,7 @@ SPACES = {"bnas": BNAS, "bats": BATS}
 
 
 def get_space(name: str) -> CellSpace:
-  if name not in SPACES:
+  if not isinstance(name, str) or name not in SPACES:
     raise UserInputError(f"Unknown cell space {name!r}; known spaces: {', '.join(SPACES)}.")
   return SPACES[name]
 
