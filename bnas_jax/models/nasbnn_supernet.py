@@ -327,8 +327,8 @@ class SupernetBlock(nn.Module):
     x, width = carry
     if choice is None:
       active, width, block_width, k, g = self.static_choice
-      if not active:
-        return (x, width), None  # a static inactive slot: nothing to run
+      if not active:  # a static inactive slot: nothing to run
+        return (x, jnp.asarray(width, jnp.int32)), None
     else:
       active, block_width, k, g = (choice["active"] > 0, choice["width"], choice["kernel"],
                                    choice["groups"])
@@ -382,8 +382,7 @@ class NasBnnSupernet(nn.Module):
   Variables: stem_conv, stem_bn, stem_rprelu; per stage s, `stage{s}_first`
   (its strided first block) and `stage{s}_rest` (its other, identical slots,
   stacked on a leading axis and run by one `nn.scan`: one traced body per
-  stage instead of one per slot, which halves the compile time of the 21-slot
-  space); classifier. `slot_variables` unstacks a slot;
+  stage instead of one per slot, to cut compile time); classifier. `slot_variables` unstacks a slot;
   `extract_subnet_variables` slices a subnet's standalone parameters.
   """
 
