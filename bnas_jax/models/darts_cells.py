@@ -160,6 +160,17 @@ class BnasSourceOps(nn.Module):
     return outs
 
 
+def _preprocess_inputs(cell: nn.Module, s0: Array, s1: Array, train: bool, *, search: bool
+                       ) -> list[Array]:
+  """A cell's two input states at its width (s0 halved if the previous cell reduced);
+  the submodules `preprocess0/1` are created in `cell`'s scope."""
+  kw = dict(search=search, options=cell.options)
+  return [darts_ops.make_preprocess(cell.space, cell.channels, reduce_input=cell.reduction_prev,
+                                    name="preprocess0", **kw)(s0, train),
+          darts_ops.make_preprocess(cell.space, cell.channels, reduce_input=False,
+                                    name="preprocess1", **kw)(s1, train)]
+
+
 class SearchCell(nn.Module):
   """A supernet cell: 14 MixedOp edges, 4 nodes, concat (+ BNAS inter-cell skip)."""
 
@@ -174,11 +185,7 @@ class SearchCell(nn.Module):
   @nn.compact
   def __call__(self, s0: Array, s1: Array, weights: Array, train: bool) -> Array:
     s1_raw = s1
-    s0 = darts_ops.make_preprocess(self.space, self.channels, reduce_input=self.reduction_prev,
-                                   search=True, options=self.options, name="preprocess0")(s0, train)
-    s1 = darts_ops.make_preprocess(self.space, self.channels, reduce_input=False, search=True,
-                                   options=self.options, name="preprocess1")(s1, train)
-    states = [s0, s1]
+    states = _preprocess_inputs(self, s0, s1, train, search=True)
     fused = self.space.name == "bnas" and self.fused
     incoming = {}  # node -> list of edge outputs
     for node in range(genotype_lib.NUM_NODES):
@@ -308,12 +315,7 @@ class GenotypeCell(nn.Module):
   @nn.compact
   def __call__(self, s0: Array, s1: Array, train: bool, drop_path_prob: Any = 0.0) -> Array:
     s1_raw = s1
-    s0 = darts_ops.make_preprocess(
-        self.space, self.channels, reduce_input=self.reduction_prev, search=False,
-        options=self.options, name="preprocess0")(s0, train)
-    s1 = darts_ops.make_preprocess(self.space, self.channels, reduce_input=False, search=False,
-                                   options=self.options, name="preprocess1")(s1, train)
-    states = [s0, s1]
+    states = _preprocess_inputs(self, s0, s1, train, search=False)
     for node in range(genotype_lib.NUM_NODES):
       total = 0.0
       for j in (2 * node, 2 * node + 1):
