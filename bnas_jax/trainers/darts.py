@@ -24,6 +24,12 @@ checkpoints in `workdir`):
 4. Optionally the same training for a random genotype of the space
    (`config.final.random_baseline`, `workdir/random`), the baseline the issue asks for.
 
+`config.space = "mbconv"` runs the same phases on the bimodal paper's binary
+MBConv space (`search_spaces/mbconv.py`, `models/binary_mbconv.py`): the
+"genotype" is then a choice list, the networks come from `config.model`'s
+stages, and the cost summary reports BOPs and real FLOPs (stem, classifier)
+separately. The few places that differ dispatch on `_is_mbconv(config)`.
+
 `workdir/report.json` collects the genotype, test accuracies, costs and the
 search history.
 """
@@ -34,6 +40,7 @@ import time
 from typing import Any, Optional
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -49,12 +56,53 @@ from bnas_jax import sharding
 from bnas_jax import train_state as train_state_lib
 from bnas_jax import training_loop
 from bnas_jax.errors import UserInputError
+from bnas_jax.models import binary_mbconv
 from bnas_jax.models import darts_cells
 from bnas_jax.search import bilevel
 from bnas_jax.search import genotype as genotype_lib
 from bnas_jax.search_spaces import darts_ops
+from bnas_jax.search_spaces import mbconv
 
 SHORTCUT_LAYER = "res_conv"  # the real 2x2 projections of BNAS's inter-cell skips
+
+
+# ----------------------------------------------------------------------------
+# Space families: DARTS cells (bnas, bats) or the binary MBConv space.
+
+
+def _is_mbconv(config: Any) -> bool:
+  return config.space == mbconv.NAME
+
+
+def get_space(config: Any) -> Any:
+  """The `darts_ops.CellSpace` or `mbconv.MBConvSpace` that `config.space` names."""
+  return mbconv.space_from_config(config.model) if _is_mbconv(config) else (
+      darts_ops.get_space(config.space))
+
+
+def load_genotype(config: Any, path: str) -> Any:
+  """A cell genotype, or for mbconv a choice list (JSON, string form, or the string)."""
+  if _is_mbconv(config):
+    return mbconv.load(path, get_space(config))
+  return genotype_lib.load(path)
+
+
+def random_genotype(config: Any, space: Any, rng: np.random.Generator) -> Any:
+  if _is_mbconv(config):
+    return mbconv.sample(space, rng)
+  return genotype_lib.random_genotype(space, rng, config.derive.keep_zeroise)
+
+
+def learnable_share(genotype: Any) -> float:
+  """BNAS Sec. 4.3's share of learnable ops (every MBConv candidate has weights: 1)."""
+  if isinstance(genotype, mbconv.ChoiceList):
+    return 1.0
+  return genotype_lib.learnable_share(genotype)
+
+
+def draw_genotype(genotype: Any, path: str, title: str) -> None:
+  draw = mbconv.draw if isinstance(genotype, mbconv.ChoiceList) else genotype_lib.draw
+  draw(genotype, path, title=title)
 
 
 # ----------------------------------------------------------------------------
@@ -67,8 +115,9 @@ def op_options(config: Any) -> darts_ops.OpOptions:
                              shuffle_groups=m.shuffle_groups)
 
 
-def search_model(config: Any, space: darts_ops.CellSpace, num_classes: int
-                 ) -> darts_cells.SearchNetwork:
+def search_model(config: Any, space: Any, num_classes: int) -> Any:
+  if _is_mbconv(config):
+    return binary_mbconv.search_network(config, space, num_classes)
   m = config.model
   return darts_cells.SearchNetwork(
       space, num_classes, channels=m.channels, num_cells=m.num_cells,
@@ -79,8 +128,9 @@ def search_model(config: Any, space: darts_ops.CellSpace, num_classes: int
       stem=m.stem, fused=m.get("fused", True))
 
 
-def final_model(config: Any, genotype: genotype_lib.Genotype, num_classes: int
-                ) -> darts_cells.GenotypeNetwork:
+def final_model(config: Any, genotype: Any, num_classes: int) -> Any:
+  if _is_mbconv(config):
+    return binary_mbconv.final_network(config, get_space(config), genotype, num_classes)
   f, m = config.final, config.model
   return darts_cells.GenotypeNetwork(
       genotype, num_classes, channels=f.channels, num_cells=f.num_cells,
@@ -127,9 +177,16 @@ def _positive_ints(prefix: str, cfg: Any, *names: str) -> None:
 
 def validate(config: Any, mesh) -> dict[str, Any]:
   """Checks everything a user can get wrong, before any compute."""
-  space = darts_ops.get_space(config.space)
-  _positive_ints("config.model", config.model, "channels", "num_cells", "stem_multiplier")
-  _positive_ints("config.final", config.final, "channels", "num_cells", "batch_size")
+  space = get_space(config)
+  if _is_mbconv(config):
+    binary_mbconv.check_shortcut(config.model.shortcut)
+    if config.final.drop_path_prob:
+      raise UserInputError("config.final.drop_path_prob must be 0 for config.space='mbconv' "
+                           "(the MBConv network has no drop-path).")
+  else:
+    _positive_ints("config.model", config.model, "channels", "num_cells", "stem_multiplier")
+    _positive_ints("config.final", config.final, "channels", "num_cells")
+  _positive_ints("config.final", config.final, "batch_size")
   _positive_ints("config.search", config.search, "batch_size")
   _positive_ints("config", config, "eval_batch_size")
   for what, bs in (("config.search.batch_size", config.search.batch_size),
@@ -151,7 +208,7 @@ def validate(config: Any, mesh) -> dict[str, Any]:
   final_info = input_pipeline.get_dataset_info(final_data_config(config))
   genotype = None
   if config.genotype_file:
-    genotype = genotype_lib.load(config.genotype_file)
+    genotype = load_genotype(config, config.genotype_file)
     if genotype.space != space.name:
       raise UserInputError(f"config.genotype_file is a {genotype.space} genotype but "
                            f"config.space={space.name!r}.")
@@ -166,7 +223,7 @@ def validate(config: Any, mesh) -> dict[str, Any]:
         raise UserInputError(f"config.search.batch_size={config.search.batch_size} is larger "
                              f"than the {split} split ({info.num_examples[split]} examples).")
     _check_shape(search_model(config, space, info.num_classes), info.image_shape, "supernet")
-  probe = genotype or genotype_lib.random_genotype(space, np.random.default_rng(0))
+  probe = genotype or random_genotype(config, space, np.random.default_rng(0))
   _check_shape(final_model(config, probe, info.num_classes), info.image_shape, "final network")
   if config.final.batch_size > final_info.num_examples["train"]:
     raise UserInputError(f"config.final.batch_size={config.final.batch_size} is larger than the "
@@ -242,16 +299,17 @@ def _write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def derive_genotype(config: Any, space: darts_ops.CellSpace, arch: dict
-                    ) -> genotype_lib.Genotype:
+def derive_genotype(config: Any, space: Any, arch: dict) -> Any:
   arch = jax.device_get(arch)
+  if _is_mbconv(config):
+    return mbconv.derive(arch, space)
   return genotype_lib.derive(np.asarray(arch["normal"]), np.asarray(arch["reduce"]), space,
                              temperature=config.search.temperature, gamma=config.derive.gamma,
                              keep_zeroise=config.derive.keep_zeroise)
 
 
-def run_search(config: Any, workdir: str, mesh, space: darts_ops.CellSpace, info: Any,
-               noise: bilevel.NoiseConfig) -> tuple[genotype_lib.Genotype, list[dict]]:
+def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
+               noise: bilevel.NoiseConfig) -> tuple[Any, list[dict]]:
   """Bilevel search; returns the best-held-out genotype and the per-epoch history."""
   os.makedirs(workdir, exist_ok=True)
   sc = config.search
@@ -303,11 +361,12 @@ def run_search(config: Any, workdir: str, mesh, space: darts_ops.CellSpace, info
     epoch = step // steps_per_epoch
     arch = jax.device_get(state.params["arch"])
     geno = derive_genotype(config, space, arch)
-    genotype_lib.save(geno, os.path.join(workdir, f"genotype_epoch_{epoch:03d}.json"))
+    if jax.process_index() == 0:  # one writer: processes share the workdir
+      genotype_lib.save(geno, os.path.join(workdir, f"genotype_epoch_{epoch:03d}.json"))
     entry = {"epoch": epoch, "step": step, "wall_seconds": round(time.time() - start, 2),
              "genotype": geno.to_dict(),
              "entropy": float(bilevel.mean_entropy(arch, sc.temperature)),
-             "learnable_share": genotype_lib.learnable_share(geno)}
+             "learnable_share": learnable_share(geno)}
     if sc.eval_holdout:
       variables = {"params": state.params["weights"], "arch": state.params["arch"],
                    "batch_stats": state.batch_stats}
@@ -316,7 +375,7 @@ def run_search(config: Any, workdir: str, mesh, space: darts_ops.CellSpace, info
       entry.update(holdout_accuracy=ev["accuracy"], holdout_loss=ev["loss"])
     best = max((h.get("holdout_accuracy", -1.0) for h in history), default=-1.0)
     history.append(entry)
-    if entry.get("holdout_accuracy", 0.0) >= best:
+    if entry.get("holdout_accuracy", 0.0) >= best and jax.process_index() == 0:
       genotype_lib.save(geno, os.path.join(workdir, "genotype_best.json"))
     _write_json(history_path, history)
     reporter.scalars(step, {k: entry[k] for k in ("entropy", "learnable_share",
@@ -350,7 +409,9 @@ def run_search(config: Any, workdir: str, mesh, space: darts_ops.CellSpace, info
   reporter.close()
   ckpt.close()
   best_path = os.path.join(workdir, "genotype_best.json")
-  return genotype_lib.load(best_path), history
+  if jax.process_count() > 1:  # every process reads what process 0 wrote
+    multihost_utils.sync_global_devices("darts_genotype_best_written")
+  return load_genotype(config, best_path), history
 
 
 # ----------------------------------------------------------------------------
@@ -406,7 +467,7 @@ def cost_summary(model: Any, image_shape: tuple[int, ...]) -> dict[str, Any]:
           "ops_without_shortcuts": report.ops - shortcut_flops}
 
 
-def train_final(config: Any, workdir: str, mesh, genotype: genotype_lib.Genotype,
+def train_final(config: Any, workdir: str, mesh, genotype: Any,
                 phase_name: str = "final") -> dict[str, Any]:
   """Trains the genotype's network from scratch and tests it."""
   os.makedirs(workdir, exist_ok=True)
@@ -449,7 +510,8 @@ def train_final(config: Any, workdir: str, mesh, genotype: genotype_lib.Genotype
   eval_fn = _make_eval_fn(model, info.num_classes)
   test = _evaluate(eval_fn, {"params": state.params, "batch_stats": state.batch_stats}, data,
                    "test", config.eval_batch_size, mesh, config.get("max_eval_examples", 0))
-  costs = cost_summary(model, info.image_shape)
+  costs = (binary_mbconv.cost_summary if _is_mbconv(config) else cost_summary)(
+      model, info.image_shape)
   results = {"phase": phase_name, "genotype": genotype.to_dict(), "steps": total_steps,
              "test_accuracy": test["accuracy"], "test_loss": test["loss"],
              "test_examples": test["count"], "costs": costs}
@@ -476,7 +538,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   space, info = checked["space"], checked["info"]
   os.makedirs(workdir, exist_ok=True)
   report: dict[str, Any] = {"space": space.name}
-  genotype: Optional[genotype_lib.Genotype] = checked["genotype"]
+  genotype: Optional[Any] = checked["genotype"]
   if genotype is None:
     genotype, history = run_search(config, os.path.join(workdir, "search"), mesh, space, info,
                                    checked["noise"])
@@ -484,7 +546,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   report["genotype"] = genotype.to_dict()
   if jax.process_index() == 0:
     genotype_lib.save(genotype, os.path.join(workdir, "genotype.json"))
-    genotype_lib.draw(genotype, os.path.join(workdir, "cells.png"), title=str(space.name))
+    draw_genotype(genotype, os.path.join(workdir, "cells.png"), title=str(space.name))
   print(f"genotype: {genotype}", flush=True)
   final = {}
   if config.final.num_epochs or config.final.num_train_steps:
@@ -492,7 +554,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     report["final"] = final
     if config.final.random_baseline:
       rng = np.random.default_rng([config.seed, 7])
-      random_geno = genotype_lib.random_genotype(space, rng, config.derive.keep_zeroise)
+      random_geno = random_genotype(config, space, rng)
       report["random_baseline"] = train_final(config, os.path.join(workdir, "random"), mesh,
                                               random_geno, phase_name="random")
   _write_json(os.path.join(workdir, "report.json"), report)
