@@ -1,12 +1,14 @@
 """Preemption and crashes of the CLI: SIGTERM and kill -9, then resume.
 
-Each run is a real `python -m bnas_jax.main` process on the default reactnet
-config shrunk by --config overrides. A wrapper slows the training batches and
-touches a marker file when a given batch is drawn, so the signal lands while
-training runs; the production code is unchanged. The expectation is
-independent of the code under test: the parameters and test metrics of an
-uninterrupted run with the same seed, which resuming must reproduce exactly
-(CPU, same compiled programs).
+Each run is a real `python -m bnas_jax.main` process (through the instrumented
+main of `cli_crash`, which pauses the run at a known training step and touches
+a marker file there, so the signal lands while training runs; the production
+code is unchanged) on a config shrunk by --config overrides: the default
+reactnet config, and DMS's width search. The expectation is independent of the
+code under test: the saved state and results of an uninterrupted run with the
+same seed, which resuming must reproduce exactly (CPU, same compiled programs).
+NAS-BNN's supernet and search and the cell search are crashed in
+test_multiprocess.py, next to their uninterrupted multi-device runs.
 """
 
 import json
@@ -16,10 +18,9 @@ import subprocess
 import sys
 import time
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+
+import cli_crash
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
@@ -29,90 +30,42 @@ TINY = ["--config=configs/reactnet.py", f"--config.num_train_steps={STEPS}",
         "--config.model.blocks=((8, 1, 3, 1), (16, 2, 3, 2))", "--config.model.stem_features=8",
         "--config.data.image_size=16", "--config.max_eval_examples=64",
         "--config.log_every_steps=1", f"--config.checkpoint_every_steps={CHECKPOINT_EVERY}"]
-
-# Runs bnas_jax.main with train batches slowed by DELAY seconds and a marker
-# file touched when batch AT is drawn: argv = MARKER AT DELAY main-args...
-_SLOWED_MAIN = r"""
-import runpy, sys, time
-from bnas_jax import input_pipeline
-marker, at, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-real = input_pipeline.make_train_iterator
-
-def slowed(*args, **kwargs):
-  it = real(*args, **kwargs)
-
-  class Slowed:
-    drawn = 0
-
-    def __next__(self):
-      Slowed.drawn += 1
-      if Slowed.drawn == at:
-        open(marker, "w").close()
-      time.sleep(delay)
-      return next(it)
-
-    def __getattr__(self, name):
-      return getattr(it, name)
-
-  return Slowed()
-
-input_pipeline.make_train_iterator = slowed
-sys.argv = ["bnas_jax.main"] + sys.argv[4:]
-runpy.run_module("bnas_jax.main", run_name="__main__", alter_sys=True)
-"""
+# DMS on a shrunken VGG-11: 2 search blocks of 3 weight steps (each
+# checkpointed) and 3 mu steps; no evaluation training.
+DMS_BLOCK_STEPS = 3
+DMS = ["--config=configs/dms.py", "--config.model.base_widths=(4, 4, 8, 8, 8, 8, 8, 8)",
+       "--config.batch_size=32", "--config.eval_batch_size=64", "--config.max_eval_examples=64",
+       "--config.progress_bar=False", "--config.log_every_steps=1",
+       "--config.checkpoint_every_steps=1", "--config.search.num_blocks=2",
+       f"--config.search.block_steps={DMS_BLOCK_STEPS}", "--config.search.arch_steps=3",
+       "--config.eval.num_epochs=0"]
+# Per-block wall times, and whether a block found its steps already compiled
+# in this process, differ between a resumed and an uninterrupted run.
+DMS_TIMING = ("compile_seconds", "weight_train_seconds", "arch_seconds", "block_seconds",
+              "compiled_steps_reused", "search_seconds", "compile_seconds_per_block")
 
 
-def _env(cache_dir):
+def _env(cache_dir, pause=None):
   # A shared compilation cache: later runs skip XLA compiles (same executables).
   return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
               XLA_FLAGS="--xla_force_host_platform_device_count=1",
               JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **(pause or {}))
 
 
-def _main(workdir, cache_dir, *extra):
-  return subprocess.run([sys.executable, "-m", "bnas_jax.main", f"--workdir={workdir}", *TINY,
-                         *extra], cwd=REPO, env=_env(cache_dir), capture_output=True, text=True,
+def _main(workdir, cache_dir, flags=TINY):
+  return subprocess.run([sys.executable, "-m", "bnas_jax.main", f"--workdir={workdir}", *flags],
+                        cwd=REPO, env=_env(cache_dir), capture_output=True, text=True,
                         timeout=300)
 
 
-def _start_slowed(workdir, cache_dir, marker, at, delay=0.3):
+def _start_paused(workdir, cache_dir, marker, at, delay, flags=TINY):
+  """The run paused `delay` s at every `should_stop` call from call `at` (= step) on."""
   return subprocess.Popen(
-      [sys.executable, "-c", _SLOWED_MAIN, str(marker), str(at), str(delay),
-       f"--workdir={workdir}", *TINY], cwd=REPO, env=_env(cache_dir),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(path, proc, timeout=240):
-  deadline = time.time() + timeout
-  while not os.path.exists(path):
-    if proc.poll() is not None:
-      raise AssertionError(f"run ended before the marker: {proc.communicate()[1][-3000:]}")
-    if time.time() > deadline:
-      proc.kill()
-      raise AssertionError("marker never appeared")
-    time.sleep(0.05)
-
-
-def _complete_steps(workdir):
-  root = os.path.join(workdir, "checkpoints")
-  return sorted(int(d) for d in os.listdir(root) if d.isdigit()
-                and os.path.exists(os.path.join(root, d, "commit_success.txt")))
-
-
-def _restore_numpy(path):
-  """A saved state as numpy arrays, whatever device layout it was saved from."""
-  checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata.tree
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
-
-
-def _final(workdir):
-  state = _restore_numpy(os.path.join(workdir, "checkpoints", str(STEPS), "state"))
-  with open(os.path.join(workdir, "results.json")) as f:
-    return state, json.load(f)
+      [sys.executable, cli_crash.__file__, f"--workdir={workdir}", *flags], cwd=REPO,
+      env=_env(cache_dir, cli_crash.pause_env(marker, at, delay)), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -125,27 +78,24 @@ def uninterrupted(tmp_path_factory, cache_dir):
   workdir = tmp_path_factory.mktemp("uninterrupted")
   proc = _main(workdir, cache_dir)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return _final(str(workdir))
+  return workdir
 
 
-def _assert_same_run(resumed_dir, uninterrupted):
-  state, results = _final(str(resumed_dir))
-  ref_state, ref_results = uninterrupted
-  assert int(state["step"]) == STEPS
-  for name in ("params", "batch_stats", "opt_state", "rng"):
-    assert jax.tree.structure(state[name]) == jax.tree.structure(ref_state[name])
-    assert jax.tree.leaves(state[name]), name
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b, err_msg=name), state[name],
-                 ref_state[name])
+def _assert_same_run(resumed_dir, uninterrupted_dir):
+  final = os.path.join("checkpoints", str(STEPS), "state")
+  assert int(cli_crash.restore_numpy(resumed_dir / final)["step"]) == STEPS
+  cli_crash.assert_same_state(resumed_dir / final, uninterrupted_dir / final)
+  results, expected = (json.loads((d / "results.json").read_text())
+                       for d in (resumed_dir, uninterrupted_dir))
   for key in ("test_accuracy", "test_loss", "test_examples"):
-    assert results[key] == ref_results[key], key
+    assert results[key] == expected[key], key
 
 
 def test_sigterm_checkpoints_the_current_step_exits_0_and_resumes_exactly(
     tmp_path, cache_dir, uninterrupted):
-  workdir, marker = tmp_path / "run", tmp_path / "at_batch_6"
-  proc = _start_slowed(workdir, cache_dir, marker, at=6)
-  _wait_for(marker, proc)
+  workdir, marker = tmp_path / "run", tmp_path / "at_step_6"
+  proc = _start_paused(workdir, cache_dir, marker, at=6, delay=0.3)
+  cli_crash.wait_for([marker], proc)
   sent = time.time()
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=60)
@@ -153,9 +103,9 @@ def test_sigterm_checkpoints_the_current_step_exits_0_and_resumes_exactly(
   assert proc.returncode == 0, err[-3000:]
   assert "Stopped after step" in out and "Traceback" not in err
   # Steps are 0.3 s apart; the one running when the signal came is finished
-  # and saved (step 6, or 7 if batch 7 was already drawn), then the process
+  # and saved (step 6, or 7 if step 6's pause was over), then the process
   # exits: far sooner than a scheduler's grace period (>= 30 s).
-  steps = _complete_steps(str(workdir))
+  steps = cli_crash.complete_steps(workdir / "checkpoints")
   assert steps[-1] in (6, 7) and CHECKPOINT_EVERY in steps, steps
   assert elapsed < 15, elapsed
 
@@ -167,18 +117,43 @@ def test_sigterm_checkpoints_the_current_step_exits_0_and_resumes_exactly(
 
 def test_kill_9_during_an_async_save_resumes_to_the_same_result(tmp_path, cache_dir,
                                                                 uninterrupted):
-  # Batch 9 is drawn right after step 8's checkpoint started saving in the
+  # Step 9 runs right after step 8's checkpoint started saving in the
   # background: the kill leaves a temporary directory, step 4 stays the
   # newest complete checkpoint.
-  workdir, marker = tmp_path / "run", tmp_path / "at_batch_9"
-  proc = _start_slowed(workdir, cache_dir, marker, at=9, delay=0.05)
-  _wait_for(marker, proc)
+  workdir, marker = tmp_path / "run", tmp_path / "at_step_9"
+  proc = _start_paused(workdir, cache_dir, marker, at=9, delay=0.05)
+  cli_crash.wait_for([marker], proc)
   proc.send_signal(signal.SIGKILL)
   proc.communicate(timeout=60)
   assert proc.returncode == -signal.SIGKILL
-  assert _complete_steps(str(workdir))[-1] in (4, 8)
+  assert cli_crash.complete_steps(workdir / "checkpoints")[-1] in (4, 8)
 
   resumed = _main(workdir, cache_dir)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert not [d for d in os.listdir(workdir / "checkpoints") if "tmp" in d]
   _assert_same_run(workdir, uninterrupted)
+
+
+def test_kill_9_in_the_dms_search_resumes_to_the_same_widths(tmp_path, cache_dir):
+  straight, workdir = tmp_path / "straight", tmp_path / "run"
+  proc = _main(straight, cache_dir, DMS)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+  # Killed in block 2's second weight step, once its first is checkpointed.
+  block_2 = workdir / "search" / "block_001" / "checkpoints"
+  marker = tmp_path / "at_block_2_step_2"
+  proc = _start_paused(workdir, cache_dir, marker, at=DMS_BLOCK_STEPS + 2, delay=3.0, flags=DMS)
+  cli_crash.wait_for([marker, block_2 / "1" / "commit_success.txt"], proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+  assert cli_crash.complete_steps(block_2) == [1]
+  assert cli_crash.read_json(workdir / "search" / "state.json")["next_block"] == 1
+
+  resumed = _main(workdir, cache_dir, DMS)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  for name in ("search/state.json", "dms_widths.json", "report.json"):
+    assert (cli_crash.read_json(workdir / name, DMS_TIMING)
+            == cli_crash.read_json(straight / name, DMS_TIMING)), name
+  final = os.path.join("search", "block_001", "checkpoints", str(DMS_BLOCK_STEPS), "state")
+  cli_crash.assert_same_state(workdir / final, straight / final)
