@@ -147,17 +147,23 @@ class QuantConv(nn.Module):
 
 
 class QuantDense(nn.Module):
-  """Dense layer with input and kernel quantizers (full precision by default)."""
+  """Dense layer with input and kernel quantizers (full precision by default).
+
+  Initialised as torch.nn.Linear (kernel and bias uniform in +-1/sqrt(fan_in))
+  unless `zero_init` (kernel and bias 0, big_vision's `head_zeroinit`).
+  """
 
   features: int
   use_bias: bool = True
   input_quantizer: Optional[str] = None
   kernel_quantizer: Optional[str] = None
   kernel_init: Callable[..., Array] = torch_default_init
+  zero_init: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    kernel_init = nn.initializers.zeros if self.zero_init else self.kernel_init
+    kernel = self.param("kernel", kernel_init, (x.shape[-1], self.features), jnp.float32)
     quantize_kernel = quantizers.get_quantizer(self.kernel_quantizer)
     quantize_input = quantizers.get_quantizer(self.input_quantizer)
     if quantize_kernel is not None:
@@ -167,9 +173,10 @@ class QuantDense(nn.Module):
     y = jnp.dot(x.astype(jnp.float32), kernel, preferred_element_type=jnp.float32)
     if self.use_bias:
       fan_in = x.shape[-1]
-      bias_init = nn.initializers.uniform(2.0 / fan_in**0.5)
-      bias = self.param("bias", lambda key, shape: bias_init(key, shape) - 1.0 / fan_in**0.5,
-                        (self.features,))
+      uniform = nn.initializers.uniform(2.0 / fan_in**0.5)
+      bias_init = nn.initializers.zeros if self.zero_init else (
+          lambda key, shape: uniform(key, shape) - 1.0 / fan_in**0.5)
+      bias = self.param("bias", bias_init, (self.features,))
       y = y + bias
     return y
 

@@ -42,15 +42,21 @@ def get_config(arg=None):
   # Supernet training (Sec. 3.3 / 4.1.2). Ablation switches of Sec. 4.4:
   # teacher fwba (Bi-Teacher) | fwfa | bwba, distill on/off, bi_transformation,
   # weight_norm, and space.nd_constraint.
+  # Digits deviations from the paper/reference (measured, see the README's
+  # NAS-BNN section): a zero-initialised classifier (with PyTorch's default
+  # init the 21-block residual trunk gives initial logits of std ~20 and a
+  # first loss of 4-5) and lr 1e-3 instead of 2.5e-3 (at 2e-3 gradient norms
+  # spiked to 1e13 with widths / 4). The paper presets below restore the
+  # reference's settings.
   c.supernet = ml_collections.ConfigDict(dict(
       num_epochs=6, num_train_steps=0, label_smoothing=0.1, teacher="fwba", distill=True,
-      bi_transformation=True, weight_norm=True,
+      bi_transformation=True, weight_norm=True, zero_init_classifier=True,
       # Students' random subnets: depth uniform per stage, then uniform over the
       # ND-valid choices (see search_spaces/nasbnn.py for the alternatives).
       sampling="uniform_depths",
       optimizer=ml_collections.ConfigDict(dict(
-          name="adam", learning_rate=2.5e-3, schedule="cosine", weight_decay=5e-6,
-          grad_clip_norm=ml_collections.FieldReference(None, float)))))
+          name="adam", learning_rate=1e-3, schedule="cosine", weight_decay=5e-6,
+          warmup_epochs=0.0, grad_clip_norm=ml_collections.FieldReference(None, float)))))
   # Evolutionary search (Sec. 3.4; public code defaults). OPs in millions;
   # None = the space's smallest/biggest subnet and 20 buckets.
   c.search = ml_collections.ConfigDict(dict(
@@ -84,9 +90,10 @@ def get_config(arg=None):
     c.data.holdout_fraction = 0.0
     # Sec. 4.1.2: 512 epochs, batch 512, Adam, weight decay 5e-6 on conv and
     # FC weights, cosine decay. The paper text gives lr 5e-4; the public
-    # code's README uses 2.5e-3 (kept in the digits default).
+    # code's README uses 2.5e-3 (kept in the cifar10 preset).
     c.batch_size = 512
     c.eval_batch_size = 500
+    c.supernet.zero_init_classifier = False
     c.supernet.num_epochs = 512
     c.supernet.optimizer.learning_rate = 5e-4
     c.search.update(dict(population_size=512, generations=20, num_mutations=128,
@@ -103,6 +110,8 @@ def get_config(arg=None):
     c.batch_size = 256
     c.eval_batch_size = 500
     c.supernet.num_epochs = 200
+    c.supernet.zero_init_classifier = False
+    c.supernet.optimizer.learning_rate = 2.5e-3
     c.search.update(dict(population_size=128, generations=20, num_mutations=32,
                          num_crossovers=32, calibration_batches=10))
     c.deploy.finetune_epochs = 25

@@ -165,3 +165,15 @@ def test_gradients_equal_those_of_the_extracted_network():
                                  g_sub[f"block{n}"]["conv_kxk"]["input_threshold"], **tol)
     np.testing.assert_allclose(g_super["stem_conv"]["kernel"][..., :arch.stem_width],
                                g_sub["stem"]["conv"]["kernel"], **tol)
+
+
+def test_zero_initialised_classifier_starts_at_uniform_predictions():
+  # The digits preset's zero-init head: every subnet's first loss is ln(10),
+  # whatever the trunk computes; the default (reference) init is not uniform.
+  arch = nasbnn.encode(SPACE, nasbnn.biggest(SPACE))
+  for zero_init, uniform in ((True, True), (False, False)):
+    model = nasbnn_supernet.NasBnnSupernet(SPACE, 10, zero_init_classifier=zero_init)
+    v = jax.jit(lambda key: model.init(key, X, arch))(jax.random.key(1))
+    logits = model.apply(v, X, arch, train=False)
+    ce = -jnp.mean(jax.nn.log_softmax(logits)[:, 3])
+    assert bool(jnp.isclose(ce, np.log(10.0), atol=1e-6)) == uniform

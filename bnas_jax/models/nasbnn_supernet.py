@@ -206,7 +206,7 @@ class ElasticGroupConv(nn.Module):
     strides: 1 or 2.
     bi_transformation: learn the K^2 x K^2 Bi-Transformation (Eq. 5).
     weight_norm: channel-wise weight normalization (Eq. 6).
-    conv_forward: forward of `convolution.conv2d` ("lax" | "im2col").
+    conv_forward: forward of `convolution.conv2d` ("lax" | "im2col" | "split" | "auto").
   """
 
   in_widths: tuple[int, ...]
@@ -391,6 +391,7 @@ class NasBnnSupernet(nn.Module):
   bi_transformation: bool = True
   weight_norm: bool = True
   conv_forward: str = "lax"
+  zero_init_classifier: bool = False
 
   @nn.compact
   def __call__(self, x: Array, arch: Mapping[str, Array], *, train: bool = False,
@@ -440,7 +441,11 @@ class NasBnnSupernet(nn.Module):
         width = np.int32(static[2] if static[0] else static[1])
       in_widths = tuple(spec.widths)
     x = jnp.mean(x, axis=(1, 2))
-    return layers.QuantDense(self.num_classes, name="classifier")(x)
+    # `zero_init_classifier`: first logits 0 instead of the std ~20 logits the
+    # deep residual trunk gives with PyTorch's default init (the reference's);
+    # see configs/nasbnn.py.
+    return layers.QuantDense(self.num_classes, zero_init=self.zero_init_classifier,
+                             name="classifier")(x)
 
 
 def extract_subnet_variables(space: nasbnn.SearchSpace, arch: nasbnn.Architecture,

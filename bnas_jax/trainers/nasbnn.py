@@ -102,7 +102,8 @@ def make_sandwich_step(model, num_classes: int, teacher_arch: dict, *, label_smo
 def _supernet(config, space, num_classes):
   return nasbnn_supernet.NasBnnSupernet(space, num_classes,
                                         bi_transformation=config.supernet.bi_transformation,
-                                        weight_norm=config.supernet.weight_norm)
+                                        weight_norm=config.supernet.weight_norm,
+                                        zero_init_classifier=config.supernet.zero_init_classifier)
 
 
 def validate(config: Any, mesh) -> tuple[nasbnn.SearchSpace, input_pipeline.DatasetInfo]:
