@@ -1,7 +1,8 @@
 r"""NAS-BNN supernet speed: sandwich step, eval forwards, compile time, recompiles.
 
   python benchmarks/nasbnn_supernet.py [--steps=N] [--rounds=N] [--devices=N]
-      [--image_size=64] [--batch=16] [--num_classes=100] [--conv_forward=lax|im2col] [--json]
+      [--image_size=64] [--batch=16] [--num_classes=100]
+      [--conv_forward=lax|im2col|split|auto] [--json]
 
 Issue 3 Sec. 8: the imagenet space of Table 1 (`configs/nasbnn.py:imagenet`),
 input 64 x 64, batch 16, 100 classes, on this machine, through the library's
@@ -18,7 +19,9 @@ Adam update), state built as the trainer builds it. Measured in one run:
 * eval forward time of the biggest, the smallest and one random subnet through
   the one eval program, timed interleaved over `--rounds` rounds (median);
 * recompile count: how many times each program was traced beyond the first
-  (0 means every subnet ran through the same compiled program).
+  (0 means every subnet ran through the same compiled program);
+* the 1-minute load average at the start, after compiling and at the end (the
+  machine is shared; a busy one slows every number).
 
 The PyTorch reference point of the issue (public NAS-BNN code on a 2-core CPU of
 the kind these machines have): 5.7 s sandwich step, 0.70 s / 0.13 s biggest /
@@ -60,7 +63,8 @@ flags.DEFINE_integer("devices", 0, "XLA host devices (0 = one per CPU core, as m
 flags.DEFINE_integer("image_size", 64, "Input side.")
 flags.DEFINE_integer("batch", 16, "Global batch size.")
 flags.DEFINE_integer("num_classes", 100, "Classifier width.")
-flags.DEFINE_enum("conv_forward", "lax", ["lax", "im2col"], "Forward of the binary convs.")
+flags.DEFINE_enum("conv_forward", "lax", ["lax", "im2col", "split", "auto"],
+                  "Forward of the binary k x k convs (`convolution.conv2d`).")
 flags.DEFINE_bool("json", False, "Print one JSON object with all numbers as the last line.")
 FLAGS = flags.FLAGS
 
@@ -96,6 +100,7 @@ def benchmark() -> dict[str, Any]:
         params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
         rng=jax.random.key_data(key))
 
+  load = [os.getloadavg()[0]]
   state = sharding.init_replicated(init_state, mesh, jax.random.key(0))
   traces = {"sandwich": 0, "eval": 0}
 
@@ -113,6 +118,7 @@ def benchmark() -> dict[str, Any]:
   start = time.perf_counter()
   step_fn.lower(state, batch, students[0]).compile()
   compile_sandwich = time.perf_counter() - start
+  load.append(os.getloadavg()[0])
 
   state, metrics = step_fn(state, batch, students[0])  # warm-up
   jax.block_until_ready(metrics)
@@ -151,6 +157,7 @@ def benchmark() -> dict[str, Any]:
       "compile_sandwich": compile_sandwich, "compile_eval": compile_eval,
       "recompiles_sandwich": traces["sandwich"] - 1, "recompiles_eval": traces["eval"] - 1,
       "random_arch": archs["random"].to_string(),
+      "load_average": load + [os.getloadavg()[0]],
   }
   for name, ts in eval_times.items():
     result[f"eval_{name}"] = float(np.median(ts))
@@ -171,7 +178,9 @@ def format_report(r: dict[str, Any]) -> str:
             f"{r['compile_eval']:.1f} s",
             f"recompiles after the first trace: sandwich {r['recompiles_sandwich']}, "
             f"eval {r['recompiles_eval']}",
-            f"random subnet: {r['random_arch']}"]
+            f"random subnet: {r['random_arch']}",
+            "load average (start, compiled, end): " +
+            ", ".join(f"{a:.2f}" for a in r["load_average"])]
   return "\n".join(lines)
 
 

@@ -6,7 +6,17 @@ XLA:CPU runs the weight gradient of a *grouped* `lax.conv_general_dilated`
 matmul form of the same conv has neither problem (its gradient is ~2x its
 forward, inside a branch or not). Measured in `benchmarks/supernet_options.py`
 (see benchmarks/README.md). `conv2d` therefore runs a chosen forward and always
-takes its gradients from the matmul form; both compute the same function.
+takes its gradients from the matmul form; all forms compute the same function.
+
+The "split" form runs a grouped conv as one plain conv per group on channel
+slices. Measured on the NAS-BNN shapes (batch 16, one conv inside a
+checkpointed `lax.switch` branch, 2 busy cores): its forward is 2-6x faster
+than one grouped lax conv when the input side exceeds the kernel side (e.g.
+16 x 16, 192 channels, k = 5, g = 2: 18 vs 126 ms), but 2-20x slower for
+k = 5 on 4 x 4 or 2 x 2 inputs (4 x 4, 768, g = 4: 240 vs 11 ms); its gradient
+inside a branch is 1.4-20x slower than the matmul one (4-20x from 8 x 8 up:
+plain conv gradients in branches, above). Hence the "auto" forward (split
+where it wins, lax elsewhere) and the im2col backward for every forward.
 
 Layout: NHWC inputs, HWIO kernels with I = C_in / groups, PyTorch's padding
 (k - 1) // 2 on both sides, float32 accumulation.
@@ -51,17 +61,48 @@ def conv_im2col(x: Array, w: Array, groups: int, stride: int = 1) -> Array:
   return y.reshape(n, ho, wo, out)
 
 
-_FORWARDS = {"lax": conv_lax, "im2col": conv_im2col}
+def conv_split(x: Array, w: Array, groups: int, stride: int = 1) -> Array:
+  """The conv as `groups` plain (ungrouped) lax convs on channel slices, concatenated."""
+  if groups == 1:
+    return conv_lax(x, w, 1, stride)
+  cg, og = x.shape[-1] // groups, w.shape[-1] // groups
+  return jnp.concatenate(
+      [conv_lax(x[..., i * cg:(i + 1) * cg], w[..., i * og:(i + 1) * og], 1, stride)
+       for i in range(groups)], axis=-1)
+
+
+def conv_auto(x: Array, w: Array, groups: int, stride: int = 1) -> Array:
+  """`conv_split` where its forward measured faster than `conv_lax`, else `conv_lax`.
+
+  XLA:CPU ran per-group convs 2-6x faster than one grouped conv whenever the
+  input side exceeded the kernel side, and 2-20x slower otherwise (k = 5 on
+  4 x 4 or 2 x 2 inputs); see benchmarks/README.md.
+  """
+  if groups > 1 and min(x.shape[1:3]) > w.shape[0]:
+    return conv_split(x, w, groups, stride)
+  return conv_lax(x, w, groups, stride)
+
+
+_FORMS = {"lax": conv_lax, "im2col": conv_im2col, "split": conv_split, "auto": conv_auto}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv2d(x: Array, w: Array, groups: int = 1, stride: int = 1, forward: str = "lax") -> Array:
-  """A grouped conv computed by `forward` ("lax" | "im2col"), differentiated as im2col."""
-  return _FORWARDS[forward](x, w, groups, stride)
+  """A grouped conv computed by `forward`, differentiated as im2col.
+
+  Args:
+    x: NHWC input.
+    w: HWIO kernel, I = C_in / groups.
+    groups: feature groups.
+    stride: spatial stride.
+    forward: "lax" | "im2col" | "split" (one plain conv per group) | "auto"
+      (split or lax by shape).
+  """
+  return _FORMS[forward](x, w, groups, stride)
 
 
 def _conv2d_fwd(x, w, groups, stride, forward):
-  return _FORWARDS[forward](x, w, groups, stride), (x, w)
+  return _FORMS[forward](x, w, groups, stride), (x, w)
 
 
 def _conv2d_bwd(groups, stride, forward, residuals, dy):
