@@ -8,8 +8,9 @@ plus per-layer rows. Counts come from `cost_model.count_costs`, which runs the
 same module definitions that train.
 
 `--arch` is passed to the config's architecture resolver (`config.arch_resolver`,
-a module in `bnas_jax` exposing `resolve(config, arch) -> model_config`) for
-configs whose model is chosen from a search space; fixed-network configs reject it.
+a module in `bnas_jax` exposing `resolve(config, arch) -> model_config`, or
+`build_model(config, arch, num_classes) -> module`) for configs whose model is
+chosen from a search space; fixed-network configs reject it.
 `--space` prints the resolver's exact architecture counts (`space_counts(config)`).
 """
 
@@ -49,10 +50,14 @@ def _resolver(config, flag: str):
 def summarize(config, arch=None, batch: int = 1) -> cost_model.CostReport:
   """The cost report of the network `config` (and `arch`) describes."""
   num_classes, image_shape = input_pipeline.model_input_spec(config.data)
-  model_config = config.model
-  if arch is not None:
-    model_config = _resolver(config, f"--arch={arch!r}").resolve(config, arch)
-  model = build_model(model_config, num_classes)
+  if arch is None:
+    model = build_model(config.model, num_classes)
+  else:
+    resolver = _resolver(config, f"--arch={arch!r}")
+    if hasattr(resolver, "build_model"):  # the resolver builds the network itself
+      model = resolver.build_model(config, arch, num_classes)
+    else:
+      model = build_model(resolver.resolve(config, arch), num_classes)
   return cost_model.count_costs(model, (batch, *image_shape), train=False)
 
 
@@ -70,7 +75,7 @@ def main(argv):
   if FLAGS.json:
     print(json.dumps(report.to_dict()))
   else:
-    print(cost_model.format_table(report, title=f"{FLAGS.config.model.name}"))
+    print(cost_model.format_table(report, title=f"{FLAGS.config.model.get('name', FLAGS.arch)}"))
   sys.stdout.flush()
 
 

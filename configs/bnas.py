@@ -5,6 +5,9 @@ COMMAND (search + derive + train the derived network on the embedded digits data
 Train a given genotype without searching:
   python -m bnas_jax.main --config=configs/bnas.py --workdir=/tmp/bnas_g \
       --config.genotype_file=/tmp/bnas/genotype.json
+Costs of a genotype's final network / exact size of the space:
+  python -m bnas_jax.summary --config=configs/bnas.py --arch=/tmp/bnas/genotype.json
+  python -m bnas_jax.summary --config=configs/bnas.py --space --json
 
 Presets (`--config=configs/bnas.py:PRESET`):
   digits    (default) a small supernet / network at 16x16 on the embedded digits data.
@@ -47,6 +50,7 @@ def base_config(space: str = "bnas") -> ml_collections.ConfigDict:
   c.seed = 0
   c.num_devices = 0
   c.space = space
+  c.arch_resolver = "bnas_jax.models.darts_arch"  # summary --arch=GENOTYPE_JSON / --space
   # Search on two halves of the training split (Sec. 5.1, DARTS train_portion 0.5).
   c.data = presets.data_config(holdout_fraction=0.5, image_size=16)
   c.genotype_file = ""  # a genotype JSON: skip the search and train it
