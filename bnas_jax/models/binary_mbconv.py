@@ -162,11 +162,7 @@ class SplitGroupQuantConv(layers.QuantConv):
       x = quantizers.rsign(x, threshold, sign_fn=quantize_input)
     elif quantize_input is not None:
       x = quantize_input(x)
-    x = x.astype(jnp.float32)
-    c_in, c_out = in_features // g, self.features // g
-    return jnp.concatenate(
-        [convolution.conv_lax(x[..., i * c_in:(i + 1) * c_in], w[..., i * c_out:(i + 1) * c_out],
-                              1, self.strides) for i in range(g)], axis=-1)
+    return convolution.conv_split(x.astype(jnp.float32), w, g, self.strides)
 
 
 class MBConvBlock(nn.Module):
