@@ -30,7 +30,12 @@ def get_config(arg=None):
 
   # Table 1. width_divisor scales every width (structure, choice sets and ND
   # are kept); resolution must be a multiple of the total stride 32.
-  c.space = ml_collections.ConfigDict(dict(width_divisor=8, resolution=32, nd_constraint=True))
+  # stages / stem_widths: a space of one's own instead of Table 1, one
+  # (depths, widths, kernels, groups, stride) tuple per stage (None = Table 1).
+  c.space = ml_collections.ConfigDict(dict(
+      width_divisor=8, resolution=32, nd_constraint=True,
+      stages=ml_collections.FieldReference(None, tuple),
+      stem_widths=ml_collections.FieldReference(None, tuple)))
   c.data = presets.data_config(holdout_fraction=0.2)
   # The standalone network of an architecture (see bnas_jax/models/nasbnn_subnet.py).
   c.model = ml_collections.ConfigDict(dict(

@@ -1,7 +1,7 @@
 """Crash tests of the real CLI: an instrumented `bnas_jax.main`, kill points, comparisons.
 
 As a script, `python tests/cli_crash.py MAIN_FLAGS...` runs `bnas_jax.main`
-with test-only instrumentation selected by environment variables (a leading
+with test-only instrumentation selected by an environment variable (a leading
 `-m bnas_jax.main` is dropped, so `launch/local_multiprocess.sh` runs it through
 the shim `python_shim` writes, as its `PYTHON`). The production code is unchanged.
 
@@ -11,9 +11,6 @@ the shim `python_shim` writes, as its `PYTHON`). The production code is unchange
       its AT-th call on, each call first sleeps DELAY seconds; the AT-th
       touches MARKER before sleeping. A test that waits for MARKER then signals
       a run that is still going, at a known step or generation.
-  BNAS_TEST_NASBNN_SPACE=tiny
-      NAS-BNN runs on `TINY_NASBNN_SPACE` instead of Table 1 (21 block slots,
-      minutes of compilation); pass --config.data.image_size=16.
 
 As a module it gives tests the pieces around such runs: waiting for a marker,
 complete checkpoint steps, and saved states and JSON results to compare a
@@ -33,21 +30,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from bnas_jax import preemption
-from bnas_jax.models import nasbnn_subnet
-from bnas_jax.search_spaces import nasbnn
 
 ENV_PAUSE = "BNAS_TEST_PAUSE"
-ENV_NASBNN_SPACE = "BNAS_TEST_NASBNN_SPACE"
-
-# The smallest space with every kind of choice (stem width, depth, width,
-# kernel, groups) and the Non-Decreasing constraint across a stage boundary:
-# 224 architectures and ~3x fewer conv branches than test_nasbnn_trainer's
-# TINY, so each of a crash test's runs traces and compiles it quickly.
-TINY_NASBNN_SPACE = nasbnn.SearchSpace(
-    name="cli_tiny", stem_widths=(4, 8), resolution=16, num_classes=10,
-    stages=(nasbnn.StageSpec((1, 2), (8,), (3,), (1,), stride=1),
-            nasbnn.StageSpec((1, 2), (8, 16), (3, 5), (1, 2), stride=2)))
-
 
 def pause_env(marker: os.PathLike, at: int, delay: float) -> dict[str, str]:
   """The environment that pauses a run from `should_stop` call `at` on."""
@@ -131,17 +115,11 @@ def _install_pause(spec: str) -> None:
   preemption.should_stop = paused_should_stop
 
 
-def _install_tiny_nasbnn_space() -> None:
-  nasbnn_subnet.space_from_config = lambda config: TINY_NASBNN_SPACE
-
-
 def main(argv: list[str]) -> None:
   if argv[:2] == ["-m", "bnas_jax.main"]:
     argv = argv[2:]
   if os.environ.get(ENV_PAUSE):
     _install_pause(os.environ[ENV_PAUSE])
-  if os.environ.get(ENV_NASBNN_SPACE) == "tiny":
-    _install_tiny_nasbnn_space()
   sys.argv = ["bnas_jax.main", *argv]
   runpy.run_module("bnas_jax.main", run_name="__main__", alter_sys=True)
 

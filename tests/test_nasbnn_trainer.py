@@ -6,26 +6,24 @@ import jax
 import numpy as np
 import pytest
 
+from bnas_jax.errors import UserInputError
 from bnas_jax.models import nasbnn_subnet
 from bnas_jax.search_spaces import nasbnn
 from bnas_jax.trainers import nasbnn as nasbnn_trainer
 from configs import nasbnn as nasbnn_config
 
 # Two stages with every kind of choice; the real config's Table 1 copy has 21
-# block slots and compiles for minutes, this one in seconds.
+# block slots and compiles for minutes, this one in seconds. As config fields
+# (config.space.stages / stem_widths) and as the space they describe.
+TINY_STAGES = (((1, 2), (8, 16), (3, 5), (1, 2), 1), ((1, 2, 3), (16, 24, 32), (3, 5), (2, 4), 2))
 TINY = nasbnn.SearchSpace(
     name="tiny", stem_widths=(4, 8), resolution=16, num_classes=10,
-    stages=(nasbnn.StageSpec((1, 2), (8, 16), (3, 5), (1, 2), stride=1),
-            nasbnn.StageSpec((1, 2, 3), (16, 24, 32), (3, 5), (2, 4), stride=2)))
-
-
-@pytest.fixture
-def tiny_space(monkeypatch):
-  monkeypatch.setattr(nasbnn_subnet, "space_from_config", lambda config: TINY)
+    stages=tuple(nasbnn.StageSpec(*st) for st in TINY_STAGES))
 
 
 def _config():
   c = nasbnn_config.get_config()
+  c.space.update(dict(stages=TINY_STAGES, stem_widths=(4, 8), width_divisor=1, resolution=16))
   c.data.image_size = 16
   c.batch_size = 32
   c.eval_batch_size = 64
@@ -39,7 +37,7 @@ def _config():
   return c
 
 
-def test_whole_method_runs_and_reports(tmp_path, tiny_space):
+def test_whole_method_runs_and_reports(tmp_path):
   report = nasbnn_trainer.train_and_evaluate(_config(), str(tmp_path))
   saved = json.loads((tmp_path / "report.json").read_text())
   assert saved == json.loads(json.dumps(report))
@@ -49,7 +47,7 @@ def test_whole_method_runs_and_reports(tmp_path, tiny_space):
   accs = [r["holdout_accuracy"] for r in front]
   assert ops == sorted(ops) and accs == sorted(accs)  # a true Pareto front
   for r in front:
-    nasbnn.validate(TINY, nasbnn.Architecture.from_string(r["arch"]))
+    nasbnn.validate(TINY, nasbnn.Architecture.from_string(r["arch"]))  # the config's space
   (deployed,) = saved["deployed"]
   assert 0.0 <= deployed["test_accuracy_extracted"] <= 1.0
   assert (tmp_path / "search" / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -86,3 +84,17 @@ def test_recalibration_averages_batch_moments():
   variances = [o.reshape(-1, 8).var(axis=0, ddof=1) for o in outs]
   np.testing.assert_allclose(stats["stem_bn"]["mean"], np.mean(means, axis=0), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(stats["stem_bn"]["var"], np.mean(variances, axis=0), rtol=1e-4)
+
+
+def test_config_can_describe_its_own_space():
+  space = nasbnn_subnet.space_from_config(_config())
+  assert space.stages == TINY.stages and space.stem_widths == TINY.stem_widths
+  assert space.resolution == 16 and space.nd_constraint
+  c = _config()
+  c.space.stages = ((1, 2), (8,))  # not (depths, widths, kernels, groups, stride)
+  with pytest.raises(UserInputError, match="config.space.stages"):
+    nasbnn_subnet.space_from_config(c)
+  c = _config()
+  c.space.stem_widths = None
+  with pytest.raises(UserInputError):
+    nasbnn_subnet.space_from_config(c)

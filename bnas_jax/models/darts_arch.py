@@ -19,7 +19,6 @@ Used as `config.arch_resolver` by `configs/bnas.py`, `bats.py` and `bimodal.py`:
 import math
 from typing import Any
 
-from bnas_jax.errors import UserInputError
 from bnas_jax.search import genotype as genotype_lib
 from bnas_jax.search_spaces import darts_ops
 from bnas_jax.search_spaces import mbconv
@@ -28,12 +27,7 @@ from bnas_jax.trainers import darts
 
 def build_model(config: Any, arch_spec: str, num_classes: int) -> Any:
   """The final network of the genotype or choice list `arch_spec` names."""
-  space = darts.get_space(config)
-  geno = darts.load_genotype(config, arch_spec)
-  if geno.space != space.name:
-    raise UserInputError(f"--arch={arch_spec!r} is a {geno.space} architecture but the config's "
-                         f"space is {space.name!r}.")
-  return darts.final_model(config, geno, num_classes)
+  return darts.final_model(config, darts.load_genotype(config, arch_spec), num_classes)
 
 
 def cell_choices(num_ops: int) -> int:

@@ -18,14 +18,32 @@ import ml_collections
 
 from bnas_jax import cost_model
 from bnas_jax import layers
+from bnas_jax.errors import UserInputError
 from bnas_jax.models import reactnet
 from bnas_jax.search_spaces import nasbnn
 
 
 def space_from_config(config: Any) -> nasbnn.SearchSpace:
-  """The config's search space: Table 1, or a width-scaled copy of it."""
+  """The config's search space: Table 1, or a width-scaled copy of it.
+
+  `config.space.stages` (one `(depths, widths, kernels, groups, stride)` per
+  stage) with `config.space.stem_widths` replaces Table 1 by a space of the
+  user's own, e.g. a tiny one for tests; unset (None) means Table 1.
+  """
   sc = config.space
-  base = nasbnn.SearchSpace.imagenet(nd_constraint=sc.nd_constraint)
+  stages = sc.get("stages")
+  if stages is None:
+    base = nasbnn.SearchSpace.imagenet(nd_constraint=sc.nd_constraint)
+  else:
+    if not isinstance(stages, (list, tuple)) or not all(
+        isinstance(st, (list, tuple)) and len(st) == 5 for st in stages):
+      raise UserInputError(
+          f"config.space.stages={stages!r} must list one (depths, widths, kernels, groups, "
+          "stride) tuple per stage.")
+    base = nasbnn.SearchSpace(
+        name="custom", stem_widths=sc.stem_widths,
+        stages=tuple(nasbnn.StageSpec(*st) for st in stages),
+        resolution=sc.resolution, nd_constraint=sc.nd_constraint)
   if sc.width_divisor == 1 and sc.resolution == base.resolution:
     return base
   return nasbnn.SearchSpace.scaled(sc.width_divisor, sc.resolution, base=base)

@@ -227,7 +227,7 @@ class ChoiceList:
 
 
 def _layer_name(space: MBConvSpace, stage: int, position: int) -> str:
-  index = sum(s.repeats for s in space.stages[:stage]) + position
+  index = next(l.index for l in space.layers if (l.stage, l.position) == (stage, position))
   return f"stage {stage + 1} layer {position + 1} (layer {index + 1} of {space.num_layers})"
 
 
@@ -343,13 +343,6 @@ def load(path_or_string: str, space: MBConvSpace) -> ChoiceList:
       "as 'c16[MB3(6)] c24[MB5(3) MB3(1)]'.")
 
 
-def save(choice: ChoiceList, path: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(choice.to_dict(), f, indent=1)
-  os.replace(tmp, path)
-
-
 def sample(space: MBConvSpace, rng: np.random.Generator) -> ChoiceList:
   """A uniformly random choice list (the random baseline of issue 4, Sec. 7)."""
   ops = space.ops
@@ -386,12 +379,11 @@ def derive(arch: dict[str, Any], space: MBConvSpace) -> ChoiceList:
     raise ValueError(f"arch[{OPS_KEY!r}] has shape {ops.shape}, expected "
                      f"{(space.num_layers, len(space.ops))}.")
   picks = [space.ops[int(i)] for i in np.argmax(ops, axis=-1)]
-  widths, layers = [], []
-  for s, stage in enumerate(space.stages):
-    widths.append(stage.widths[int(np.argmax(np.asarray(arch[width_key(s)])[0]))])
-    start = sum(st.repeats for st in space.stages[:s])
-    layers.append(tuple(picks[start:start + stage.repeats]))
-  return ChoiceList(tuple(widths), tuple(layers))
+  widths = tuple(stage.widths[int(np.argmax(np.asarray(arch[width_key(s)])[0]))]
+                 for s, stage in enumerate(space.stages))
+  layers = tuple(tuple(picks[l.index] for l in space.layers if l.stage == s)
+                 for s in range(len(space.stages)))
+  return ChoiceList(widths, layers)
 
 
 def draw(choice: ChoiceList, path: str, title: Optional[str] = None) -> None:

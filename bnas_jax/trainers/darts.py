@@ -81,10 +81,17 @@ def get_space(config: Any) -> Any:
 
 
 def load_genotype(config: Any, path: str) -> Any:
-  """A cell genotype, or for mbconv a choice list (JSON, string form, or the string)."""
-  if _is_mbconv(config):
-    return mbconv.load(path, get_space(config))
-  return genotype_lib.load(path)
+  """A cell genotype, or for mbconv a choice list (JSON, string form, or the string).
+
+  Raises:
+    UserInputError: unreadable, invalid, or of another space than `config.space`.
+  """
+  space = get_space(config)
+  genotype = mbconv.load(path, space) if _is_mbconv(config) else genotype_lib.load(path)
+  if genotype.space != space.name:
+    raise UserInputError(f"{path!r} is a {genotype.space} architecture but "
+                         f"config.space={space.name!r}.")
+  return genotype
 
 
 def random_genotype(config: Any, space: Any, rng: np.random.Generator) -> Any:
@@ -209,9 +216,6 @@ def validate(config: Any, mesh) -> dict[str, Any]:
   genotype = None
   if config.genotype_file:
     genotype = load_genotype(config, config.genotype_file)
-    if genotype.space != space.name:
-      raise UserInputError(f"config.genotype_file is a {genotype.space} genotype but "
-                           f"config.space={space.name!r}.")
   else:
     if not info.num_examples.get("holdout"):
       raise UserInputError(
