@@ -40,6 +40,8 @@ class QuantConv(nn.Module):
     kernel_size: square kernel size k.
     strides: square stride.
     feature_group_count: groups of the convolution (NAS-BNN's g).
+    kernel_dilation: dilation of the kernel (BNAS/BATS dilated convs); the
+      padding `kernel_dilation * (k - 1) // 2` keeps the size at stride 1.
     use_bias: add a bias after the convolution.
     input_quantizer: larq name applied to the input (e.g. "approx_sign"). The
       layer quantizes its own input (as larq does) so that nothing between a
@@ -64,6 +66,7 @@ class QuantConv(nn.Module):
   kernel_size: int = 3
   strides: int = 1
   feature_group_count: int = 1
+  kernel_dilation: int = 1
   use_bias: bool = False
   input_quantizer: Optional[str] = None
   learnable_threshold: bool = False
@@ -113,7 +116,7 @@ class QuantConv(nn.Module):
       x = quantizers.rsign(x, threshold, sign_fn=quantize_input)
     elif quantize_input is not None:
       x = quantize_input(x)
-    pad = (k - 1) // 2  # symmetric, as PyTorch's padding=(k-1)//2
+    pad = self.kernel_dilation * (k - 1) // 2  # symmetric, as PyTorch's
     if self.pad_value != 0.0 and pad:
       x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=self.pad_value)
       padding = "VALID"
@@ -122,7 +125,7 @@ class QuantConv(nn.Module):
     y = jax.lax.conv_general_dilated(
         x.astype(jnp.float32), w.astype(jnp.float32),
         window_strides=(self.strides, self.strides), padding=padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        rhs_dilation=(self.kernel_dilation,) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=self.feature_group_count,
         preferred_element_type=jnp.float32)
     if self.use_bias:

@@ -66,6 +66,12 @@ def start_phase(config: Any, workdir: str, mesh: jax.sharding.Mesh,
   return state, ckpt, train_iter, ckpt.latest_step() is not None
 
 
+def intervals(config: Any, steps_per_epoch: int) -> dict[str, int]:
+  """`run_steps`' log/checkpoint intervals from the config (0 = once per epoch)."""
+  return {"log_every": max(1, config.get("log_every_steps", 50)),
+          "checkpoint_every": config.get("checkpoint_every_steps") or steps_per_epoch}
+
+
 def run_steps(*, state: Any, train_step: Callable[..., tuple[Any, dict]], train_iter: Any,
               mesh: jax.sharding.Mesh, ckpt: checkpointing.Checkpointer,
               reporter: reporting.Reporter, total_steps: int, log_every: int,

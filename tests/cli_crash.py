@@ -29,6 +29,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+# The run both crash suites train: the digits ReActNet shrunk to two blocks at
+# 16x16 (add --config.num_train_steps=N).
+TINY_REACTNET = (
+    "--config=configs/reactnet.py", "--config.batch_size=16", "--config.progress_bar=False",
+    "--config.model.blocks=((8, 1, 3, 1), (16, 2, 3, 2))", "--config.model.stem_features=8",
+    "--config.data.image_size=16", "--config.max_eval_examples=64", "--config.log_every_steps=1")
+
 from bnas_jax import preemption
 
 ENV_PAUSE = "BNAS_TEST_PAUSE"

@@ -39,6 +39,26 @@ def test_binary_conv_matches_sign_convolution(stride, groups, k):
   np.testing.assert_allclose(conv.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride,groups,k", [(1, 1, 3), (2, 2, 5)])
+def test_dilated_xnor_conv_equals_conv_with_zero_inserted_kernel(stride, groups, k):
+  # Dilation 2 is the plain conv of a (2k-1)^2 kernel with zeros between the
+  # taps; padding 2 * (k - 1) // 2 keeps the size (PyTorch's dilated convs).
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 4))
+  conv = layers.QuantConv(4, kernel_size=k, strides=stride, feature_group_count=groups,
+                          kernel_dilation=2, input_quantizer="ste_sign",
+                          kernel_quantizer="xnor_weight")
+  variables = conv.init(jax.random.key(1), x)
+  w = np.asarray(variables["params"]["kernel"], np.float64)
+  wb = np.where(w >= 0, 1.0, -1.0) * np.abs(w).mean(axis=(0, 1, 2))
+  dilated = np.zeros((2 * k - 1, 2 * k - 1) + w.shape[2:])
+  dilated[::2, ::2] = wb
+  xb = np.where(np.asarray(x) >= 0, 1.0, -1.0)
+  expected = _np_conv(xb, dilated, stride, k - 1, groups)
+  out = conv.apply(variables, x)
+  assert out.shape == expected.shape
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_binary_conv_accumulates_in_float32_for_bfloat16_inputs():
   # 3x3x64 = 576 terms of +-1: beyond bfloat16's exact integer range (256).
   x = jnp.ones((1, 3, 3, 64), jnp.bfloat16)

@@ -68,10 +68,7 @@ TINY_NASBNN_SPACE = (
 
 CONFIGS = {
     "reactnet": Case(
-        ("--config=configs/reactnet.py", "--config.batch_size=16", "--config.progress_bar=False",
-         "--config.model.blocks=((8, 1, 3, 1), (16, 2, 3, 2))", "--config.model.stem_features=8",
-         "--config.data.image_size=16", "--config.max_eval_examples=64",
-         "--config.log_every_steps=1"), "--config.num_train_steps"),
+        cli_crash.TINY_REACTNET, "--config.num_train_steps"),
     # Supernet training (sandwich subnets drawn on the host every step), then a
     # 2-generation search whose children and Pareto front every process must
     # draw alike; no deployment.

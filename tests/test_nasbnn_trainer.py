@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -98,3 +99,46 @@ def test_config_can_describe_its_own_space():
   c.space.stem_widths = None
   with pytest.raises(UserInputError):
     nasbnn_subnet.space_from_config(c)
+
+
+def test_student_weight_ramps_linearly_then_stays_at_one():
+  assert [float(nasbnn_trainer.student_weight(s, 0)) for s in (1, 50)] == [1.0, 1.0]
+  ramp = [float(nasbnn_trainer.student_weight(s, 4)) for s in range(1, 8)]
+  assert ramp == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def test_students_weight_zero_leaves_the_teachers_gradient_alone():
+  import optax
+  from bnas_jax import train_state as train_state_lib
+  from bnas_jax.models import nasbnn_supernet
+  model = nasbnn_supernet.NasBnnSupernet(TINY, 10)
+  biggest = nasbnn.encode(TINY, nasbnn.biggest(TINY))
+  x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
+  labels = np.arange(8) % 10
+  variables = model.init(jax.random.key(1), x[:1], biggest)
+  state = train_state_lib.TrainState.create(  # SGD(1): new params = params - grads
+      params=variables["params"], batch_stats=variables["batch_stats"], tx=optax.sgd(1.0),
+      rng=jax.random.key_data(jax.random.key(2)))
+  step = jax.jit(nasbnn_trainer.make_sandwich_step(
+      model, 10, biggest, label_smoothing=0.1, teacher_mode="fwba", distill=True))
+  students = nasbnn_trainer.sandwich_archs(TINY, seed=0, step=1, sampling="uniform_depths")
+  batch = {"image": x, "label": labels}
+
+  def teacher_loss(params):  # label smoothing 0.1 written out
+    logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                            biggest, train=True, weight_mode="fp", mutable=["batch_stats"])
+    target = 0.9 * jax.nn.one_hot(labels, 10) + 0.01
+    return -jnp.mean(jnp.sum(target * jax.nn.log_softmax(logits), axis=-1))
+
+  expected = jax.grad(teacher_loss)(variables["params"])
+  got = {}
+  for w in (0.0, 1.0):
+    new, metrics = step(state, batch, students, np.float32(w))
+    got[w] = jax.tree.map(lambda a, b: a - b, variables["params"], new.params)
+    if w == 0.0:
+      assert float(metrics["loss"]) == pytest.approx(float(metrics["teacher_loss"]))
+  for g, e in zip(jax.tree.leaves(got[0.0]), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6)
+  differs = [not np.allclose(g, e, rtol=1e-3, atol=1e-5)
+             for g, e in zip(jax.tree.leaves(got[1.0]), jax.tree.leaves(expected))]
+  assert any(differs)  # with weight 1 the students' KD moves the shared weights

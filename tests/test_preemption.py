@@ -25,11 +25,8 @@ import cli_crash
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
 CHECKPOINT_EVERY = 4
-TINY = ["--config=configs/reactnet.py", f"--config.num_train_steps={STEPS}",
-        "--config.batch_size=16", "--config.progress_bar=False",
-        "--config.model.blocks=((8, 1, 3, 1), (16, 2, 3, 2))", "--config.model.stem_features=8",
-        "--config.data.image_size=16", "--config.max_eval_examples=64",
-        "--config.log_every_steps=1", f"--config.checkpoint_every_steps={CHECKPOINT_EVERY}"]
+TINY = [*cli_crash.TINY_REACTNET, f"--config.num_train_steps={STEPS}",
+        f"--config.checkpoint_every_steps={CHECKPOINT_EVERY}"]
 # DMS on a shrunken VGG-11: 2 search blocks of 3 weight steps (each
 # checkpointed) and 3 mu steps; no evaluation training.
 DMS_BLOCK_STEPS = 3

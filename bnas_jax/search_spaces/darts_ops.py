@@ -119,54 +119,18 @@ def batch_norm(train: bool, affine: bool, name: Optional[str] = None) -> nn.Batc
                       use_scale=affine, use_bias=affine, name=name)
 
 
-class BinaryConv(nn.Module):
-  """Conv with sign(x) input and XNOR weights, with dilation (QuantConv has none).
+def binary_conv(features: int, kernel_size: int, strides: int = 1, dilation: int = 1,
+                groups: int = 1, *, binary_weights: bool = True, name: str) -> nn.Module:
+  """The ops' binary conv: sign(x) input, XNOR weights sign(W) * mean|W| per filter.
 
-  Forward: `ste_sign(x) * (beta * sign(W))`, beta = mean|W| per output filter
-  (`quantizers.xnor_weight`, XNOR-Net / BNAS Eq. 1 without K), zero padding
-  `dilation * (k - 1) // 2` (PyTorch's), float32 accumulation. With
+  XNOR-Net / BNAS Eq. 1 without K (`quantizers.xnor_weight`), zero padding
+  `dilation * (k - 1) // 2` (PyTorch's), float32 accumulation; with
   `binary_weights=False` the kernel stays real (binary activations only).
-  Reports `macs()` and `param_precision()` for the cost model.
   """
-
-  features: int
-  kernel_size: int = 3
-  strides: int = 1
-  dilation: int = 1
-  feature_group_count: int = 1
-  binary_weights: bool = True
-  binary_inputs: bool = True
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    c_in = x.shape[-1]
-    g = self.feature_group_count
-    if c_in % g or self.features % g:
-      raise UserInputError(
-          f"Layer {'/'.join(self.scope.path)}: groups={g} must divide the input width ({c_in}) "
-          f"and the output width ({self.features}); choose a group count that divides the "
-          "cell channels (e.g. config.model.groups).")
-    k = self.kernel_size
-    kernel = self.param("kernel", layers.torch_default_init, (k, k, c_in // g, self.features),
-                        jnp.float32)
-    w = quantizers.xnor_weight(kernel) if self.binary_weights else kernel
-    if self.binary_inputs:
-      x = quantizers.ste_sign(x)
-    pad = self.dilation * (k - 1) // 2
-    return jax.lax.conv_general_dilated(
-        x.astype(jnp.float32), w, window_strides=(self.strides, self.strides),
-        padding=((pad, pad), (pad, pad)), rhs_dilation=(self.dilation, self.dilation),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g,
-        preferred_element_type=jnp.float32)
-
-  def param_precision(self, name: str) -> int:
-    return 1 if (name == "kernel" and self.binary_weights) else 32
-
-  def macs(self, inputs, output) -> tuple[int, int]:
-    n, h, w, c = output.shape
-    per_output = self.kernel_size**2 * (inputs[0].shape[-1] // self.feature_group_count)
-    # One real operand makes it a real MAC, not an XNOR-popcount.
-    return per_output * h * w * c, 1 if (self.binary_inputs and self.binary_weights) else 32
+  return layers.QuantConv(
+      features, kernel_size, strides, feature_group_count=groups, kernel_dilation=dilation,
+      input_quantizer="ste_sign", kernel_quantizer="xnor_weight" if binary_weights else None,
+      name=name)
 
 
 class PReLU(nn.Module):
@@ -236,8 +200,8 @@ class BnasConv(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     x = batch_norm(train, self.affine, name="bn")(x)
-    y = BinaryConv(self.features, self.kernel_size, self.strides, self.dilation,
-                   binary_weights=self.binary_weights, name="conv")(x)
+    y = binary_conv(self.features, self.kernel_size, self.strides, self.dilation,
+                    binary_weights=self.binary_weights, name="conv")(x)
     return nn.relu(y)
 
 
@@ -271,9 +235,8 @@ class BatsConv(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     y = batch_norm(train, self.affine, name="bn")(x)
-    y = BinaryConv(self.features, self.kernel_size, self.strides, self.dilation,
-                   feature_group_count=self.groups, binary_weights=self.binary_weights,
-                   name="conv")(y)
+    y = binary_conv(self.features, self.kernel_size, self.strides, self.dilation, self.groups,
+                    binary_weights=self.binary_weights, name="conv")(y)
     y = channel_shuffle(PReLU(name="prelu")(y), self.shuffle_groups)
     if self.strides == 1 and x.shape[-1] == self.features:
       y = y + x  # the `bnn` library's unconditional identity (`skip or True`)
@@ -293,9 +256,9 @@ class FactorizedReduce(nn.Module):
       raise UserInputError(f"FactorizedReduce needs an even width, got {self.features}.")
     x = batch_norm(train, self.affine, name="bn")(x)
     half = self.features // 2
-    a = BinaryConv(half, 1, 2, binary_weights=self.binary_weights, name="conv_a")(x)
+    a = binary_conv(half, 1, 2, binary_weights=self.binary_weights, name="conv_a")(x)
     shifted = jnp.pad(x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
-    b = BinaryConv(half, 1, 2, binary_weights=self.binary_weights, name="conv_b")(shifted)
+    b = binary_conv(half, 1, 2, binary_weights=self.binary_weights, name="conv_b")(shifted)
     return PReLU(name="prelu")(jnp.concatenate([a, b], axis=-1))
 
 
@@ -309,7 +272,7 @@ class BatsPreprocess(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     y = batch_norm(train, self.affine, name="bn")(x)
-    y = BinaryConv(self.features, 1, binary_weights=self.binary_weights, name="conv")(y)
+    y = binary_conv(self.features, 1, binary_weights=self.binary_weights, name="conv")(y)
     y = PReLU(name="prelu")(y)
     return y + x if x.shape[-1] == self.features else y
 

@@ -403,8 +403,7 @@ def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
     state = training_loop.run_steps(
         state=state, train_step=step_fn, train_iter=paired, mesh=mesh, ckpt=ckpt,
         reporter=reporter, total_steps=total_steps,
-        log_every=max(1, config.get("log_every_steps", 50)),
-        checkpoint_every=config.get("checkpoint_every_steps") or steps_per_epoch,
+        **training_loop.intervals(config, steps_per_epoch),
         phase_name="search", schedule=schedule, after_step=after_step)
   finally:
     paired.close()
@@ -506,8 +505,7 @@ def train_final(config: Any, workdir: str, mesh, genotype: Any,
     state = training_loop.run_steps(
         state=state, train_step=step_fn, train_iter=train_iter, mesh=mesh, ckpt=ckpt,
         reporter=reporter, total_steps=total_steps,
-        log_every=max(1, config.get("log_every_steps", 50)),
-        checkpoint_every=config.get("checkpoint_every_steps") or steps_per_epoch,
+        **training_loop.intervals(config, steps_per_epoch),
         phase_name=phase_name, schedule=schedule)
   finally:
     train_iter.close()

@@ -403,8 +403,7 @@ def run_block(config: Any, workdir: str, block: int, search: dict, info, mesh,
   state = training_loop.run_steps(
       state=state, train_step=weight_step, train_iter=train_iter, mesh=mesh, ckpt=ckpt,
       reporter=reporter, total_steps=total_steps,
-      log_every=max(1, config.get("log_every_steps", 50)),
-      checkpoint_every=config.get("checkpoint_every_steps") or steps_per_epoch,
+      **training_loop.intervals(config, steps_per_epoch),
       phase_name=f"search_block_{block}", step_inputs=lambda step: (cand_dev, log_probs_dev),
       schedule=optimizers.make_schedule(opt_cfg, total_steps, total_steps))
   train_seconds = time.perf_counter() - t_train

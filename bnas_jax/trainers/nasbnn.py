@@ -7,7 +7,8 @@ state in `workdir`:
    one batch: the biggest subnet as Bi-Teacher (FP weights, binary activations,
    label-smoothed CE), then the smallest and two random subnets trained on the
    teacher's detached soft labels (KD); one optimizer step for the sum. Every
-   process samples the same subnets (host RNG seeded by (seed, step)).
+   process samples the same subnets (host RNG seeded by (seed, step)). The
+   digits preset ramps the students' losses in (`student_warmup_epochs`).
 2. Search (Sec. 3.4): each candidate's BN statistics are recalibrated on a few
    training batches, then it is evaluated on the held-out split; a whole
    generation runs as one jit-compiled sweep. Evolution with the paper's
@@ -61,12 +62,28 @@ def sandwich_archs(space: nasbnn.SearchSpace, seed: int, step: int, sampling: st
   return _stack([nasbnn.encode(space, a) for a in students])
 
 
+def student_weight(step: int, warmup_steps: int) -> np.float32:
+  """Weight of the students' KD losses at `step` (1-based): 1 in the paper.
+
+  `warmup_steps > 0` (a digits-preset deviation, see configs/nasbnn.py) ramps
+  it linearly from 0 at step 1 to 1 after `warmup_steps`, so the Bi-Teacher
+  learns from the labels before its soft labels are distilled.
+  """
+  if warmup_steps <= 0:
+    return np.float32(1.0)
+  return np.float32(min(1.0, (step - 1) / warmup_steps))
+
+
 def make_sandwich_step(model, num_classes: int, teacher_arch: dict, *, label_smoothing: float,
                        teacher_mode: str, distill: bool):
-  """The jitted-ready sandwich step (Eq. 4): teacher CE + students' KD, one update."""
+  """The jitted-ready sandwich step (Eq. 4): teacher CE + students' KD, one update.
+
+  `step(state, batch, students, s_weight)`: `s_weight` scales the students'
+  losses (1 in the paper; see `student_weight`).
+  """
   t_weights, t_acts = TEACHER_MODES[teacher_mode]
 
-  def loss_fn(params, batch_stats, batch, students):
+  def loss_fn(params, batch_stats, batch, students, s_weight):
     x, labels = batch["image"], batch["label"]
     apply = functools.partial(model.apply, train=True, mutable=["batch_stats"])
     t_logits, upd = apply({"params": params, "batch_stats": batch_stats}, x, teacher_arch,
@@ -87,11 +104,11 @@ def make_sandwich_step(model, num_classes: int, teacher_arch: dict, *, label_smo
     stats, s_losses = jax.lax.scan(student, upd["batch_stats"], students)
     s_loss = jnp.sum(s_losses)
     teacher_acc = jnp.mean(jnp.argmax(t_logits, -1) == labels)
-    return t_loss + s_loss, (stats, t_loss, s_loss, teacher_acc)
+    return t_loss + s_weight * s_loss, (stats, t_loss, s_loss, teacher_acc)
 
-  def step(state, batch, students):
+  def step(state, batch, students, s_weight=np.float32(1.0)):
     (loss, (stats, t_loss, s_loss, t_acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, batch, students)
+        state.params, state.batch_stats, batch, students, s_weight)
     metrics = {"loss": loss, "teacher_loss": t_loss, "student_loss": s_loss,
                "teacher_accuracy": t_acc, "grad_norm": optax.tree.norm(grads)}
     return state.apply_gradients(grads, stats), metrics
@@ -147,11 +164,12 @@ def train_supernet(config, space, info, mesh, workdir: str) -> Any:
   state = training_loop.run_steps(
       state=state, train_step=step_fn, train_iter=train_iter, mesh=mesh, ckpt=ckpt,
       reporter=reporter, total_steps=total_steps,
-      log_every=max(1, config.get("log_every_steps", 50)),
-      checkpoint_every=config.get("checkpoint_every_steps") or steps_per_epoch,
+      **training_loop.intervals(config, steps_per_epoch),
       phase_name="supernet",
-      step_inputs=lambda step: (sandwich_archs(space, config.seed, step,
-                                               config.supernet.sampling),),
+      step_inputs=lambda step: (
+          sandwich_archs(space, config.seed, step, config.supernet.sampling),
+          student_weight(step, int(config.supernet.get("student_warmup_epochs", 0.0)
+                                   * steps_per_epoch))),
       schedule=optimizers.make_schedule(config.supernet.optimizer, total_steps, steps_per_epoch))
   reporter.close()
   ckpt.close()

@@ -147,8 +147,7 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
   state = training_loop.run_steps(
       state=state, train_step=train_step, train_iter=train_iter, mesh=mesh, ckpt=ckpt,
       reporter=reporter, total_steps=total_steps,
-      log_every=max(1, config.get("log_every_steps", 50)),
-      checkpoint_every=config.get("checkpoint_every_steps") or steps_per_epoch,  # 0: per epoch
+      **training_loop.intervals(config, steps_per_epoch),
       phase_name=phase_name, schedule=optimizers.make_schedule(opt_cfg, total_steps, steps_per_epoch),
       after_step=periodic_eval)
 
