@@ -38,7 +38,6 @@ import jax
 import jax.numpy as jnp
 
 from bnas_jax import layers
-from bnas_jax import quantizers
 from bnas_jax.errors import UserInputError
 
 Array = jax.Array
