@@ -35,11 +35,13 @@ def get_config(arg=None):
   # learns; at 64x64 (final maps 2x2) they stay ~10 and it does.
   # stages / stem_widths: a space of one's own instead of Table 1, one
   # (depths, widths, kernels, groups, stride) tuple per stage (None = Table 1).
+  # One number for the space's resolution and the input size (override either).
+  resolution = ml_collections.FieldReference(64)
   c.space = ml_collections.ConfigDict(dict(
-      width_divisor=8, resolution=64, nd_constraint=True,
+      width_divisor=8, resolution=resolution, nd_constraint=True,
       stages=ml_collections.FieldReference(None, tuple),
       stem_widths=ml_collections.FieldReference(None, tuple)))
-  c.data = presets.data_config(holdout_fraction=0.2, image_size=64)
+  c.data = presets.data_config(holdout_fraction=0.2, image_size=resolution)
   # The standalone network of an architecture (see bnas_jax/models/nasbnn_subnet.py).
   c.model = ml_collections.ConfigDict(dict(
       name="reactnet", kernel_norm="channelwise", stem_weight_bits=8))
@@ -92,9 +94,8 @@ def get_config(arg=None):
 
   if preset in ("imagenet", "imagenet100"):
     c.space.width_divisor = 1
-    c.space.resolution = 224
+    c.space.resolution = 224  # and c.data.image_size
     c.data.name = "imagenet2012" if preset == "imagenet" else "imagenet100"
-    c.data.image_size = 224
     # 50 held-out training images per class for the search (Sec. 4.1.2 and
     # the public code's split_imagenet.py).
     c.data.holdout_per_class = 50
@@ -118,7 +119,7 @@ def get_config(arg=None):
   elif preset == "cifar10":
     c.space.width_divisor = 4
     c.data.name = "cifar10"
-    c.data.image_size = 64  # upsampled from 32: see the resolution note above
+    # Upsampled from 32 to the default 64: see the resolution note above.
     c.data.holdout_fraction = 0.1
     c.batch_size = 256
     c.eval_batch_size = 500

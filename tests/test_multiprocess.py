@@ -73,7 +73,7 @@ CONFIGS = {
     # 2-generation search whose children and Pareto front every process must
     # draw alike; no deployment.
     "nasbnn": Case(
-        ("--config=configs/nasbnn.py", *TINY_NASBNN_SPACE, "--config.data.image_size=16",
+        ("--config=configs/nasbnn.py", *TINY_NASBNN_SPACE,
          "--config.batch_size=16",
          "--config.eval_batch_size=32", "--config.max_eval_examples=32",
          "--config.progress_bar=False", "--config.log_every_steps=1",

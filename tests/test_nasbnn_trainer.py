@@ -25,7 +25,6 @@ TINY = nasbnn.SearchSpace(
 def _config():
   c = nasbnn_config.get_config()
   c.space.update(dict(stages=TINY_STAGES, stem_widths=(4, 8), width_divisor=1, resolution=16))
-  c.data.image_size = 16
   c.batch_size = 32
   c.eval_batch_size = 64
   c.max_eval_examples = 64

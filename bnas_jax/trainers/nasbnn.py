@@ -161,6 +161,7 @@ def train_supernet(config, space, info, mesh, workdir: str) -> Any:
       teacher_mode=config.supernet.teacher, distill=config.supernet.distill), donate_argnums=(0,))
   reporter = reporting.Reporter(workdir, total_steps, int(state.step),
                                 progress_bar=config.get("progress_bar", True), desc="supernet")
+  warmup_steps = int(config.supernet.student_warmup_epochs * steps_per_epoch)
   state = training_loop.run_steps(
       state=state, train_step=step_fn, train_iter=train_iter, mesh=mesh, ckpt=ckpt,
       reporter=reporter, total_steps=total_steps,
@@ -168,8 +169,7 @@ def train_supernet(config, space, info, mesh, workdir: str) -> Any:
       phase_name="supernet",
       step_inputs=lambda step: (
           sandwich_archs(space, config.seed, step, config.supernet.sampling),
-          student_weight(step, int(config.supernet.get("student_warmup_epochs", 0.0)
-                                   * steps_per_epoch))),
+          student_weight(step, warmup_steps)),
       schedule=optimizers.make_schedule(config.supernet.optimizer, total_steps, steps_per_epoch))
   reporter.close()
   ckpt.close()
