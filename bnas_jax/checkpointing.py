@@ -11,9 +11,11 @@ must call `save`/`restore` (orbax coordinates multi-host writes); the workdir
 must be on storage every host sees (e.g. GCS) for multi-host runs.
 """
 
+import json
 import logging
 import os
 import shutil
+import zlib
 from typing import Any, Optional
 
 from etils import epath
@@ -24,6 +26,51 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from bnas_jax.errors import UserInputError
+
+
+class ChecksumMismatch(ValueError):
+  """A restored checkpoint differs from the checksums saved with it."""
+
+
+def _crc(data: bytes) -> str:
+  return f"{zlib.crc32(data):08x}"
+
+
+def json_checksum(value: Any) -> str:
+  """CRC-32 of a JSON value's canonical text (sorted keys), as saved and as parsed back."""
+  return _crc(json.dumps(value, sort_keys=True).encode())
+
+
+def checksums(state: Any, data_state: dict, meta: dict) -> dict:
+  """CRC-32 per array leaf of `state` (dtype, shape and bytes), and of the two JSON items.
+
+  A leaf whose value this process cannot see whole (sharded across hosts)
+  gets None and is not verified; the replicated states of this project's
+  trainers have none.
+  """
+
+  def leaf(x):
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+      return None
+    a = np.ascontiguousarray(jax.device_get(x))
+    return _crc(f"{a.dtype.str}{a.shape}".encode() + a.tobytes())
+
+  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  return {"state": {jax.tree_util.keystr(path): leaf(x) for path, x in leaves},
+          "data": json_checksum(data_state), "meta": json_checksum(meta)}
+
+
+def verify(expected: dict, state: Any, data_state: dict, meta: dict) -> None:
+  """Raises `ChecksumMismatch` naming the first item or array that differs from `expected`."""
+  got = checksums(state, data_state, meta)
+  for item in ("data", "meta"):
+    if got[item] != expected.get(item):
+      raise ChecksumMismatch(f"the {item} item does not match its saved checksum")
+  if got["state"].keys() != expected.get("state", {}).keys():
+    raise ChecksumMismatch("the state's arrays are not the ones whose checksums were saved")
+  for name, crc in got["state"].items():
+    if crc is not None and expected["state"][name] is not None and crc != expected["state"][name]:
+      raise ChecksumMismatch(f"array state{name} does not match its saved checksum")
 
 
 class Checkpointer:
@@ -39,7 +86,7 @@ class Checkpointer:
         cleanup_tmp_directories=True,
         create=True)
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "data", "meta"))
+        self.directory, options=options, item_names=("state", "data", "meta", "checksums"))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -48,21 +95,35 @@ class Checkpointer:
     return os.path.join(self.directory, str(step))
 
   def save(self, step: int, state: Any, data_state: dict, meta: dict, *, force: bool = False) -> bool:
-    """Saves if the interval policy (or `force`) says so; returns whether it saved."""
+    """Saves if the interval policy (or `force`) says so; returns whether it saved.
+
+    The checksums of the three items are computed from the values handed in
+    (before the asynchronous write) and saved as a fourth item.
+    """
+    if not (force or self._manager.should_save(step)):
+      return False
     return self._manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                 data=ocp.args.JsonSave(data_state),
-                                meta=ocp.args.JsonSave(meta)),
+                                meta=ocp.args.JsonSave(meta),
+                                checksums=ocp.args.JsonSave(checksums(state, data_state, meta))),
         force=force)
 
   def _restore_step(self, abstract_state: Any, step: int) -> tuple[Any, dict, dict]:
-    restored = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                      data=ocp.args.JsonRestore(),
-                                      meta=ocp.args.JsonRestore()))
+    """Restores `step` and verifies its checksums (checkpoints written before they existed: none)."""
+    items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+                 meta=ocp.args.JsonRestore())
+    has_checksums = (epath.Path(self.path(step)) / "checksums").exists()
+    if has_checksums:
+      items["checksums"] = ocp.args.JsonRestore()
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     if not isinstance(restored["data"], dict) or not isinstance(restored["meta"], dict):
       raise ValueError("the iterator state or metadata JSON is not an object")
+    if has_checksums:
+      if not isinstance(restored["checksums"], dict):
+        raise ChecksumMismatch("the checksums item is not a JSON object")
+      verify(restored["checksums"], restored["state"], restored["data"], restored["meta"])
     return restored["state"], restored["data"], restored["meta"]
 
   def restore(self, abstract_state: Any, step: Optional[int] = None) -> Optional[tuple[Any, dict, dict]]:
