@@ -53,6 +53,13 @@ class QuantConv(nn.Module):
       "magnitude_aware_sign"), or "lsq" for LSQ fake quantization to
       `kernel_bits` with a learnable per-output-channel scale.
     kernel_bits: bit width for kernel_quantizer="lsq".
+    lsq_grad_scale: how many weights the LSQ step-size gradient is scaled for,
+      `1/sqrt(n * Qp)`: "whole_kernel" (default; NAS-BNN's public code, n = all
+      weights of the active kernel, also with per-channel step sizes) or
+      "per_filter" (the LSQ paper's N_W per step size: one output filter).
+    lsq_min_scale: floor of the LSQ step size, applied in every forward pass
+      (NAS-BNN's public code clamps the step size to float32 eps before every
+      forward); None for no floor.
     kernel_norm: None, "channelwise" (NAS-BNN Eq. 6, applied before the kernel
       quantizer) or "standardize" (Weight Standardization, DMS App. B.2.3).
     pad_value: value used to pad the (quantized) input; 0 as in the PyTorch
@@ -72,6 +79,8 @@ class QuantConv(nn.Module):
   learnable_threshold: bool = False
   kernel_quantizer: Optional[str] = None
   kernel_bits: int = 8
+  lsq_grad_scale: str = "whole_kernel"
+  lsq_min_scale: Optional[float] = float(jnp.finfo(jnp.float32).eps)
   kernel_norm: Optional[str] = None
   pad_value: float = 0.0
   input_precision: Optional[int] = None
@@ -87,8 +96,21 @@ class QuantConv(nn.Module):
     if self.kernel_norm not in (None, "channelwise", "standardize"):
       raise UserInputError(
           f"kernel_norm={self.kernel_norm!r} is not one of None, 'channelwise', 'standardize'.")
+    if self.lsq_grad_scale not in ("whole_kernel", "per_filter"):
+      raise UserInputError(
+          f"lsq_grad_scale={self.lsq_grad_scale!r} is not one of 'whole_kernel' (NAS-BNN's "
+          "public code) or 'per_filter' (the LSQ paper).")
 
-  def quantized_kernel(self, kernel: Array) -> Array:
+  def _lsq_grad_scale(self, kernel: Array, active_features: Optional[Array]) -> Optional[Array]:
+    """LSQ's step-size gradient multiplier 1/sqrt(n * Qp) (None: lsq_quantize's per-filter n)."""
+    if self.lsq_grad_scale == "per_filter":
+      return None
+    qp = 2 ** (self.kernel_bits - 1) - 1
+    per_filter = kernel.size // kernel.shape[-1]
+    n = per_filter * (kernel.shape[-1] if active_features is None else active_features)
+    return jax.lax.rsqrt(jnp.asarray(n * qp, jnp.float32))
+
+  def quantized_kernel(self, kernel: Array, active_features: Optional[Array] = None) -> Array:
     """The kernel the convolution uses: normalized, then quantized."""
     if self.kernel_norm == "channelwise":
       kernel = quantizers.channelwise_weight_norm(kernel)
@@ -97,19 +119,28 @@ class QuantConv(nn.Module):
     if self.kernel_quantizer == "lsq":
       scale = self.param("kernel_scale",
                          lambda _: quantizers.lsq_init_scale(kernel, self.kernel_bits))
-      return quantizers.lsq_quantize(kernel, scale, bits=self.kernel_bits)
+      return quantizers.lsq_quantize(kernel, scale, bits=self.kernel_bits,
+                                     grad_scale=self._lsq_grad_scale(kernel, active_features),
+                                     min_scale=self.lsq_min_scale)
     quantize = quantizers.get_quantizer(self.kernel_quantizer)
     return kernel if quantize is None else quantize(kernel)
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, active_features: Optional[Array] = None) -> Array:
+    """Convolves `x`.
+
+    `active_features` (possibly traced): how many leading output channels a
+    caller keeps when it masks the rest (the NAS-BNN supernet's sliced stem);
+    only LSQ's "whole_kernel" gradient scale reads it, to count the weights of
+    the sliced kernel as the public code does.
+    """
     in_features = x.shape[-1]
     self._check(in_features)
     k = self.kernel_size
     kernel = self.param("kernel", self.kernel_init,
                         (k, k, in_features // self.feature_group_count, self.features),
                         jnp.float32)
-    w = self.quantized_kernel(kernel)
+    w = self.quantized_kernel(kernel, active_features)
     quantize_input = quantizers.get_quantizer(self.input_quantizer)
     if self.learnable_threshold:
       threshold = self.param("input_threshold", nn.initializers.zeros, (in_features,), jnp.float32)

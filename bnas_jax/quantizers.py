@@ -506,22 +506,26 @@ def unsigned_activation_quantizer(x: ArrayLike, alpha: ArrayLike,
 
 
 def lsq_quantize(w: ArrayLike, scale: ArrayLike, bits: int = 8,
-                 grad_scale: Optional[ArrayLike] = None) -> Array:
+                 grad_scale: Optional[ArrayLike] = None,
+                 min_scale: Optional[float] = None) -> Array:
   """LSQ signed fake quantization of weights (NAS-BNN's 8-bit stem).
 
-  Forward: with `v = w/scale`, `Qn = -2**(bits-1)`, `Qp = 2**(bits-1) - 1`:
-  `round(clip(v, Qn, Qp)) * scale`, rounding half-to-even (`jnp.round`, as `torch.round`).
-  `scale` must be positive (the NAS-BNN code clamps it in place to float32 eps every step;
-  that clamp belongs to the caller).
+  Forward: with `s = max(scale, min_scale)` (`s = scale` when `min_scale` is None),
+  `v = w/s`, `Qn = -2**(bits-1)`, `Qp = 2**(bits-1) - 1`: `round(clip(v, Qn, Qp)) * s`,
+  rounding half-to-even (`jnp.round`, as `torch.round`). `s` must be positive.
 
   Surrogate gradient: w.r.t. `w`, `dy` where `Qn <= v <= Qp` and `0` elsewhere. W.r.t.
   `scale`, LSQ: `dy * (round(v) - v)` inside, `dy * Qn` for `v < Qn`, `dy * Qp` for `v > Qp`,
-  times `grad_scale`, summed to `scale`'s shape. No gradient flows to `grad_scale`.
+  times `grad_scale`, summed to `scale`'s shape; the `min_scale` clamp passes this gradient
+  through unchanged, as the NAS-BNN code's in-place `clamp_(eps)` of the step size before
+  every forward does (its gradient is taken at the clamped value). No gradient flows to
+  `grad_scale`.
 
   The default `grad_scale` is `1/sqrt(n * Qp)` with `n = w.size // scale.size`, the number of
   weights sharing one step size (LSQ's `N_W` per step size): the whole kernel for a scalar
-  scale, one output filter for a per-channel scale. The NAS-BNN code uses the whole kernel's
-  size even with per-channel scales; pass `grad_scale=1/sqrt(w.size * Qp)` to match it.
+  scale, one output filter for a per-channel scale. The NAS-BNN code uses the whole (sliced)
+  kernel's size even with per-channel scales: `grad_scale=1/sqrt(w.size * Qp)`
+  (`layers.QuantConv(lsq_grad_scale="whole_kernel")` passes it).
 
   Args:
     w: Kernel `(..., out)`.
@@ -529,6 +533,8 @@ def lsq_quantize(w: ArrayLike, scale: ArrayLike, bits: int = 8,
       works), possibly traced.
     bits: Static bit width, >= 2.
     grad_scale: Multiplier of the `scale` gradient; None for the default above.
+    min_scale: Static floor of the step size applied in the forward pass (NAS-BNN's code:
+      float32 eps), or None for no floor.
 
   Returns:
     Array with `w`'s shape and dtype.
@@ -548,6 +554,9 @@ def lsq_quantize(w: ArrayLike, scale: ArrayLike, bits: int = 8,
     n = max(w.size // max(scale.size, 1), 1)
     grad_scale = 1.0 / float(np.sqrt(n * qp))
   grad_scale = _as_float_param(grad_scale, w)
+  if min_scale is not None:
+    # Straight through: forward max(scale, min_scale), gradient 1 w.r.t. scale.
+    scale = scale + lax.stop_gradient(jnp.maximum(scale, min_scale) - scale)
   return _lsq(w, scale, grad_scale, qn, qp)
 
 

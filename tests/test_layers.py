@@ -103,3 +103,54 @@ def test_lsq_stem_conv_uses_8_bit_weights():
   np.testing.assert_allclose(conv.apply(variables, x), _np_conv(np.asarray(x), wq, 1, 1, 1),
                              rtol=1e-4, atol=1e-5)
   assert conv.param_precision("kernel") == 8
+
+
+def _stem_scale_grad(x, dy, **conv_kwargs):
+  conv = layers.QuantConv(dy.shape[-1], kernel_size=3, strides=2, kernel_quantizer="lsq",
+                          kernel_bits=8, **conv_kwargs)
+  variables = conv.init(jax.random.key(1), x)
+
+  def loss(scale, active=None):
+    params = dict(variables["params"], kernel_scale=scale)
+    return jnp.sum(conv.apply({"params": params}, x, active_features=active) * dy)
+
+  return variables["params"]["kernel_scale"], loss
+
+
+def test_lsq_step_size_gradient_scale_whole_kernel_vs_per_filter():
+  # NAS-BNN's public code scales the step-size gradient by 1/sqrt(numel(sliced kernel) * 127)
+  # with one step size per output filter; the LSQ paper by 1/sqrt(numel(filter) * 127).
+  # Same raw gradient, so whole_kernel / per_filter = sqrt(27 / (27 * C)) = 1/sqrt(C).
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  dy = jax.random.normal(jax.random.key(2), (2, 4, 4, 6))
+  scale, whole = _stem_scale_grad(x, dy)
+  _, per_filter = _stem_scale_grad(x, dy, lsq_grad_scale="per_filter")
+  g_whole, g_filter = jax.grad(whole)(scale), jax.grad(per_filter)(scale)
+  assert np.all(np.abs(np.asarray(g_filter)) > 0)
+  np.testing.assert_allclose(g_whole, g_filter / np.sqrt(6), rtol=1e-5)
+  # A caller that keeps only 2 of the 6 filters (the supernet's sliced stem) counts 2 filters,
+  # also when the count is traced.
+  g_sliced = jax.jit(jax.grad(whole))(scale, jnp.int32(2))
+  np.testing.assert_allclose(g_sliced, g_filter / np.sqrt(2), rtol=1e-5)
+
+
+def test_lsq_step_size_is_floored_at_float32_eps_in_every_forward():
+  x = jax.random.normal(jax.random.key(0), (1, 6, 6, 3))
+  conv = layers.QuantConv(4, kernel_size=3, kernel_quantizer="lsq", kernel_bits=8)
+  variables = conv.init(jax.random.key(1), x)
+  eps = float(np.finfo(np.float32).eps)
+  w = np.asarray(variables["params"]["kernel"], np.float64)
+  scale = np.array([0.02, -0.5, 0.0, eps / 8], np.float32)  # an optimizer step went too far
+  y = conv.apply({"params": dict(variables["params"], kernel_scale=scale)}, x)
+  s = np.maximum(scale.astype(np.float64), eps)
+  wq = np.clip(np.round(w / s), -128, 127) * s
+  np.testing.assert_allclose(y, _np_conv(np.asarray(x), wq, 1, 1, 1), rtol=1e-4, atol=1e-6)
+  unfloored = layers.QuantConv(4, kernel_size=3, kernel_quantizer="lsq", lsq_min_scale=None)
+  y_raw = unfloored.apply({"params": dict(variables["params"], kernel_scale=scale)}, x)
+  assert not np.allclose(y_raw[..., 1], y[..., 1])  # -0.5 is not eps without the floor
+
+
+def test_lsq_grad_scale_name_is_checked():
+  conv = layers.QuantConv(4, kernel_quantizer="lsq", lsq_grad_scale="per_tensor")
+  with pytest.raises(UserInputError, match="lsq_grad_scale"):
+    conv.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))

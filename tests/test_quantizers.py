@@ -414,6 +414,25 @@ class TestLsqQuantize:
     assert out.shape == (5,)
     np.testing.assert_allclose(out, expected, rtol=1e-5)
 
+  def test_min_scale_floors_the_forward_and_passes_the_gradient(self):
+    # NAS-BNN's code clamps the step size in place to float32 eps before every forward and
+    # differentiates at the clamped value: a step size pushed below eps quantizes with eps.
+    eps = float(np.finfo(np.float32).eps)
+    w = jnp.asarray(np.array([-2e-5, -1e-6, 3e-7, 5e-5], F32))
+    dy = np.array([1.0, -2.0, 0.5, 3.0], F32)
+    floored = lambda w, s: q.lsq_quantize(w, s, bits=8, grad_scale=1.0, min_scale=eps)
+    for below in (-0.3, 0.0, eps / 4):
+      y = _jit(floored)(w, jnp.asarray(below, F32))
+      np.testing.assert_allclose(y, np.round(np.clip(np.asarray(w) / eps, -128, 127)) * eps,
+                                 rtol=1e-6)
+      gs = _vjp(floored, w, jnp.asarray(below, F32), cotangent=dy)[1]
+      v = np.asarray(w, np.float64) / eps
+      np.testing.assert_allclose(gs, (dy * _np_lsq_scale_grad(v, -128, 127)).sum(), rtol=1e-5)
+    # Above the floor nothing changes.
+    s = jnp.asarray(1e-6, F32)
+    np.testing.assert_array_equal(_jit(floored)(w, s),
+                                  _jit(lambda w, s: q.lsq_quantize(w, s, grad_scale=1.0))(w, s))
+
   def test_bits_validation(self):
     with pytest.raises(ValueError):
       q.lsq_quantize(jnp.ones((2, 2)), 1.0, bits=1)
