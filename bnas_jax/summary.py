@@ -58,7 +58,8 @@ def summarize(config, arch=None, batch: int = 1) -> cost_model.CostReport:
       model = resolver.build_model(config, arch, num_classes)
     else:
       model = build_model(resolver.resolve(config, arch), num_classes)
-  return cost_model.count_costs(model, (batch, *image_shape), train=False)
+  return cost_model.count_costs(model, (batch, *image_shape), train=False,
+                                real_param_bits=config.get("cost", {}).get("real_param_bits", 32))
 
 
 def main(argv):

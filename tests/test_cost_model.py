@@ -6,6 +6,7 @@ import pytest
 
 from bnas_jax import cost_model
 from bnas_jax import layers
+from bnas_jax.errors import UserInputError
 from bnas_jax.models import reactnet
 
 
@@ -54,6 +55,12 @@ def test_hand_counted_tiny_network():
   assert report.fp_params == fp_params
   assert report.model_size_bytes == (3 * 3 * 2 * 8) / 8 + fp_params * 4
   assert [l.name for l in report.layers] == ["fp_conv", "bn", "bin_conv", "fwba_conv", "classifier"]
+  # NAS-BNN's size convention: real-valued parameters at 16 bits; binary ones stay 1 bit.
+  half = cost_model.count_costs(_Tiny(), (1, 8, 8, 3), train=False, real_param_bits=16)
+  assert half.model_size_bytes == (3 * 3 * 2 * 8) / 8 + fp_params * 2
+  assert (half.params, half.ops) == (report.params, report.ops)
+  with pytest.raises(UserInputError, match="real_param_bits"):
+    cost_model.count_costs(_Tiny(), (1, 8, 8, 3), train=False, real_param_bits=12)
 
 
 def test_table_and_json_forms():

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from bnas_jax import cost_model
@@ -31,6 +32,32 @@ def test_table6_architectures_cost_what_table2_says(name, ops_m):
   assert report.int8_ops == 3 * 3 * 3 * stem * 112 * 112
   # The classifier is the only FP layer: (C_last + 1) x 1000 MACs.
   assert report.flops == (model.blocks[-1][0] + 1) * 1000
+
+
+def test_nasbnn_f_model_size_is_the_papers_9_3_mb_at_16_bit_real_params():
+  # NAS-BNN Sec. 4.5: NAS-BNN-F takes 9.3 MB (10^6 bytes), counting its real-valued
+  # parameters at 16 bits (5.92 MB of 1-bit weights + 1.686 M real parameters x 2 bytes).
+  config = nasbnn_config.get_config("imagenet")
+  model = build_model(nasbnn_subnet.resolve(config, "F"), 1000)
+  paper = cost_model.count_costs(model, (1, 224, 224, 3), train=False, real_param_bits=16)
+  assert paper.model_size_bytes / 1e6 == pytest.approx(9.3, abs=0.05)
+  assert paper.binary_params / 8 / 1e6 == pytest.approx(5.92, abs=0.005)
+  assert paper.fp_params / 1e6 == pytest.approx(1.686, abs=0.0005)
+  assert paper.to_dict()["real_param_bits"] == 16
+  # The float32 convention counts the same parameters at 4 bytes: 12.67e6 bytes.
+  fp32 = cost_model.count_costs(model, (1, 224, 224, 3), train=False)
+  assert fp32.model_size_bytes - paper.model_size_bytes == 2 * paper.fp_params
+  assert fp32.model_size_bytes / 1e6 == pytest.approx(12.67, abs=0.005)
+
+
+def test_summary_counts_real_params_at_the_configs_bit_width():
+  from bnas_jax import summary  # pylint: disable=g-import-not-at-top
+  config = nasbnn_config.get_config("imagenet")
+  with config.unlocked():
+    config.cost = ml_collections.ConfigDict(dict(real_param_bits=16))
+  assert summary.summarize(config, "F").model_size_bytes / 1e6 == pytest.approx(9.3, abs=0.05)
+  del config.cost
+  assert summary.summarize(config, "F").real_param_bits == 32  # no field: float32
 
 
 def test_summary_prints_exact_space_counts():
