@@ -82,8 +82,8 @@ def test_uniform_baselines_match_a_hand_count(family, hand):
 
 # Table 1 (MB). The paper's MB are 2**20 bytes truncated to two decimals (e.g. VGG-11 4x
 # counts 1.1458 MB and is printed 1.14). ResNet-18 2x-4x (0.40/0.98/1.92 MB) do not follow
-# from the CIFAR ResNet-18 with binary convs and 1x1 projections (0.364/0.795/1.393 MB);
-# no counting of this architecture we tried reproduces them.
+# from the CIFAR ResNet-18 with binary convs and 1x1 projections (0.364/0.795/1.393 MB),
+# nor from any counting of a uniformly widened network (test below).
 TABLE1 = {("dms_vgg11", "fp"): 2.20, ("dms_vgg11", "uniform1x"): 0.08,
           ("dms_vgg11", "uniform2x"): 0.29, ("dms_vgg11", "uniform3x"): 0.65,
           ("dms_vgg11", "uniform4x"): 1.14, ("dms_resnet18", "fp"): 2.67,
@@ -94,6 +94,25 @@ TABLE1 = {("dms_vgg11", "fp"): 2.20, ("dms_vgg11", "uniform1x"): 0.08,
 def test_model_sizes_reproduce_table_1(family, arch):
   mb = _counted(family, arch).model_size_bytes / MB
   assert math.floor(mb * 100) / 100 == pytest.approx(TABLE1[family, arch])
+
+
+def test_no_counting_of_a_uniform_resnet18_gives_table1s_2x_to_4x_rows():
+  # The size of the uniform kx network is c0 + c1 k + c2 k^2 with non-negative
+  # coefficients (each tensor: a constant, k or k^2 entries at a non-negative width), so
+  # size / k^2 = c0/k^2 + c1/k + c2 never rises with k ...
+  poly = dms_nets.size_polynomial("dms_resnet18", 10)
+  base = np.asarray(dms_nets.RESNET18_BASE_WIDTHS, float)
+  assert poly["const"] >= 0 and np.all(poly["linear"] >= 0) and np.all(poly["pairwise"] >= 0)
+  c0, c1, c2 = poly["const"], poly["linear"] @ base, base @ poly["pairwise"] @ base
+  for k in (1, 2, 3, 4):
+    assert c0 + c1 * k + c2 * k * k == pytest.approx(
+        _counted("dms_resnet18", f"uniform{k}x").model_size_bytes)
+  # ... while Table 1's ResNet-18 rows (printed to 0.01 MB, truncated or rounded) give a
+  # per-k^2 size that rises beyond any rounding: 0.40/4 < 0.98/9 < 1.92/16.
+  table1 = {2: 0.40, 3: 0.98, 4: 1.92}
+  lowest = {k: (mb - 0.005) / k**2 for k, mb in table1.items()}
+  highest = {k: (mb + 0.01) / k**2 for k, mb in table1.items()}
+  assert highest[2] < lowest[3] and highest[3] < lowest[4]
 
 
 def test_resolver_accepts_width_lists_and_files_and_rejects_bad_ones(tmp_path):
