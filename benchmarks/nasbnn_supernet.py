@@ -2,7 +2,7 @@ r"""NAS-BNN supernet speed: sandwich step, eval forwards, compile time, recompil
 
   python benchmarks/nasbnn_supernet.py [--steps=N] [--rounds=N] [--devices=N]
       [--image_size=64] [--batch=16] [--num_classes=100]
-      [--conv_forward=lax|im2col|split|auto] [--json]
+      [--conv_forward=lax|im2col|split|auto] [--reference=official.json] [--json]
 
 Issue 3 Sec. 8: the imagenet space of Table 1 (`configs/nasbnn.py:imagenet`),
 input 64 x 64, batch 16, 100 classes, on this machine, through the library's
@@ -20,20 +20,26 @@ Adam update), state built as the trainer builds it. Measured in one run:
   the one eval program, timed interleaved over `--rounds` rounds (median);
 * recompile count: how many times each program was traced beyond the first
   (0 means every subnet ran through the same compiled program);
+* start-up time (imports to built state) and an estimate of the time to the
+  first 100 sandwich steps (start-up + compile + first step + 99 medians), as
+  `official_nasbnn_step.py` estimates its own;
 * the 1-minute load average at the start, after compiling and at the end (the
   machine is shared; a busy one slows every number).
 
-The PyTorch reference point of the issue (public NAS-BNN code on a 2-core CPU of
-the kind these machines have): 5.7 s sandwich step, 0.70 s / 0.13 s biggest /
-smallest eval forward. The table prints our time / reference (below 1 is faster).
-Data are random images and labels; no dataset is read.
+No reference time is built in: compare against the official PyTorch code by
+running `benchmarks/official_nasbnn_step.py` in the same time window (its
+report has the same rows), or pass its `--json` output file as `--reference`
+to print official / ours per row (above 1: bnas_jax is faster). Data are
+random images and labels; no dataset is read.
 """
 
 import json
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
+
+_START = time.perf_counter()
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
@@ -68,8 +74,9 @@ flags.DEFINE_enum("conv_forward", "lax", ["lax", "im2col", "split", "auto"],
 flags.DEFINE_bool("json", False, "Print one JSON object with all numbers as the last line.")
 FLAGS = flags.FLAGS
 
-# The issue's PyTorch reference (seconds).
-REFERENCE = {"sandwich_step": 5.7, "eval_biggest": 0.70, "eval_smallest": 0.13}
+flags.DEFINE_string("reference", None,
+                    "A file whose last line is the JSON report of official_nasbnn_step.py "
+                    "--json, measured in the same time window; adds official / ours per row.")
 
 
 def _seconds(fn: Callable[[], Any]) -> float:
@@ -102,6 +109,8 @@ def benchmark() -> dict[str, Any]:
 
   load = [os.getloadavg()[0]]
   state = sharding.init_replicated(init_state, mesh, jax.random.key(0))
+  jax.block_until_ready(state)
+  startup = time.perf_counter() - _START
   traces = {"sandwich": 0, "eval": 0}
 
   def counted(name, fn):
@@ -120,8 +129,10 @@ def benchmark() -> dict[str, Any]:
   compile_sandwich = time.perf_counter() - start
   load.append(os.getloadavg()[0])
 
+  start = time.perf_counter()
   state, metrics = step_fn(state, batch, students[0])  # warm-up
   jax.block_until_ready(metrics)
+  first_step = time.perf_counter() - start
   times, last = [], time.perf_counter()
   for s in range(1, total_steps - 1):
     state, new_metrics = step_fn(state, batch, students[s])
@@ -155,6 +166,10 @@ def benchmark() -> dict[str, Any]:
       "num_classes": FLAGS.num_classes, "conv_forward": FLAGS.conv_forward,
       "sandwich_step": float(np.median(times)), "sandwich_step_min": float(np.min(times)),
       "compile_sandwich": compile_sandwich, "compile_eval": compile_eval,
+      "startup": startup, "first_step": first_step,
+      # as the official script estimates it: start-up, compile, 100 steps
+      "first_100_steps_estimate": startup + compile_sandwich + first_step
+                                  + 99 * float(np.median(times)),
       "recompiles_sandwich": traces["sandwich"] - 1, "recompiles_eval": traces["eval"] - 1,
       "random_arch": archs["random"].to_string(),
       "load_average": load + [os.getloadavg()[0]],
@@ -164,30 +179,45 @@ def benchmark() -> dict[str, Any]:
   return result
 
 
-def format_report(r: dict[str, Any]) -> str:
+def _reference(path: str) -> dict[str, Any]:
+  with open(path) as f:
+    lines = [line for line in f.read().splitlines() if line.strip()]
+  return json.loads(lines[-1])
+
+
+def format_report(r: dict[str, Any], reference: Optional[dict[str, Any]] = None) -> str:
+  """The report; with `reference` (official_nasbnn_step.py's JSON) also official / ours."""
+  ref = reference or {}
   lines = [f"NAS-BNN imagenet supernet, {r['image_size']}x{r['image_size']}, batch {r['batch']}, "
            f"{r['num_classes']} classes, {r['devices']} host device(s), conv forward "
            f"{r['conv_forward']}",
-           f"{'measurement':<24}{'ours (s)':>10}{'PyTorch ref (s)':>17}{'ours/ref':>10}"]
-  for key in ("sandwich_step", "eval_biggest", "eval_smallest", "eval_random"):
-    ref = REFERENCE.get(key)
-    ratio = f"{r[key] / ref:>10.2f}" if ref else f"{'':>10}"
-    ref_text = f"{ref:>17.2f}" if ref else f"{'':>17}"
-    lines.append(f"{key:<24}{r[key]:>10.3f}{ref_text}{ratio}")
-  lines += [f"compile: sandwich step {r['compile_sandwich']:.1f} s, eval forward "
+           f"{'measurement':<24}{'bnas_jax (s)':>13}" +
+           (f"{'official (s)':>14}{'official/ours':>15}" if ref else "")]
+  for key in ("sandwich_step", "eval_biggest", "eval_smallest", "eval_random",
+              "first_100_steps_estimate"):
+    line = f"{key:<24}{r[key]:>13.3f}"
+    if key in ref:
+      line += f"{ref[key]:>14.3f}{ref[key] / r[key]:>15.2f}"
+    lines.append(line)
+  lines += [f"start-up (imports, state) {r['startup']:.1f} s; first step {r['first_step']:.1f} s",
+            f"compile: sandwich step {r['compile_sandwich']:.1f} s, eval forward "
             f"{r['compile_eval']:.1f} s",
             f"recompiles after the first trace: sandwich {r['recompiles_sandwich']}, "
             f"eval {r['recompiles_eval']}",
             f"random subnet: {r['random_arch']}",
             "load average (start, compiled, end): " +
             ", ".join(f"{a:.2f}" for a in r["load_average"])]
+  if ref:
+    lines.append("official run's load average (start, end): " +
+                 ", ".join(f"{a:.2f}" for a in ref.get("load_average", [])))
   return "\n".join(lines)
 
 
 def main(argv):
   del argv
+  reference = _reference(FLAGS.reference) if FLAGS.reference else None
   result = benchmark()
-  print(format_report(result))
+  print(format_report(result, reference))
   if FLAGS.json:
     print(json.dumps(result))
 
