@@ -64,13 +64,17 @@ def main(argv):
   logging.info("JAX %s, process %d/%d, devices: %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.devices())
   config = FLAGS.config
-  with cli.user_errors_exit():
-    run_directory.check(config, FLAGS.workdir, force_resume=FLAGS.force_resume)
   trainer_name = config.get("trainer", "")
   try:
     trainer = importlib.import_module(f"bnas_jax.trainers.{trainer_name}")
   except ModuleNotFoundError:
     cli.fail(f"config.trainer={trainer_name!r} names no module in bnas_jax.trainers.")
+  with cli.user_errors_exit():
+    snapshot = run_directory.check(config, FLAGS.workdir, force_resume=FLAGS.force_resume)
+    trainer.validate(config, sharding.make_mesh(config.get("num_devices", 0)))
+  # Validation passed: only now does the run leave anything on disk.
+  run_directory.create(FLAGS.workdir)
+  run_directory.record(snapshot)
   with cli.user_errors_exit():
     try:
       trainer.train_and_evaluate(config, FLAGS.workdir)

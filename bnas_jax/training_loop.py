@@ -21,7 +21,6 @@ from bnas_jax import nonfinite_guard
 from bnas_jax import optimizers
 from bnas_jax import preemption
 from bnas_jax import reporting
-from bnas_jax import run_directory
 from bnas_jax import sharding
 from bnas_jax import train_state as train_state_lib
 
@@ -43,8 +42,8 @@ def start_phase(config: Any, workdir: str, mesh: jax.sharding.Mesh,
 
   Resumes state and iterator from the latest readable checkpoint in
   `workdir/checkpoints` if there is one; the last element says whether it did.
-  Records the run's config in the run directory (once the trainer has
-  validated it) and checks the disk can hold a checkpoint before training.
+  Checks the disk can hold a checkpoint before training (the CLI has recorded
+  the run's config in the run directory once validation passed).
   """
 
   def init_state(key):
@@ -55,7 +54,6 @@ def start_phase(config: Any, workdir: str, mesh: jax.sharding.Mesh,
         rng=jax.random.key_data(jax.random.fold_in(key, 1)))
 
   state = sharding.init_replicated(init_state, mesh, jax.random.key(config.seed))
-  run_directory.record()
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.get("keep_checkpoints", 3))
   ckpt.check_free_space(state)

@@ -108,7 +108,9 @@ def _env(log_dir, cache_dir, extra=()):
              BNAS_HEARTBEAT_TIMEOUT_SECONDS=str(HEARTBEAT_SECONDS), TF_CPP_MIN_LOG_LEVEL="3",
              JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+             # The interpreter running the tests, not whatever python3 is on PATH.
+             PYTHON=sys.executable)
   if extra:  # instrumented: the processes run tests/cli_crash.py
     env.update(extra, PYTHON=cli_crash.python_shim(os.path.dirname(log_dir)))
   return env

@@ -1,6 +1,7 @@
 """Storage faults: damaged checkpoints, unusable or full workdirs, another run's workdir."""
 
 import collections
+import json
 import os
 import shutil
 import subprocess
@@ -97,6 +98,29 @@ def test_unusable_workdir_is_reported_before_compute(tmp_path):
     run_directory.check(_tiny_config(), str(tmp_path / "a_file" / "run"))
 
 
+@pytest.mark.parametrize("workdir", ["", "   "])
+def test_empty_workdir_is_rejected(workdir):
+  with pytest.raises(UserInputError, match="--workdir is empty"):
+    run_directory.check(_tiny_config(), workdir)
+
+
+def test_check_creates_nothing_until_record(tmp_path):
+  workdir = tmp_path / "new" / "run"
+  snapshot = run_directory.check(_tiny_config(), str(workdir))
+  assert os.listdir(tmp_path) == []  # the write probe is gone and nothing was created
+  run_directory.record(snapshot)
+  assert json.loads((workdir / "config.json").read_text())["num_train_steps"] == 4
+
+
+def test_nan_in_the_config_does_not_block_resuming(tmp_path):
+  nan_config = lambda: _tiny_config(label_smoothing=float("nan"))
+  run_directory.record(run_directory.check(nan_config(), str(tmp_path)))
+  # The identical command again: NaN compares equal to NaN, so this is the same run.
+  assert run_directory.check(nan_config(), str(tmp_path)) is None
+  with pytest.raises(UserInputError, match="label_smoothing: NaN -> 0.0"):
+    run_directory.check(_tiny_config(), str(tmp_path))
+
+
 def test_full_disk_is_reported_before_training(tmp_path, monkeypatch):
   ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
   state = {"w": np.zeros((1024, 1024), np.float32)}  # 4 MiB
@@ -112,23 +136,21 @@ def test_full_disk_is_reported_before_training(tmp_path, monkeypatch):
 
 def test_workdir_of_another_config_refuses_unless_forced(tmp_path):
   workdir = str(tmp_path)
-  run_directory.check(_tiny_config(), workdir)
-  run_directory.record()
+  run_directory.record(run_directory.check(_tiny_config(), workdir))
   assert (tmp_path / "config.json").exists()
   # Watching the run differently is not a different run.
   run_directory.check(_tiny_config(progress_bar=True, log_every_steps=7, num_devices=1), workdir)
   with pytest.raises(UserInputError,
                      match=r"num_train_steps: 4 -> 8; seed: 0 -> 1.*--force_resume"):
     run_directory.check(_tiny_config(num_train_steps=8, seed=1), workdir)
-  run_directory.check(_tiny_config(num_train_steps=8), workdir, force_resume=True)
-  run_directory.record()
+  run_directory.record(
+      run_directory.check(_tiny_config(num_train_steps=8), workdir, force_resume=True))
   assert len([f for f in os.listdir(workdir) if f.startswith("config.json.replaced-")]) == 1
   run_directory.check(_tiny_config(num_train_steps=8), workdir)  # the new config is the run's now
 
 
 def test_cli_exits_2_on_another_configs_workdir(tmp_path):
-  run_directory.check(_tiny_config(), str(tmp_path))
-  run_directory.record()
+  run_directory.record(run_directory.check(_tiny_config(), str(tmp_path)))
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   proc = subprocess.run(
       [sys.executable, "-m", "bnas_jax.main", "--config=configs/reactnet.py",
@@ -138,3 +160,19 @@ def test_cli_exits_2_on_another_configs_workdir(tmp_path):
   assert "holds a run of a different config (batch_size: 16 -> 64;" in err
   assert "Traceback" not in err
   assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--workdir="], "--workdir is empty"),
+    (["--workdir={w}", "--config.batch_size=63"], "multiple of the number of devices"),
+])
+def test_rejected_run_leaves_nothing_on_disk(tmp_path, args, expected):
+  workdir = tmp_path / "w"
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.run(
+      [sys.executable, "-m", "bnas_jax.main", f"--config={REPO}/configs/reactnet.py",
+       *[a.format(w=workdir) for a in args]], cwd=tmp_path, env=env, capture_output=True,
+      text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert expected in proc.stderr and "Traceback" not in proc.stderr
+  assert os.listdir(tmp_path) == []
