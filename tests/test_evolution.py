@@ -4,6 +4,7 @@ The space is the real NAS-BNN space scaled down (Table 1 structure, widths / 8);
 cost and accuracy are synthetic and deterministic, so no model is involved.
 """
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -58,9 +59,10 @@ class Evaluator:
 
 
 def small_cfg(**overrides):
+  # The reference's initial population unless a test asks for per-bucket sampling.
   base = dict(population_size=16, generations=3, num_mutations=8, num_crossovers=8,
               mutation_prob=0.2, ops_min=150.0, ops_max=400.0, bucket_step=10.0, seed=0,
-              max_tries=1000)
+              max_tries=1000, init_sampling="uniform")
   base.update(overrides)
   return evo.EvolutionConfig(**base)
 
@@ -198,6 +200,7 @@ def test_config_defaults_are_readme_values():
     (dict(seed=-1), "seed"),
     (dict(max_tries=0), "max_tries"),
     (dict(seed=True), "seed"),
+    (dict(init_sampling="stratified"), "init_sampling"),
 ])
 def test_bad_config_is_refused_before_any_evaluation(tmp_path, overrides, match):
   evaluator = Evaluator()
@@ -268,6 +271,43 @@ def test_result_front_and_table_are_consistent(searched):
   assert result.front[-1] is best
   for key, r in result.table.items():
     assert pareto.bucket_key(r["ops"], 10.0) == key
+
+
+def _brute_force_bucket_count(cfg):
+  """Buckets of width step between the smallest and the biggest subnet's cost, in range."""
+  lo = max(cfg.ops_min, synthetic_cost(nb.smallest(SPACE)))
+  hi = min(cfg.ops_max, synthetic_cost(nb.biggest(SPACE)))
+  return len({round(x / cfg.bucket_step) for x in np.linspace(lo, hi, 100000)})
+
+
+def test_per_bucket_initial_population_covers_every_bucket(tmp_path):
+  # 40 members for 20 buckets of [0, 200]; the space's sampler rarely goes below ~150
+  # here (as Table 1's never goes below ~44 M OPs), so uniform sampling leaves the
+  # cheap buckets to the seeded smallest subnet.
+  cfg = small_cfg(population_size=40, generations=0, ops_min=0.0, ops_max=200.0,
+                  bucket_step=10.0)
+  rng = np.random.default_rng(0)
+  draws = [synthetic_cost(nb.sample_uniform(SPACE, rng)) for _ in range(3000)]
+  assert np.mean(np.asarray(draws) < 100) < 0.01
+  expected = _brute_force_bucket_count(cfg)
+  assert expected == 15  # smallest ~60 -> bucket 6 ... bucket 20
+  covered, rows = {}, {}
+  for mode in ("uniform", "per_bucket"):
+    logs = []
+    mode_cfg = dataclasses.replace(cfg, init_sampling=mode)
+    result, _, _ = run(tmp_path, mode_cfg, name=f"{mode}.json", logs=logs)
+    keys = {pareto.bucket_key(r["ops"], 10.0) for r in result.records}
+    covered[mode], rows[mode] = keys, as_rows(result.records)
+    line = next(l for l in logs if l.startswith("Initial population"))
+    assert f"cover {len(keys)} of the {expected} OPs buckets" in line, line
+    assert len(set(r["arch"] for r in result.records)) == 40 == len(result.records)
+    assert all(0.0 <= r["ops"] <= 200.0 for r in result.records)
+  assert len(covered["per_bucket"]) == expected
+  assert len(covered["uniform"]) < expected - 3
+  # Deterministic like the rest of the search.
+  again, _, _ = run(tmp_path, dataclasses.replace(cfg, init_sampling="per_bucket"),
+                    name="again.json")
+  assert as_rows(again.records) == rows["per_bucket"]
 
 
 def test_extremes_are_seeded_when_in_range(tmp_path):
