@@ -10,6 +10,7 @@ from absl import flags
 
 from bnas_jax import errors
 from bnas_jax import nonfinite_guard
+from bnas_jax import user_files
 
 
 def fail(message: str, status: int = errors.EXIT_BAD_INPUT) -> NoReturn:
@@ -40,7 +41,24 @@ def _last_error_line(message: str) -> str:
   return tail if sep and head.replace(".", "").replace("_", "").isalnum() else last
 
 
+def _config_specs(argv: list[str]) -> list[str]:
+  """The values of `--config=...` / `--config ...` in `argv`."""
+  specs = []
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg.startswith("--config="):
+      specs.append(arg[len("--config="):])
+    elif arg == "--config" and i + 1 < len(argv):
+      specs.append(argv[i + 1])
+  return specs
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
+  # The config file is a user file: load it once through the guarded reader so
+  # a missing/unreadable/broken one is one paragraph (ml_collections would defer
+  # or wrap the error into a traceback).
+  with user_errors_exit():
+    for spec in _config_specs(argv):
+      user_files.load_config(spec)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

@@ -17,6 +17,7 @@ import os
 import logging
 
 from bnas_jax import cli
+from bnas_jax import config_validation
 from bnas_jax import distributed
 from bnas_jax import preemption
 from bnas_jax import run_directory
@@ -64,12 +65,11 @@ def main(argv):
   logging.info("JAX %s, process %d/%d, devices: %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.devices())
   config = FLAGS.config
-  trainer_name = config.get("trainer", "")
-  try:
-    trainer = importlib.import_module(f"bnas_jax.trainers.{trainer_name}")
-  except ModuleNotFoundError:
-    cli.fail(f"config.trainer={trainer_name!r} names no module in bnas_jax.trainers.")
   with cli.user_errors_exit():
+    # Every field against its declared rule, then the trainer's own checks
+    # (data, shapes, search space): all before anything is computed or written.
+    config_validation.validate_for_file(config, config_flags.get_config_filename(FLAGS["config"]))
+    trainer = importlib.import_module(f"bnas_jax.trainers.{config.trainer}")
     snapshot = run_directory.check(config, FLAGS.workdir, force_resume=FLAGS.force_resume)
     trainer.validate(config, sharding.make_mesh(config.get("num_devices", 0)))
   # Validation passed: only now does the run leave anything on disk.

@@ -71,3 +71,7 @@ def get_config(arg=None):
     c.final.optimizer.learning_rate = 1e-3
     c.eval_batch_size = 500
   return c
+
+
+FIELD_RULES = bnas_config.FIELD_RULES  # the DARTS-family fields (configs/bnas.py)
+RELATIONS = bnas_config.RELATIONS

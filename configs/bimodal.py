@@ -40,8 +40,11 @@ before the project conv's RPReLU), real stem (3x3 conv) and classifier only, and
 optimizer settings. Equivalent OPs = FLOPs + BOPs / 64 (supp. Table 3).
 """
 
+import math
+
 import ml_collections
 
+from bnas_jax import config_validation as cv
 from bnas_jax import presets
 from bnas_jax.search_spaces import mbconv
 from configs import bnas as bnas_config
@@ -128,3 +131,27 @@ def get_config(arg=None):
   elif preset == "mbconv_cifar100":
     _mbconv_cifar100(c)
   return c
+
+
+# The DARTS-family fields (configs/bnas.py) and the MBConv space's (the mbconv presets).
+FIELD_RULES = {
+    **bnas_config.FIELD_RULES,
+    "model.stem_stride": cv.STRIDE,
+    "model.stages": cv.sequence_of(
+        cv.record(cv.number(1, 64, integer=True), cv.STRIDE, cv.sequence_of(cv.WIDTH, min_len=1)),
+        min_len=1, meaning="(repeats, stride, candidate widths) per stage"),
+    "model.kernel_sizes": cv.sequence_of(cv.KERNEL, min_len=1),
+    "model.expansions": cv.sequence_of(cv.number(1, 16, integer=True), min_len=1),
+    "model.shortcut": cv.text(),
+}
+
+
+def _mbconv_stride(c) -> int:
+  return c.model.stem_stride * math.prod(stage[1] for stage in c.model.stages)
+
+
+RELATIONS = bnas_config.RELATIONS + (
+    cv.min_map_size("data.image_size", ("model.stem_stride", "model.stages"),
+                    lambda c: _mbconv_stride(c) if "stages" in c.model else 1,
+                    "the MBConv network"),
+)

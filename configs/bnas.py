@@ -38,7 +38,9 @@ Differences from the paper / public code (see seed_methods_reference.md Sec. 3):
 
 import ml_collections
 
+from bnas_jax import config_validation as cv
 from bnas_jax import presets
+from bnas_jax.models import darts_cells
 
 PRESETS = ("digits", "cifar10", "cifar100", "imagenet")
 
@@ -153,3 +155,37 @@ def get_config(arg=None):
     c.log_every_steps = 100
     c.checkpoint_every_steps = 2000
   return c
+
+
+# Valid values of the fields only the DARTS-family configs have (bats.py and
+# bimodal.py reuse them); shared fields are ruled by name in
+# bnas_jax/config_validation.py. Checked by bnas_jax.main before any compute.
+FIELD_RULES = {
+    "space": cv.text(), "genotype_file": cv.text(meaning="'' = search"),
+    "model.stem": cv.one_of("cifar", "imagenet"), "final.stem": cv.one_of("cifar", "imagenet"),
+    "model.inter_cell_skip": cv.flag(), "model.fused": cv.flag(),
+    "search.second_order": cv.flag(), "search.eval_holdout": cv.flag(),
+    "search.diversity_lambda": cv.NON_NEGATIVE, "search.diversity_tau": cv.POSITIVE,
+    "search.temperature": cv.POSITIVE,
+    "search.noise.arch_scale": cv.NON_NEGATIVE, "search.noise.weight_scale": cv.NON_NEGATIVE,
+    "search.noise.distribution": cv.text(), "search.noise.arch_placement": cv.text(),
+    "search.noise.arch_relative": cv.flag(), "search.noise.weight_relative": cv.flag(),
+    "search.noise.steps": cv.sequence_of(cv.text()),
+    "derive.gamma": cv.POSITIVE, "derive.keep_zeroise": cv.flag(),
+}
+
+
+def _cell_stride(c, part: str) -> int:
+  """Total stride of a cell network: the stem's (cifar 1, imagenet 8) x 2 per reduction."""
+  stem = 8 if c[part].get("stem", "cifar") == "imagenet" else 1
+  return stem * 2 ** len(darts_cells.reduction_layers(c[part].num_cells))
+
+
+RELATIONS = (
+    cv.min_map_size("data.image_size", ("model.stem", "model.num_cells"),
+                    lambda c: _cell_stride(c, "model") if "num_cells" in c.model else 1,
+                    "the search network"),
+    cv.min_map_size("data.image_size", ("final.stem", "final.num_cells"),
+                    lambda c: _cell_stride(c, "final") if "num_cells" in c.final else 1,
+                    "the final network"),
+)

@@ -37,6 +37,7 @@ ResNet-18 of this counting instead.
 
 import ml_collections
 
+from bnas_jax import config_validation as cv
 from bnas_jax import presets
 from bnas_jax.models import dms_nets
 
@@ -142,3 +143,23 @@ def get_config(arg=None):
     c.search.memory_target_mb = 1.0
     c.eval.optimizer.weight_decay = 2e-4
   return c
+
+
+# Valid values of the fields only this config has; shared fields are ruled by
+# name in bnas_jax/config_validation.py, and trainers/dms.py's `validate`
+# checks the search's relations. Checked by bnas_jax.main before any compute.
+FIELD_RULES = {
+    "model.name": cv.one_of(*dms_nets.FAMILIES),
+    "model.widths": cv.sequence_of(cv.WIDTH, min_len=1),
+    "model.base_widths": cv.sequence_of(cv.WIDTH, min_len=1, optional=True),
+    "search.num_blocks": cv.COUNT,
+    "search.block_epochs": cv.NON_NEGATIVE, "search.block_steps": cv.OPTIONAL_COUNT,
+    "search.arch_epochs": cv.NON_NEGATIVE, "search.arch_steps": cv.OPTIONAL_COUNT,
+    "search.mu_initial": cv.POSITIVE, "search.sigma_initial": cv.POSITIVE,
+    "search.sigma_final": cv.POSITIVE, "search.min_ratio": cv.number(0, 1, lo_open=True),
+    "search.min_mu_minus_delta": cv.NON_NEGATIVE, "search.memory_target_mb": cv.POSITIVE,
+    "search.penalty": cv.NON_NEGATIVE, "search.tau": cv.POSITIVE,
+    "search.best_effort_init": cv.flag(), "search.width_bucket": cv.COUNT,
+    "search.shrink_buffers": cv.flag(),
+    "eval.arch": cv.text(optional=True, meaning="None = search"),
+}

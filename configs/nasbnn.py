@@ -15,6 +15,7 @@ Presets (`--config=configs/nasbnn.py:PRESET`):
 
 import ml_collections
 
+from bnas_jax import config_validation as cv
 from bnas_jax import presets
 
 PRESETS = ("digits", "imagenet", "imagenet100", "cifar10")
@@ -132,3 +133,37 @@ def get_config(arg=None):
     c.deploy.finetune_epochs = 25
     c.deploy.num_archs = 5
   return c
+
+
+# Valid values of the fields only this config has; shared fields are ruled by
+# name in bnas_jax/config_validation.py, and the space's own layout checks run
+# in bnas_jax.models.nasbnn_subnet. Checked by bnas_jax.main before any compute.
+FIELD_RULES = {
+    "model.name": cv.one_of("reactnet"),
+    "space.width_divisor": cv.number(1, 64, integer=True),
+    "space.resolution": cv.number(8, 1024, integer=True),
+    "space.nd_constraint": cv.flag(),
+    "space.stages": cv.sequence_of(
+        cv.record(cv.sequence_of(cv.number(1, 64, integer=True), min_len=1),
+                  cv.sequence_of(cv.WIDTH, min_len=1), cv.sequence_of(cv.KERNEL, min_len=1),
+                  cv.sequence_of(cv.COUNT, min_len=1), cv.STRIDE),
+        min_len=1, optional=True, meaning="(depths, widths, kernels, groups, stride) per stage"),
+    "space.stem_widths": cv.sequence_of(cv.WIDTH, min_len=1, optional=True),
+    "supernet.teacher": cv.one_of("fwba", "fwfa", "bwba"),
+    # search_spaces/nasbnn.py's sampling distributions.
+    "supernet.sampling": cv.one_of("uniform", "uniform_depths", "reference"),
+    "supernet.distill": cv.flag(), "supernet.bi_transformation": cv.flag(),
+    "supernet.weight_norm": cv.flag(), "supernet.zero_init_classifier": cv.flag(),
+    "search.population_size": cv.COUNT, "search.generations": cv.OPTIONAL_COUNT,
+    "search.num_mutations": cv.OPTIONAL_COUNT, "search.num_crossovers": cv.OPTIONAL_COUNT,
+    "search.mutation_prob": cv.PROBABILITY,
+    "search.ops_min": cv.number(0, optional=True, meaning="None = the smallest subnet"),
+    "search.ops_max": cv.number(0, lo_open=True, optional=True, meaning="None = the biggest"),
+    "search.bucket_step": cv.number(0, lo_open=True, optional=True),
+    "search.max_tries": cv.COUNT, "search.calibration_batches": cv.COUNT,
+    "search.calibration_augment": cv.flag(), "search.calibration_reshuffle": cv.flag(),
+    "search.calibration_pool_batches": cv.COUNT, "search.sweep_chunk": cv.COUNT,
+    "deploy.ops_targets": cv.sequence_of(cv.POSITIVE, min_len=1, meaning="M OPs"),
+    "deploy.num_archs": cv.COUNT,
+}
+RELATIONS = (cv.some_training("supernet.num_epochs", "supernet.num_train_steps"),)

@@ -9,8 +9,11 @@ Presets (`--config=configs/reactnet.py:PRESET`):
 Any field can be overridden, e.g. `--config.num_epochs=2 --config.batch_size=64`.
 """
 
+import math
+
 import ml_collections
 
+from bnas_jax import config_validation as cv
 from bnas_jax import presets
 from bnas_jax.models.reactnet import REACTNET_A
 
@@ -88,3 +91,20 @@ def get_config(arg=None):
     c.log_every_steps = 100
     c.checkpoint_every_steps = 1000
   return c
+
+
+# Valid values of the fields only this config has; shared fields (learning
+# rates, batch sizes, data, checkpointing, ...) are ruled by name in
+# bnas_jax/config_validation.py. Checked by bnas_jax.main before any compute.
+FIELD_RULES = {
+    "model.name": cv.one_of("reactnet"),
+    "model.blocks": cv.sequence_of(
+        cv.record(cv.WIDTH, cv.STRIDE, cv.KERNEL, cv.COUNT), min_len=1,
+        meaning="(width, stride, kernel, groups) per block"),
+}
+RELATIONS = (
+    # The stem has stride 2.
+    cv.min_map_size("data.image_size", ("model.blocks",),
+                    lambda c: 2 * math.prod(b[1] for b in c.model.blocks), "the network"),
+    cv.some_training("num_epochs", "num_train_steps"),
+)
