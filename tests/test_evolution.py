@@ -150,6 +150,14 @@ def test_bucket_key_text_is_canonical(step, ops, key):
   assert pareto.bucket_key(ops, step) == key
 
 
+@pytest.mark.parametrize("lo,hi,step", [(20.0, 180.0, 2.0), (20.77, 331.81, 2.0),
+                                         (0.1195, 1.72, 0.05), (3.0, 3.0, 10.0)])
+def test_bucket_indices_are_the_keys_of_the_range(lo, hi, step):
+  costs = np.concatenate([np.linspace(lo, hi, 20001), [lo, hi]])
+  keys = {round(float(pareto.bucket_key(c, step)) / step) for c in costs}
+  assert keys == set(pareto.bucket_indices(lo, hi, step))
+
+
 def test_best_per_bucket_keeps_best_then_cheapest_then_earliest():
   records = [
       {"ops": 20.4, "acc": 0.60, "n": "a"},

@@ -548,11 +548,6 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
   )
 
 
-def _bucket_indices(lo: float, hi: float, step: float) -> range:
-  """Indices k of the buckets [(k - 1/2) step, (k + 1/2) step] meeting [lo, hi]."""
-  return range(int(math.floor(lo / step + 0.5)), int(math.floor(hi / step + 0.5)) + 1)
-
-
 def bucket_coverage(costs: Sequence[float], cfg: EvolutionConfig, smallest_cost: float,
                     biggest_cost: float) -> tuple[set[str], int]:
   """(bucket keys holding one of `costs` in range, number of buckets a subnet can be in).
@@ -563,7 +558,7 @@ def bucket_coverage(costs: Sequence[float], cfg: EvolutionConfig, smallest_cost:
   lo, hi = max(cfg.ops_min, smallest_cost), min(cfg.ops_max, biggest_cost)
   keys = {pareto.bucket_key(c, cfg.bucket_step) for c in costs
           if cfg.ops_min <= c <= cfg.ops_max}
-  return keys, len(_bucket_indices(lo, hi, cfg.bucket_step)) if lo <= hi else 0
+  return keys, len(pareto.bucket_indices(lo, hi, cfg.bucket_step)) if lo <= hi else 0
 
 
 def _fill_per_bucket(space: Any, fns: types.SimpleNamespace, cfg: EvolutionConfig,
@@ -575,7 +570,7 @@ def _fill_per_bucket(space: Any, fns: types.SimpleNamespace, cfg: EvolutionConfi
   if lo > hi:
     return
   step = cfg.bucket_step
-  indices = list(_bucket_indices(lo, hi, step))
+  indices = list(pareto.bucket_indices(lo, hi, step))
   room = cfg.population_size - len(population)
   if len(indices) > room:  # fewer members than buckets: evenly spaced buckets
     picks = np.unique(np.round(np.linspace(0, len(indices) - 1, room)).astype(int))

@@ -106,6 +106,12 @@ def bucket_key(ops: float, step: float) -> str:
   return "0" if text in ("-0", "") else text
 
 
+def bucket_indices(lo: float, hi: float, step: float) -> range:
+  """Multiples k of the buckets that [lo, hi] meets: bucket k holds the costs whose
+  `bucket_key` is k * step, i.e. about [(k - 1/2) step, (k + 1/2) step]."""
+  return range(int(math.floor(lo / step + 0.5)), int(math.floor(hi / step + 0.5)) + 1)
+
+
 def best_per_bucket(records: Sequence[Record], step: float, lo: float = -math.inf,
                     hi: float = math.inf) -> dict[str, Record]:
   """The reference's search table: the most accurate record per OPs bucket.
