@@ -15,7 +15,7 @@ released (seed_methods_reference.md Sec. 4), so most of this file is
 RECONSTRUCTED and labelled:
   * ops: the `bnn` library's evaluation ops (grouped binary conv -> PReLU ->
     channel shuffle -> + identity; FactorizedReduce skip; pooling; zero), see
-    bnas_jax/search_spaces/darts_ops.py; DARTS cell template without BNAS's
+    bnas_jax/models/darts_ops.py; DARTS cell template without BNAS's
     inter-cell skips; no Zeroise in the derived cells (DARTS rule).
   * softmax(alpha / T) with T = 0.5 ([recalled] T < 1 gives more convolutions;
     the value is a guess).

@@ -11,13 +11,13 @@ import pytest
 from bnas_jax.errors import UserInputError
 from bnas_jax.models import darts_cells
 from bnas_jax.search import bilevel
-from bnas_jax.search import genotype as genotype_lib
-from bnas_jax.search_spaces import darts_ops
+from bnas_jax.search_spaces import darts as darts_space
+from bnas_jax.models import darts_ops
 
-BNAS = darts_ops.BNAS
+BNAS = darts_space.BNAS
 # Three of the BNAS ops: the bilevel-step tests compile a supernet several
 # times, and compile time grows with the number of candidate ops.
-SMALL = darts_ops.CellSpace("bnas", ("none", "max_pool_3x3", "bin_conv_3x3"),
+SMALL = darts_space.CellSpace("bnas", ("none", "max_pool_3x3", "bin_conv_3x3"),
                             frozenset({"bin_conv_3x3"}), inter_cell_skip=True)
 
 
@@ -94,7 +94,7 @@ def _alpha_favouring(choices):
   """alpha with a large value at (edge row, op) for each (node, source, op) choice."""
   alpha = np.zeros((14, len(BNAS.ops)))
   for node, src, op, value in choices:
-    alpha[genotype_lib.edge_index(node, src), BNAS.op_index(op)] = value
+    alpha[darts_space.edge_index(node, src), BNAS.op_index(op)] = value
   return alpha
 
 
@@ -109,7 +109,7 @@ def test_derivation_matches_hand_derived_genotype():
       (1, 1, "none", 3.0), (1, 2, "bin_conv_3x3", 2.0),
       (2, 0, "avg_pool_3x3", 3.0), (2, 3, "bin_conv_5x5", 2.0),
       (3, 4, "bin_conv_3x3", 3.0), (3, 3, "bin_conv_3x3", 2.0)])
-  g = genotype_lib.derive(normal, reduce, BNAS)
+  g = darts_space.derive(normal, reduce, BNAS)
   assert g.normal == (("bin_conv_3x3", 0), ("max_pool_3x3", 1),
                       ("avg_pool_3x3", 0), ("bin_conv_5x5", 2),
                       ("bin_dil_conv_3x3", 1), ("none", 3),
@@ -120,7 +120,7 @@ def test_derivation_matches_hand_derived_genotype():
                       ("bin_conv_3x3", 3), ("bin_conv_3x3", 4))
   # DARTS rule (No Zeroise): Zeroise is never picked; node 4 (index 2) then
   # ranks input 1 (dil conv) and input 0 above the Zeroise-dominated input 3.
-  g_darts = genotype_lib.derive(normal, reduce, BNAS, keep_zeroise=False)
+  g_darts = darts_space.derive(normal, reduce, BNAS, keep_zeroise=False)
   assert all(op != "none" for op, _ in g_darts.normal + g_darts.reduce)
   assert g_darts.normal[4:6] == (("bin_conv_3x3", 0), ("bin_dil_conv_3x3", 1))
 
@@ -131,8 +131,8 @@ def test_gamma_divides_the_zeroise_entry():
   p = np.full(len(BNAS.ops), 0.2 / 5)
   p[BNAS.zero_index], p[BNAS.op_index("bin_conv_3x3")] = 0.5, 0.3
   alpha = np.tile(np.log(p), (14, 1))
-  assert genotype_lib.derive_cell(alpha, BNAS, gamma=1.0)[0][0] == "none"
-  assert genotype_lib.derive_cell(alpha, BNAS, gamma=2.0)[0][0] == "bin_conv_3x3"
+  assert darts_space.derive_cell(alpha, BNAS, gamma=1.0)[0][0] == "none"
+  assert darts_space.derive_cell(alpha, BNAS, gamma=2.0)[0][0] == "bin_conv_3x3"
 
 
 def test_larger_gamma_picks_zeroise_less_often():
@@ -143,7 +143,7 @@ def test_larger_gamma_picks_zeroise_less_often():
     for _ in range(100):
       a = rng.normal(size=(14, len(BNAS.ops)))
       a[:, BNAS.zero_index] += 1.0  # Zeroise often dominant, as in binary search
-      n += sum(op == "none" for op, _ in genotype_lib.derive_cell(a, BNAS, gamma=gamma))
+      n += sum(op == "none" for op, _ in darts_space.derive_cell(a, BNAS, gamma=gamma))
     counts.append(n)
   assert counts[0] > 300  # mostly Zeroise at gamma = 1
   assert all(a > b for a, b in zip(counts, counts[1:])), counts
@@ -182,11 +182,11 @@ def test_unrolled_arch_gradient_on_a_quadratic():
 
 
 def test_genotype_json_round_trip_and_errors(tmp_path):
-  g = genotype_lib.random_genotype(BNAS, np.random.default_rng(1))
+  g = darts_space.random_genotype(BNAS, np.random.default_rng(1))
   path = str(tmp_path / "g.json")
-  genotype_lib.save(g, path)
-  assert genotype_lib.load(path) == g
-  assert genotype_lib.from_json(g.to_json()) == g
+  darts_space.save(g, path)
+  assert darts_space.load(path) == g
+  assert darts_space.from_json(g.to_json()) == g
   good = g.to_dict()
   bad_cases = [
       ({**good, "normal": good["normal"][:7]}, "8 \\[op, input\\] pairs"),
@@ -199,16 +199,16 @@ def test_genotype_json_round_trip_and_errors(tmp_path):
   ]
   for d, message in bad_cases:
     with pytest.raises(UserInputError, match=message):
-      genotype_lib.from_json(json.dumps(d))
+      darts_space.from_json(json.dumps(d))
   with pytest.raises(UserInputError, match="not valid JSON"):
-    genotype_lib.from_json("{normal: }")
+    darts_space.from_json("{normal: }")
   with pytest.raises(UserInputError, match="does not exist"):
-    genotype_lib.load(str(tmp_path / "missing.json"))
+    darts_space.load(str(tmp_path / "missing.json"))
 
 
 def test_draw_writes_a_png(tmp_path):
-  g = genotype_lib.random_genotype(BNAS, np.random.default_rng(2))
-  genotype_lib.draw(g, str(tmp_path / "cells.png"))
+  g = darts_space.random_genotype(BNAS, np.random.default_rng(2))
+  darts_space.draw(g, str(tmp_path / "cells.png"))
   assert (tmp_path / "cells.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -345,7 +345,7 @@ def test_channel_shuffle_matches_pytorch_order():
 
 
 def test_bats_space_supernet_and_final_network_run():
-  bats = darts_ops.BATS
+  bats = darts_space.BATS
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
   options = darts_ops.OpOptions(binary_weights=False, groups=2, shuffle_groups=2)
   net = darts_cells.SearchNetwork(bats, 5, channels=4, num_cells=2, inter_cell_skip=False,
@@ -353,7 +353,7 @@ def test_bats_space_supernet_and_final_network_run():
   v = net.init(jax.random.key(1), x, train=False)
   assert v["arch"]["normal"].shape == (14, len(bats.ops))
   assert net.apply(v, x, train=False).shape == (2, 5)
-  g = genotype_lib.random_genotype(bats, np.random.default_rng(0))
+  g = darts_space.random_genotype(bats, np.random.default_rng(0))
   final = darts_cells.GenotypeNetwork(g, 5, channels=4, num_cells=2, inter_cell_skip=False,
                                       options=darts_ops.OpOptions(groups=2, shuffle_groups=2))
   v = final.init(jax.random.key(2), x, train=False)

@@ -10,7 +10,7 @@ import pytest
 from bnas_jax import checkpointing
 from bnas_jax import input_pipeline
 from bnas_jax.errors import UserInputError
-from bnas_jax.search import genotype as genotype_lib
+from bnas_jax.search_spaces import darts as darts_space
 from bnas_jax.trainers import darts
 from configs import bnas as bnas_config
 
@@ -85,7 +85,7 @@ def test_search_resumes_bit_for_bit_then_trains_the_genotype(tmp_path, monkeypat
   history = json.loads((tmp_path / "resumed" / "search" / "history.json").read_text())
   assert history[-1]["step"] == 4 and 0 <= history[-1]["learnable_share"] <= 1
   assert history[-1]["entropy"] == pytest.approx(np.log(7), abs=0.05)
-  best = genotype_lib.load(str(tmp_path / "straight" / "search" / "genotype_best.json"))
+  best = darts_space.load(str(tmp_path / "straight" / "search" / "genotype_best.json"))
   assert (tmp_path / "straight" / "cells.png").exists()
 
   # Train the searched genotype without searching again.

@@ -84,18 +84,17 @@ _GENO_JSON = st.recursive(
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(_GENO_JSON)
 def test_any_genotype_json_parses_or_raises_user_input_error(value):
-  from bnas_jax.search import genotype as genotype_lib  # pylint: disable=g-import-not-at-top
-  geno = _accepts_or_user_error(genotype_lib.from_json, json.dumps(value))
+  from bnas_jax.search_spaces import darts as darts_space  # pylint: disable=g-import-not-at-top
+  geno = _accepts_or_user_error(darts_space.from_json, json.dumps(value))
   if geno is not None:
-    assert genotype_lib.from_json(geno.to_json()) == geno
+    assert darts_space.from_json(geno.to_json()) == geno
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
 @given(st.integers(0, 2**32 - 1), st.sampled_from(["bnas", "bats"]), st.booleans())
 def test_random_genotypes_round_trip_and_validate(seed, space_name, keep_zeroise):
-  from bnas_jax.search import genotype as genotype_lib  # pylint: disable=g-import-not-at-top
-  from bnas_jax.search_spaces import darts_ops  # pylint: disable=g-import-not-at-top
-  geno = genotype_lib.random_genotype(darts_ops.get_space(space_name),
+  from bnas_jax.search_spaces import darts as darts_space  # pylint: disable=g-import-not-at-top
+  geno = darts_space.random_genotype(darts_space.get_space(space_name),
                                       np.random.default_rng(seed), keep_zeroise=keep_zeroise)
-  assert genotype_lib.from_json(geno.to_json()) == geno
-  assert genotype_lib.validate(geno) == geno
+  assert darts_space.from_json(geno.to_json()) == geno
+  assert darts_space.validate(geno) == geno

@@ -37,8 +37,8 @@ import jax.numpy as jnp
 from bnas_jax import layers
 from bnas_jax import quantizers
 from bnas_jax.errors import UserInputError
-from bnas_jax.search import genotype as genotype_lib
-from bnas_jax.search_spaces import darts_ops
+from bnas_jax.search_spaces import darts as darts_space
+from bnas_jax.models import darts_ops
 
 Array = jax.Array
 
@@ -77,7 +77,7 @@ class MixedOp(nn.Module):
   Zeroise contributes w_z * 0 = 0, so it is not computed.
   """
 
-  space: darts_ops.CellSpace
+  space: darts_space.CellSpace
   channels: int
   strides: int
   options: darts_ops.OpOptions = darts_ops.OpOptions()
@@ -86,7 +86,7 @@ class MixedOp(nn.Module):
   def __call__(self, x: Array, weights: Array, train: bool) -> Array:
     out = None
     for i, op in enumerate(self.space.ops):
-      if op == darts_ops.ZEROISE:
+      if op == darts_space.ZEROISE:
         continue
       y = darts_ops.make_op(self.space, op, self.channels, self.strides, search=True,
                             options=self.options, name=op)(x, train)
@@ -121,7 +121,7 @@ class BnasSourceOps(nn.Module):
   parameters, `conv_e{edge}_{op}/kernel`.
   """
 
-  space: darts_ops.CellSpace
+  space: darts_space.CellSpace
   channels: int
   strides: int
   edges: tuple[int, ...]  # alpha rows of the outgoing edges
@@ -174,7 +174,7 @@ def _preprocess_inputs(cell: nn.Module, s0: Array, s1: Array, train: bool, *, se
 class SearchCell(nn.Module):
   """A supernet cell: 14 MixedOp edges, 4 nodes, concat (+ BNAS inter-cell skip)."""
 
-  space: darts_ops.CellSpace
+  space: darts_space.CellSpace
   channels: int
   reduction: bool
   reduction_prev: bool
@@ -188,13 +188,13 @@ class SearchCell(nn.Module):
     states = _preprocess_inputs(self, s0, s1, train, search=True)
     fused = self.space.name == "bnas" and self.fused
     incoming = {}  # node -> list of edge outputs
-    for node in range(genotype_lib.NUM_NODES):
+    for node in range(darts_space.NUM_NODES):
       for src in range(node + 2):
         # Edges leaving `src` go to nodes max(0, src - 1)..3: compute them all
         # at the first of those nodes, when `src` exists.
         if fused and node == max(0, src - 1):
-          targets = tuple(range(node, genotype_lib.NUM_NODES))
-          rows = tuple(genotype_lib.edge_index(t, src) for t in targets)
+          targets = tuple(range(node, darts_space.NUM_NODES))
+          rows = tuple(darts_space.edge_index(t, src) for t in targets)
           outs = BnasSourceOps(self.space, self.channels, 2 if self.reduction and src < 2 else 1,
                                rows, self.options.binary_weights, name=f"source{src}")(
                                    states[src], weights, train)
@@ -204,7 +204,7 @@ class SearchCell(nn.Module):
           strides = 2 if self.reduction and src < 2 else 1
           incoming.setdefault(node, []).append(MixedOp(
               self.space, self.channels, strides, self.options, name=f"edge{node}_{src}")(
-                  states[src], weights[genotype_lib.edge_index(node, src)], train))
+                  states[src], weights[darts_space.edge_index(node, src)], train))
       states.append(sum(incoming[node]))
     out = jnp.concatenate(states[2:], axis=-1)
     if self.skip:
@@ -246,7 +246,7 @@ class SearchNetwork(nn.Module):
   """The DARTS/BNAS supernet with alpha in the "arch" collection.
 
   Attributes:
-    space: the cell space (`darts_ops.BNAS` or `darts_ops.BATS`).
+    space: the cell space (`darts_space.BNAS` or `darts_space.BATS`).
     num_classes: classifier outputs.
     channels: C, the first cells' width (cells output 4C).
     num_cells: number of cells L (reductions at L//3, 2L//3).
@@ -259,7 +259,7 @@ class SearchNetwork(nn.Module):
       (`BnasSourceOps`, exact); False gives one `MixedOp` per edge.
   """
 
-  space: darts_ops.CellSpace
+  space: darts_space.CellSpace
   num_classes: int
   channels: int = 16
   num_cells: int = 8
@@ -277,7 +277,7 @@ class SearchNetwork(nn.Module):
   def __call__(self, x: Array, train: bool = False,
                op_weight_noise: Optional[dict[str, Array]] = None) -> Array:
     """Logits; `op_weight_noise` (keys of "arch") is added to softmax(alpha / T)."""
-    shape = (genotype_lib.NUM_EDGES, len(self.space.ops))
+    shape = (darts_space.NUM_EDGES, len(self.space.ops))
     init = lambda: 1e-3 * jax.random.normal(self.make_rng("params"), shape, jnp.float32)
     alpha = {k: self.variable("arch", k, init).value for k in ("normal", "reduce")}
     weights = {k: self.arch_weights(v) for k, v in alpha.items()}
@@ -302,8 +302,8 @@ class SearchNetwork(nn.Module):
 class GenotypeCell(nn.Module):
   """A final-network cell: the genotype's 8 ops, affine BN, binary preprocessing."""
 
-  space: darts_ops.CellSpace
-  pairs: genotype_lib.Pairs
+  space: darts_space.CellSpace
+  pairs: darts_space.Pairs
   concat: tuple[int, ...]
   channels: int
   reduction: bool
@@ -316,7 +316,7 @@ class GenotypeCell(nn.Module):
   def __call__(self, s0: Array, s1: Array, train: bool, drop_path_prob: Any = 0.0) -> Array:
     s1_raw = s1
     states = _preprocess_inputs(self, s0, s1, train, search=False)
-    for node in range(genotype_lib.NUM_NODES):
+    for node in range(darts_space.NUM_NODES):
       total = 0.0
       for j in (2 * node, 2 * node + 1):
         op, src = self.pairs[j]
@@ -324,7 +324,7 @@ class GenotypeCell(nn.Module):
         y = darts_ops.make_op(self.space, op, self.channels, strides, search=False,
                               options=self.options, name=f"edge{j}_{op}")(states[src], train)
         is_identity = op == "skip_connect" and strides == 1
-        if self.drop_path and train and op != darts_ops.ZEROISE and not is_identity:
+        if self.drop_path and train and op != darts_space.ZEROISE and not is_identity:
           keep = 1.0 - drop_path_prob
           mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (y.shape[0], 1, 1, 1))
           y = y * mask / keep
@@ -347,7 +347,7 @@ class GenotypeNetwork(nn.Module):
       (needs a "dropout" rng when training).
   """
 
-  genotype: genotype_lib.Genotype
+  genotype: darts_space.Genotype
   num_classes: int
   channels: int = 36
   num_cells: int = 20
@@ -359,7 +359,7 @@ class GenotypeNetwork(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, drop_path_prob: Any = 0.0) -> Array:
-    space = darts_ops.get_space(self.genotype.space)
+    space = darts_space.get_space(self.genotype.space)
     s0, s1, reduction_prev = _Stem(self.channels, self.stem, self.stem_multiplier, affine=True,
                                    name="stem")(x, train)
     c = self.channels

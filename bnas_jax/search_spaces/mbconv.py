@@ -123,6 +123,28 @@ class MBConvSpace:
   def num_layers(self) -> int:
     return sum(s.repeats for s in self.stages)
 
+  # The family interface shared with `search_spaces/darts.py`'s `CellSpace`.
+
+  def sample(self, rng: np.random.Generator) -> "ChoiceList":
+    return sample(self, rng)
+
+  def load(self, path_or_string: str) -> "ChoiceList":
+    return load(path_or_string, self)
+
+  def derive(self, arch: dict[str, Any]) -> "ChoiceList":
+    return derive(arch, self)
+
+  def learnable_share(self, choice: "ChoiceList") -> float:
+    """BNAS Sec. 4.3's share of learnable ops: every MBConv candidate has weights."""
+    del choice
+    return 1.0
+
+  def draw(self, choice: "ChoiceList", path: str, title: Optional[str] = None) -> None:
+    draw(choice, path, title)
+
+  def count(self) -> dict[str, Any]:
+    return {"space": self.name, "architectures": space_size(self)}
+
 
 def op_name(kernel: int, expansion: int) -> str:
   """The paper's notation: 'MBk(e)'."""

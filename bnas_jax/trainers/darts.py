@@ -28,7 +28,9 @@ checkpoints in `workdir`):
 MBConv space (`search_spaces/mbconv.py`, `models/binary_mbconv.py`): the
 "genotype" is then a choice list, the networks come from `config.model`'s
 stages, and the cost summary reports BOPs and real FLOPs (stem, classifier)
-separately. The few places that differ dispatch on `_is_mbconv(config)`.
+separately. The trainer only calls the space's interface (`sample`, `load`,
+`derive`, `learnable_share`, `draw`) and `models/darts_arch.py`'s network
+builders, which know the two families.
 
 `workdir/report.json` collects the genotype, test accuracies, costs and the
 search history.
@@ -47,7 +49,6 @@ import numpy as np
 import optax
 
 from bnas_jax import checkpointing
-from bnas_jax import cost_model
 from bnas_jax import input_pipeline
 from bnas_jax import optimizers
 from bnas_jax import param_policies
@@ -56,93 +57,12 @@ from bnas_jax import sharding
 from bnas_jax import train_state as train_state_lib
 from bnas_jax import training_loop
 from bnas_jax.errors import UserInputError
-from bnas_jax.models import binary_mbconv
-from bnas_jax.models import darts_cells
+from bnas_jax.models import darts_arch
 from bnas_jax.search import bilevel
-from bnas_jax.search import genotype as genotype_lib
-from bnas_jax.search_spaces import darts_ops
-from bnas_jax.search_spaces import mbconv
-
-SHORTCUT_LAYER = "res_conv"  # the real 2x2 projections of BNAS's inter-cell skips
-
+from bnas_jax.search_spaces import darts as darts_space
 
 # ----------------------------------------------------------------------------
-# Space families: DARTS cells (bnas, bats) or the binary MBConv space.
-
-
-def _is_mbconv(config: Any) -> bool:
-  return config.space == mbconv.NAME
-
-
-def get_space(config: Any) -> Any:
-  """The `darts_ops.CellSpace` or `mbconv.MBConvSpace` that `config.space` names."""
-  return mbconv.space_from_config(config.model) if _is_mbconv(config) else (
-      darts_ops.get_space(config.space))
-
-
-def load_genotype(config: Any, path: str) -> Any:
-  """A cell genotype, or for mbconv a choice list (JSON, string form, or the string).
-
-  Raises:
-    UserInputError: unreadable, invalid, or of another space than `config.space`.
-  """
-  space = get_space(config)
-  genotype = mbconv.load(path, space) if _is_mbconv(config) else genotype_lib.load(path)
-  if genotype.space != space.name:
-    raise UserInputError(f"{path!r} is a {genotype.space} architecture but "
-                         f"config.space={space.name!r}.")
-  return genotype
-
-
-def random_genotype(config: Any, space: Any, rng: np.random.Generator) -> Any:
-  if _is_mbconv(config):
-    return mbconv.sample(space, rng)
-  return genotype_lib.random_genotype(space, rng, config.derive.keep_zeroise)
-
-
-def learnable_share(genotype: Any) -> float:
-  """BNAS Sec. 4.3's share of learnable ops (every MBConv candidate has weights: 1)."""
-  if isinstance(genotype, mbconv.ChoiceList):
-    return 1.0
-  return genotype_lib.learnable_share(genotype)
-
-
-def draw_genotype(genotype: Any, path: str, title: str) -> None:
-  draw = mbconv.draw if isinstance(genotype, mbconv.ChoiceList) else genotype_lib.draw
-  draw(genotype, path, title=title)
-
-
-# ----------------------------------------------------------------------------
-# Models and validation.
-
-
-def op_options(config: Any) -> darts_ops.OpOptions:
-  m = config.model
-  return darts_ops.OpOptions(binary_weights=m.binary_weights, groups=m.groups,
-                             shuffle_groups=m.shuffle_groups)
-
-
-def search_model(config: Any, space: Any, num_classes: int) -> Any:
-  if _is_mbconv(config):
-    return binary_mbconv.search_network(config, space, num_classes)
-  m = config.model
-  return darts_cells.SearchNetwork(
-      space, num_classes, channels=m.channels, num_cells=m.num_cells,
-      stem_multiplier=m.stem_multiplier, inter_cell_skip=m.inter_cell_skip,
-      temperature=config.search.temperature,
-      options=darts_ops.OpOptions(binary_weights=config.search.binary_weights,
-                                  groups=m.groups, shuffle_groups=m.shuffle_groups),
-      stem=m.stem, fused=m.get("fused", True))
-
-
-def final_model(config: Any, genotype: Any, num_classes: int) -> Any:
-  if _is_mbconv(config):
-    return binary_mbconv.final_network(config, get_space(config), genotype, num_classes)
-  f, m = config.final, config.model
-  return darts_cells.GenotypeNetwork(
-      genotype, num_classes, channels=f.channels, num_cells=f.num_cells,
-      stem_multiplier=m.stem_multiplier, inter_cell_skip=m.inter_cell_skip,
-      options=op_options(config), stem=f.stem, drop_path=f.drop_path_prob > 0)
+# Validation.
 
 
 def final_data_config(config: Any) -> ml_collections.ConfigDict:
@@ -175,27 +95,13 @@ def _check_shape(model: Any, image_shape: tuple[int, ...], what: str, **kwargs) 
         "config.final (cells, channels) and data.image_size.") from e
 
 
-def _positive_ints(prefix: str, cfg: Any, *names: str) -> None:
-  for name in names:
-    v = cfg.get(name)
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-      raise UserInputError(f"{prefix}.{name}={v!r} must be a positive integer.")
-
-
 def validate(config: Any, mesh) -> dict[str, Any]:
   """Checks everything a user can get wrong, before any compute."""
-  space = get_space(config)
-  if _is_mbconv(config):
-    binary_mbconv.check_shortcut(config.model.shortcut)
-    if config.final.drop_path_prob:
-      raise UserInputError("config.final.drop_path_prob must be 0 for config.space='mbconv' "
-                           "(the MBConv network has no drop-path).")
-  else:
-    _positive_ints("config.model", config.model, "channels", "num_cells", "stem_multiplier")
-    _positive_ints("config.final", config.final, "channels", "num_cells")
-  _positive_ints("config.final", config.final, "batch_size")
-  _positive_ints("config.search", config.search, "batch_size")
-  _positive_ints("config", config, "eval_batch_size")
+  space = darts_space.space_from_config(config)
+  darts_arch.check_network_config(config, space)
+  darts_arch.check_positive_ints("config.final", config.final, "batch_size")
+  darts_arch.check_positive_ints("config.search", config.search, "batch_size")
+  darts_arch.check_positive_ints("config", config, "eval_batch_size")
   for what, bs in (("config.search.batch_size", config.search.batch_size),
                    ("config.final.batch_size", config.final.batch_size),
                    ("config.eval_batch_size", config.eval_batch_size)):
@@ -215,7 +121,7 @@ def validate(config: Any, mesh) -> dict[str, Any]:
   final_info = input_pipeline.get_dataset_info(final_data_config(config))
   genotype = None
   if config.genotype_file:
-    genotype = load_genotype(config, config.genotype_file)
+    genotype = space.load(config.genotype_file)
   else:
     if not info.num_examples.get("holdout"):
       raise UserInputError(
@@ -226,9 +132,11 @@ def validate(config: Any, mesh) -> dict[str, Any]:
       if config.search.batch_size > info.num_examples[split]:
         raise UserInputError(f"config.search.batch_size={config.search.batch_size} is larger "
                              f"than the {split} split ({info.num_examples[split]} examples).")
-    _check_shape(search_model(config, space, info.num_classes), info.image_shape, "supernet")
-  probe = genotype or random_genotype(config, space, np.random.default_rng(0))
-  _check_shape(final_model(config, probe, info.num_classes), info.image_shape, "final network")
+    _check_shape(darts_arch.search_network(config, space, info.num_classes), info.image_shape,
+                 "supernet")
+  probe = genotype or space.sample(np.random.default_rng(0))
+  _check_shape(darts_arch.final_network(config, space, probe, info.num_classes), info.image_shape,
+               "final network")
   if config.final.batch_size > final_info.num_examples["train"]:
     raise UserInputError(f"config.final.batch_size={config.final.batch_size} is larger than the "
                          f"training split ({final_info.num_examples['train']} examples).")
@@ -303,21 +211,12 @@ def _write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def derive_genotype(config: Any, space: Any, arch: dict) -> Any:
-  arch = jax.device_get(arch)
-  if _is_mbconv(config):
-    return mbconv.derive(arch, space)
-  return genotype_lib.derive(np.asarray(arch["normal"]), np.asarray(arch["reduce"]), space,
-                             temperature=config.search.temperature, gamma=config.derive.gamma,
-                             keep_zeroise=config.derive.keep_zeroise)
-
-
 def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
                noise: bilevel.NoiseConfig) -> tuple[Any, list[dict]]:
   """Bilevel search; returns the best-held-out genotype and the per-epoch history."""
   os.makedirs(workdir, exist_ok=True)
   sc = config.search
-  model = search_model(config, space, info.num_classes)
+  model = darts_arch.search_network(config, space, info.num_classes)
   steps_per_epoch = input_pipeline.num_batches_per_epoch(config.data, "train", sc.batch_size)
   total_steps = _steps(sc, steps_per_epoch)
   x0 = jnp.zeros((1, *info.image_shape))
@@ -364,13 +263,12 @@ def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
   def record_epoch(step: int, state: Any) -> None:
     epoch = step // steps_per_epoch
     arch = jax.device_get(state.params["arch"])
-    geno = derive_genotype(config, space, arch)
-    if jax.process_index() == 0:  # one writer: processes share the workdir
-      genotype_lib.save(geno, os.path.join(workdir, f"genotype_epoch_{epoch:03d}.json"))
+    geno = space.derive(arch)
+    _write_json(os.path.join(workdir, f"genotype_epoch_{epoch:03d}.json"), geno.to_dict())
     entry = {"epoch": epoch, "step": step, "wall_seconds": round(time.time() - start, 2),
              "genotype": geno.to_dict(),
              "entropy": float(bilevel.mean_entropy(arch, sc.temperature)),
-             "learnable_share": learnable_share(geno)}
+             "learnable_share": space.learnable_share(geno)}
     if sc.eval_holdout:
       variables = {"params": state.params["weights"], "arch": state.params["arch"],
                    "batch_stats": state.batch_stats}
@@ -379,8 +277,8 @@ def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
       entry.update(holdout_accuracy=ev["accuracy"], holdout_loss=ev["loss"])
     best = max((h.get("holdout_accuracy", -1.0) for h in history), default=-1.0)
     history.append(entry)
-    if entry.get("holdout_accuracy", 0.0) >= best and jax.process_index() == 0:
-      genotype_lib.save(geno, os.path.join(workdir, "genotype_best.json"))
+    if entry.get("holdout_accuracy", 0.0) >= best:
+      _write_json(os.path.join(workdir, "genotype_best.json"), geno.to_dict())
     _write_json(history_path, history)
     reporter.scalars(step, {k: entry[k] for k in ("entropy", "learnable_share",
                                                  "holdout_accuracy") if k in entry})
@@ -414,7 +312,7 @@ def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
   best_path = os.path.join(workdir, "genotype_best.json")
   if jax.process_count() > 1:  # every process reads what process 0 wrote
     multihost_utils.sync_global_devices("darts_genotype_best_written")
-  return load_genotype(config, best_path), history
+  return space.load(best_path), history
 
 
 # ----------------------------------------------------------------------------
@@ -456,28 +354,14 @@ def make_final_train_step(model, num_classes: int, label_smoothing: float,
                                                         apply_kwargs)
 
 
-def cost_summary(model: Any, image_shape: tuple[int, ...]) -> dict[str, Any]:
-  """Costs with the real-valued shortcut projections counted separately."""
-  report = cost_model.count_costs(model, (1, *image_shape), train=False)
-  shortcut = [l for l in report.layers if SHORTCUT_LAYER in l.name]
-  shortcut_flops = sum(l.macs.get(32, 0) for l in shortcut)
-  shortcut_params = sum(sum(l.params.values()) for l in shortcut)
-  return {"flops": report.flops, "bops": report.bops, "ops": report.ops,
-          "params": report.params, "binary_params": report.binary_params,
-          "model_size_bytes": report.model_size_bytes,
-          "shortcut_flops": shortcut_flops, "shortcut_params": shortcut_params,
-          "flops_without_shortcuts": report.flops - shortcut_flops,
-          "ops_without_shortcuts": report.ops - shortcut_flops}
-
-
-def train_final(config: Any, workdir: str, mesh, genotype: Any,
+def train_final(config: Any, workdir: str, mesh, space: Any, genotype: Any,
                 phase_name: str = "final") -> dict[str, Any]:
   """Trains the genotype's network from scratch and tests it."""
   os.makedirs(workdir, exist_ok=True)
   fc = config.final
   data = final_data_config(config)
   info = input_pipeline.get_dataset_info(data)
-  model = final_model(config, genotype, info.num_classes)
+  model = darts_arch.final_network(config, space, genotype, info.num_classes)
   steps_per_epoch = input_pipeline.num_batches_per_epoch(data, "train", fc.batch_size)
   total_steps = _steps(fc, steps_per_epoch)
   x0 = jnp.zeros((1, *info.image_shape))
@@ -512,8 +396,7 @@ def train_final(config: Any, workdir: str, mesh, genotype: Any,
   eval_fn = _make_eval_fn(model, info.num_classes)
   test = _evaluate(eval_fn, {"params": state.params, "batch_stats": state.batch_stats}, data,
                    "test", config.eval_batch_size, mesh, config.get("max_eval_examples", 0))
-  costs = (binary_mbconv.cost_summary if _is_mbconv(config) else cost_summary)(
-      model, info.image_shape)
+  costs = darts_arch.cost_summary(space, model, info.image_shape)
   results = {"phase": phase_name, "genotype": genotype.to_dict(), "steps": total_steps,
              "test_accuracy": test["accuracy"], "test_loss": test["loss"],
              "test_examples": test["count"], "costs": costs}
@@ -546,19 +429,19 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                                    checked["noise"])
     report["search_history"] = history
   report["genotype"] = genotype.to_dict()
+  _write_json(os.path.join(workdir, "genotype.json"), genotype.to_dict())
   if jax.process_index() == 0:
-    genotype_lib.save(genotype, os.path.join(workdir, "genotype.json"))
-    draw_genotype(genotype, os.path.join(workdir, "cells.png"), title=str(space.name))
+    space.draw(genotype, os.path.join(workdir, "cells.png"), title=str(space.name))
   print(f"genotype: {genotype}", flush=True)
   final = {}
   if config.final.num_epochs or config.final.num_train_steps:
-    final = train_final(config, os.path.join(workdir, "final"), mesh, genotype)
+    final = train_final(config, os.path.join(workdir, "final"), mesh, space, genotype)
     report["final"] = final
     if config.final.random_baseline:
       rng = np.random.default_rng([config.seed, 7])
-      random_geno = random_genotype(config, space, rng)
+      random_geno = space.sample(rng)
       report["random_baseline"] = train_final(config, os.path.join(workdir, "random"), mesh,
-                                              random_geno, phase_name="random")
+                                              space, random_geno, phase_name="random")
   _write_json(os.path.join(workdir, "report.json"), report)
   if final:
     print(f"test accuracy {final['test_accuracy']:.4f}", flush=True)
