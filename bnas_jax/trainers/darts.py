@@ -21,8 +21,9 @@ checkpoints in `workdir`):
    cells and channels, trained from scratch on the whole training split with
    the paper's recipe, tested; cost summary with the real-valued shortcut
    projections (`res_conv`) counted separately.
-4. Optionally the same training for a random genotype of the space
-   (`config.final.random_baseline`, `workdir/random`), the baseline the issue asks for.
+4. Optionally the same training for a random architecture of the space at
+   the searched one's OPs (`config.final.random_baseline`, `workdir/random`:
+   `random_at_cost`), the baseline a search has to beat.
 
 `config.space = "mbconv"` runs the same phases on the bimodal paper's binary
 MBConv space (`search_spaces/mbconv.py`, `models/binary_mbconv.py`): the
@@ -59,6 +60,7 @@ from bnas_jax import training_loop
 from bnas_jax.errors import UserInputError
 from bnas_jax.models import darts_arch
 from bnas_jax.search import bilevel
+from bnas_jax.search import random_baseline
 from bnas_jax.search_spaces import darts as darts_space
 
 # ----------------------------------------------------------------------------
@@ -412,6 +414,25 @@ def train_final(config: Any, workdir: str, mesh, space: Any, genotype: Any,
   return results
 
 
+def random_at_cost(config: Any, space: Any, ops: float) -> Any:
+  """A uniform random architecture of `space` whose final network costs at most `ops`, closest.
+
+  The baseline of a search: the same space, the same training, the same cost
+  (`search/random_baseline.py`); identical on every process (seeded draws).
+  """
+  info = input_pipeline.get_dataset_info(final_data_config(config))
+
+  def cost(genotype):
+    model = darts_arch.final_network(config, space, genotype, info.num_classes)
+    return darts_arch.cost_summary(space, model, info.image_shape)["ops"]
+
+  genotype, got = random_baseline.sample_at_cost(space.sample, cost, ops,
+                                                 np.random.default_rng([config.seed, 7]))
+  print(f"random baseline: {got / 1e6:.4g} M OPs (searched: {ops / 1e6:.4g} M): {genotype}",
+        flush=True)
+  return genotype
+
+
 # ----------------------------------------------------------------------------
 # Entry point.
 
@@ -438,8 +459,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     final = train_final(config, os.path.join(workdir, "final"), mesh, space, genotype)
     report["final"] = final
     if config.final.random_baseline:
-      rng = np.random.default_rng([config.seed, 7])
-      random_geno = space.sample(rng)
+      random_geno = random_at_cost(config, space, final["costs"]["ops"])
       report["random_baseline"] = train_final(config, os.path.join(workdir, "random"), mesh,
                                               space, random_geno, phase_name="random")
   _write_json(os.path.join(workdir, "report.json"), report)
