@@ -19,6 +19,8 @@ affine maps; a test checks its logits against the ReActNet (and hence the
 supernet) it came from.
 """
 
+import json
+import math
 import os
 import tempfile
 from typing import Any, Mapping, Sequence
@@ -29,7 +31,9 @@ import numpy as np
 
 from bnas_jax import convolution
 from bnas_jax import layers
+from bnas_jax import packed
 from bnas_jax import quantizers
+from bnas_jax.errors import UserInputError
 
 Array = jax.Array
 BN_EPS = 1e-5  # layers.batch_norm (PyTorch's default)
@@ -142,3 +146,302 @@ def save(path: str, net: Mapping[str, Any]) -> None:
   with os.fdopen(fd, "wb") as f:
     np.savez(f, **flat)
   os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------
+# The packed form (issue 14): 1 bit per binary weight on disk, XNOR-popcount at run time.
+
+PACKED_FORMAT = "bnas_jax.binary_net.packed"
+PACKED_VERSION = 1
+PACKED_FILE = "binary_packed.npz"
+INT8_FILE = "binary_export.npz"  # `save`'s name in deploy/arch*/ (trainers/nasbnn.py)
+
+
+def _spec(net: Mapping[str, Any]) -> dict[str, Any]:
+  """The structure of an exported network: everything but its arrays' values."""
+  stem_w = np.asarray(net["stem"]["weight"])
+  return {"format": PACKED_FORMAT, "version": PACKED_VERSION,
+          "in_channels": int(stem_w.shape[2]), "stem_features": int(stem_w.shape[3]),
+          "stem_dtype": str(stem_w.dtype),
+          "num_classes": int(np.asarray(net["classifier"]["kernel"]).shape[1]),
+          "blocks": [[int(b["width"]), int(b["stride"]), int(b["kernel"]), int(b["groups"])]
+                     for b in net["blocks"]]}
+
+
+def _template(spec: Mapping[str, Any]) -> dict[str, Any]:
+  """`export`'s structure for `spec` with zero arrays of the right shapes and dtypes."""
+  f32 = lambda *shape: np.zeros(shape, np.float32)
+  rprelu = lambda c: {"bias_in": f32(c), "bias_out": f32(c), "slope": f32(c)}
+
+  def conv(k, cin, cout, groups):
+    return {"weight": np.zeros((k, k, cin // groups, cout), np.int8), "threshold": f32(cin),
+            "scale": f32(cout), "shift": f32(cout)}
+
+  c = spec["stem_features"]
+  net = {"stem": {"weight": np.zeros((3, 3, spec["in_channels"], c), spec["stem_dtype"]),
+                  "scale": f32(c), "shift": f32(c), "rprelu": rprelu(c)},
+         "blocks": [],
+         "classifier": {"kernel": f32(c, spec["num_classes"]), "bias": f32(spec["num_classes"])}}
+  for width, stride, kernel, groups in spec["blocks"]:
+    net["blocks"].append({"stride": stride, "groups": groups, "width": width, "kernel": kernel,
+                          "kxk": conv(kernel, c, c, groups), "rprelu_kxk": rprelu(c),
+                          "1x1": conv(1, c, width, 1), "rprelu_1x1": rprelu(width)})
+    c = width
+  net["classifier"]["kernel"] = f32(c, spec["num_classes"])
+  return net
+
+
+def _binary_weights(net: Mapping[str, Any]) -> list[np.ndarray]:
+  return [b[c]["weight"] for b in net["blocks"] for c in ("kxk", "1x1")]
+
+
+def _float_leaves(net: Mapping[str, Any]) -> list[tuple[str, np.ndarray]]:
+  return [(jax.tree_util.keystr(k), np.asarray(v))
+          for k, v in jax.tree_util.tree_leaves_with_path(net)
+          if isinstance(v, np.ndarray) and v.dtype == np.float32]
+
+
+def save_packed(path: str, net: Mapping[str, Any], *, image_size: int | None = None) -> int:
+  """Writes `net` (from `export` or `load`) as one packed .npz; returns its size in bytes.
+
+  Four arrays: `binary_bits` (uint32, the sign bits of every binary weight in
+  HWIO order, block by block, kxk then 1x1, bit 1 = -1, 32 per word: 1 bit per
+  binary weight), `stem_weight` (the stem's integers), `float32` (every float
+  array in the pytree order of `export`'s structure) and `spec` (JSON: widths,
+  strides, kernels, groups, stem and classifier sizes, optional `image_size`).
+  """
+  spec = _spec(net)
+  if image_size:
+    spec["image_size"] = int(image_size)
+  negative = np.concatenate([np.asarray(w).reshape(-1) < 0 for w in _binary_weights(net)])
+  bits = np.packbits(negative, bitorder="little")
+  bits = np.pad(bits, (0, -bits.size % 4)).view("<u4")
+  floats = np.concatenate([v.reshape(-1) for _, v in _float_leaves(net)])
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
+  with os.fdopen(fd, "wb") as f:
+    np.savez(f, spec=np.frombuffer(json.dumps(spec, separators=(",", ":")).encode(), np.uint8),
+             binary_bits=bits, stem_weight=np.asarray(net["stem"]["weight"]), float32=floats)
+  os.replace(tmp, path)
+  return os.path.getsize(path)
+
+
+def _bad(path: str, why: str) -> UserInputError:
+  return UserInputError(
+      f"{path} is not a usable binary network export: {why}. --export takes a file written by "
+      f"bnas_jax.models.binary_export.save_packed ({PACKED_FILE}) or save ({INT8_FILE}, e.g. "
+      "WORKDIR/deploy/arch0/ of a NAS-BNN run), or a directory holding one.")
+
+
+def resolve_export_path(path: str) -> str:
+  """The export file `path` names: the file itself, or the one export inside a directory."""
+  if os.path.isdir(path):
+    found = [os.path.join(path, n) for n in (PACKED_FILE, INT8_FILE)
+             if os.path.isfile(os.path.join(path, n))]
+    if not found:
+      subdirs = sorted(d for d in os.listdir(path) if os.path.isfile(
+          os.path.join(path, d, INT8_FILE)) or os.path.isfile(os.path.join(path, d, PACKED_FILE)))
+      hint = f"; pick one of its networks: {', '.join(subdirs)}" if subdirs else ""
+      raise _bad(path, f"the directory holds neither {PACKED_FILE} nor {INT8_FILE}{hint}")
+    return found[0]
+  if not os.path.isfile(path):
+    raise _bad(path, "no such file or directory")
+  return path
+
+
+def _fill(path: str, spec: Mapping[str, Any], get) -> dict[str, Any]:
+  """`_template(spec)` with each array leaf replaced by `get(keystr, template_leaf)`."""
+  template = _template(spec)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+  out = []
+  for k, leaf in leaves:
+    if not isinstance(leaf, np.ndarray):
+      out.append(leaf)
+      continue
+    value = np.asarray(get(jax.tree_util.keystr(k), leaf))
+    if value.shape != leaf.shape:
+      raise _bad(path, f"array {jax.tree_util.keystr(k)} has shape {value.shape}, the network's "
+                 f"structure needs {leaf.shape}")
+    out.append(value.astype(leaf.dtype))
+  return jax.tree_util.tree_unflatten(treedef, [l for l in out])
+
+
+def _spec_of_int8_file(path: str, f: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """Reads the structure of a `save` (int8) file back from its keys and shapes."""
+  n = 0
+  while f"['blocks'][{n}]['stride']" in f:
+    n += 1
+  get = lambda i, key: int(f[f"['blocks'][{i}]['{key}']"])
+  stem = f["['stem']['weight']"]
+  if stem.ndim != 4:
+    raise _bad(path, f"the stem weight has shape {stem.shape}, not (3, 3, C_in, C_out)")
+  return {"format": PACKED_FORMAT, "version": PACKED_VERSION, "in_channels": int(stem.shape[2]),
+          "stem_features": int(stem.shape[3]), "stem_dtype": str(stem.dtype),
+          "num_classes": int(f["['classifier']['bias']"].shape[0]),
+          "blocks": [[get(i, "width"), get(i, "stride"), get(i, "kernel"), get(i, "groups")]
+                     for i in range(n)]}
+
+
+def _check_spec(path: str, spec: Any) -> None:
+  if not isinstance(spec, dict) or spec.get("format") != PACKED_FORMAT:
+    raise _bad(path, "its spec does not name the format " + PACKED_FORMAT)
+  if spec.get("version") != PACKED_VERSION:
+    raise _bad(path, f"format version {spec.get('version')!r}, this reader knows "
+               f"{PACKED_VERSION}")
+  c = spec.get("stem_features")
+  for block in spec.get("blocks", []):
+    if (len(block) != 4 or any(not isinstance(v, int) or v <= 0 for v in block)
+        or block[1] not in (1, 2) or block[2] % 2 == 0 or c % block[3]):
+      raise _bad(path, f"block {block} is not (width, stride 1|2, odd kernel, groups dividing "
+                 f"its {c} input channels)")
+    c = block[0]
+  if spec.get("stem_dtype") not in ("int8", "int32", "float32"):
+    raise _bad(path, f"stem dtype {spec.get('stem_dtype')!r}")
+
+
+def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Reads an export (packed or int8 file, or a directory holding one) and validates it.
+
+  Returns:
+    (net, info): `net` in `export`'s structure (int8 +-1 weights), ready for
+    `apply_exported` and `pack`; `info` holds `path`, `format` ("packed" or
+    "int8"), `size_bytes` (on disk) and `image_size` (None if not recorded).
+
+  Raises:
+    UserInputError: the path does not exist or is not a complete, consistent export.
+  """
+  path = resolve_export_path(path)
+  try:
+    f = np.load(path, allow_pickle=False)
+    keys = set(f.files)
+  except Exception as e:  # not a zip / npz at all
+    raise _bad(path, f"it cannot be read as .npz ({type(e).__name__}: {e})") from e
+  with f:
+    try:
+      if "spec" in keys:
+        try:
+          spec = json.loads(bytes(f["spec"]).decode())
+        except (ValueError, UnicodeDecodeError) as e:
+          raise _bad(path, "its spec is not JSON") from e
+        _check_spec(path, spec)
+        missing = {"binary_bits", "stem_weight", "float32"} - keys
+        if missing:
+          raise _bad(path, f"arrays {sorted(missing)} are missing")
+        template = _template(spec)
+        sizes = [w.size for w in _binary_weights(template)]
+        bits = np.unpackbits(np.asarray(f["binary_bits"], "<u4").view(np.uint8),
+                             bitorder="little")
+        if bits.size < sum(sizes) or bits.size >= sum(sizes) + 32:
+          raise _bad(path, f"{bits.size} stored weight bits for {sum(sizes)} binary weights")
+        signs = (1 - 2 * bits[:sum(sizes)].astype(np.int8)).astype(np.int8)
+        floats = np.asarray(f["float32"])
+        wanted = [(k, v) for k, v in _float_leaves(template)]
+        if floats.dtype != np.float32 or floats.size != sum(v.size for _, v in wanted):
+          raise _bad(path, f"{floats.size} float32 values stored, the structure needs "
+                     f"{sum(v.size for _, v in wanted)}")
+        values, offset = {}, 0
+        for k, v in wanted:
+          values[k] = floats[offset:offset + v.size].reshape(v.shape)
+          offset += v.size
+        offsets = np.cumsum([0] + sizes)
+        binaries = {}
+        for i, b in enumerate(template["blocks"]):
+          for j, c in enumerate(("kxk", "1x1")):
+            n = 2 * i + j
+            binaries[f"['blocks'][{i}]['{c}']['weight']"] = signs[
+                offsets[n]:offsets[n + 1]].reshape(b[c]["weight"].shape)
+        binaries["['stem']['weight']"] = f["stem_weight"]
+        net = _fill(path, spec, lambda k, _: binaries[k] if k in binaries else values[k])
+        fmt, image_size = "packed", spec.get("image_size")
+      else:
+        spec = _spec_of_int8_file(path, f)
+        _check_spec(path, spec)
+        net = _fill(path, spec, lambda k, _: f[k])
+        for w in _binary_weights(net):
+          if not np.isin(w, (-1, 1)).all():
+            raise _bad(path, "a binary weight is not -1 or +1")
+        fmt, image_size = "int8", None
+    except KeyError as e:
+      raise _bad(path, f"array {e} is missing") from e
+    except (ValueError, TypeError) as e:
+      if isinstance(e, UserInputError):
+        raise
+      raise _bad(path, f"{type(e).__name__}: {e}") from e
+  if not all(np.isfinite(v).all() for _, v in _float_leaves(net)):
+    raise _bad(path, "a scale, shift, threshold or classifier value is not finite")
+  return net, {"path": path, "format": fmt, "size_bytes": os.path.getsize(path),
+               "image_size": image_size}
+
+
+def _pack_conv(c: Mapping[str, Any], groups: int) -> dict[str, Any]:
+  w = np.asarray(c["weight"])
+  k, _, cg, out = w.shape
+  return {"words": jnp.asarray(packed.pack_conv_weight(w, groups)),
+          # Eq. (2) of packed.py: per-tap weight sums for the zero-padding correction.
+          "wsum": jnp.asarray(w.astype(np.float32).sum(axis=2).reshape(k * k, out)),
+          "threshold": jnp.asarray(c["threshold"]), "scale": jnp.asarray(c["scale"]),
+          "shift": jnp.asarray(c["shift"])}
+
+
+def pack(net: Mapping[str, Any]) -> dict[str, Any]:
+  """The engine form of `net`: binary weights as (k*k, G, Wg, O_g) uint32 words."""
+  out = {"stem": jax.tree.map(jnp.asarray, dict(net["stem"])),
+         "classifier": jax.tree.map(jnp.asarray, dict(net["classifier"])), "blocks": []}
+  out["stem"]["weight"] = jnp.asarray(net["stem"]["weight"], jnp.float32)
+  for b in net["blocks"]:
+    out["blocks"].append({
+        "stride": int(b["stride"]), "groups": int(b["groups"]), "width": int(b["width"]),
+        "kernel": int(b["kernel"]), "kxk": _pack_conv(b["kxk"], int(b["groups"])),
+        "1x1": _pack_conv(b["1x1"], 1),
+        "rprelu_kxk": jax.tree.map(jnp.asarray, dict(b["rprelu_kxk"])),
+        "rprelu_1x1": jax.tree.map(jnp.asarray, dict(b["rprelu_1x1"]))})
+  return out
+
+
+def float_twin(net: Mapping[str, Any]) -> dict[str, Any]:
+  """`net` with every weight already float32: `apply_exported`'s XLA float-conv run."""
+  return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32) if isinstance(v, np.ndarray) else v,
+                      net)
+
+
+def packed_sign_conv(x: Array, c: Mapping[str, Array], groups: int, stride: int) -> Array:
+  """`_sign_conv` through the XNOR-popcount engine (exact, fused threshold and affine)."""
+  k = int(math.isqrt(c["words"].shape[0]))
+  return packed.sign_conv(x, c["words"], threshold=c["threshold"], scale=c["scale"],
+                          shift=c["shift"], in_channels=x.shape[-1], groups=groups,
+                          kernel_size=k, stride=stride, wsum=c["wsum"])
+
+
+def apply_packed(net: Mapping[str, Any], x: Array) -> Array:
+  """Logits of a `pack`ed network: `apply_exported` with every binary conv run as
+  XNOR-popcount. The stem (int8 weights), the shortcuts (2x2 average pooling,
+  channel repeat), RPReLU, global pooling and the classifier stay float."""
+  stem = net["stem"]
+  y = convolution.conv_lax(x.astype(jnp.float32), stem["weight"], 1, 2)
+  x = _rprelu_apply(y * stem["scale"] + stem["shift"], stem["rprelu"])
+  for b in net["blocks"]:
+    y = packed_sign_conv(x, b["kxk"], b["groups"], b["stride"])
+    shortcut = layers.avg_pool_2x2(x) if b["stride"] == 2 else x
+    out1 = _rprelu_apply(y + shortcut, b["rprelu_kxk"])
+    y = packed_sign_conv(out1, b["1x1"], 1, 1)
+    repeat = jnp.take(out1, jnp.arange(b["width"]) % out1.shape[-1], axis=-1)
+    x = _rprelu_apply(y + repeat, b["rprelu_1x1"])
+  x = jnp.mean(x, axis=(1, 2))
+  return x @ net["classifier"]["kernel"] + net["classifier"]["bias"]
+
+
+def jit_network(apply_fn, net: Mapping[str, Any]):
+  """`x -> apply_fn(net, x)` under `jax.jit`, the arrays passed as arguments and the
+  structure (strides, groups, widths) static, so weights are not baked into the program."""
+  leaves, treedef = jax.tree.flatten(net)
+  is_array = [isinstance(l, (np.ndarray, jax.Array)) for l in leaves]
+  arrays = [l for l, a in zip(leaves, is_array) if a]
+
+  @jax.jit
+  def run(arrays, x):
+    it = iter(arrays)
+    full = [next(it) if a else l for l, a in zip(leaves, is_array)]
+    return apply_fn(jax.tree.unflatten(treedef, full), x)
+
+  return lambda x: run(arrays, x)
