@@ -13,9 +13,19 @@ from bnas_jax import nonfinite_guard
 from bnas_jax import user_files
 
 
+MAX_MESSAGE = 1600  # characters of a printed error; longer ones lose their middle
+
+
 def fail(message: str, status: int = errors.EXIT_BAD_INPUT) -> NoReturn:
-  """Prints `message` as one wrapped paragraph on stderr and exits."""
+  """Prints `message` as one wrapped paragraph on stderr and exits.
+
+  A message that quotes too much user input (a whole file) is cut in the middle:
+  the paragraph still says what was wrong and what would be accepted.
+  """
   text = " ".join(str(message).split())
+  if len(text) > MAX_MESSAGE:
+    half = MAX_MESSAGE // 2
+    text = f"{text[:half]} [... {len(text) - 2 * half:,} characters omitted ...] {text[-half:]}"
   print(textwrap.fill(f"error: {text}", width=100), file=sys.stderr)
   sys.exit(status)
 

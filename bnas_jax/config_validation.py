@@ -40,6 +40,8 @@ class Rule:
   """What a field accepts: `accepts(value)` and the phrase `expect` for the message."""
   accepts: Callable[[Any], bool]
   expect: str
+  # Further checks of an accepted value that explain themselves (raise UserInputError).
+  inspect: Optional[Callable[[Any], None]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +154,17 @@ def record(*items: Rule, meaning: str = "") -> Rule:
 
   expect = "a tuple (" + "; ".join(r.expect for r in items) + ")"
   return Rule(accepts, expect + (f" ({meaning})" if meaning else ""))
+
+
+def arch_spec(*, optional: bool = False, meaning: str = "") -> Rule:
+  """An architecture/genotype given inline or as a file, read through `user_files.check_spec`."""
+  base = text(optional=optional, meaning=meaning)
+
+  def inspect(v):
+    if v:  # '' / None: none given
+      user_files.check_spec(v, "the architecture")
+
+  return Rule(base.accepts, base.expect, inspect)
 
 
 def seed() -> Rule:
@@ -310,6 +323,12 @@ def violations(config: Any, field_rules: Mapping[str, Rule] = (),
     if not ok:
       bad_fields.add(path)
       out.append(f"config.{path}={_quote(value)} must be {expect}")
+    elif rule is not None and rule.inspect is not None:
+      try:
+        rule.inspect(value)
+      except UserInputError as e:
+        bad_fields.add(path)
+        out.append(f"config.{path}: {str(e).rstrip('.')}")
   for relation in relations:
     if bad_fields.intersection(relation.fields):
       continue  # the field itself is already reported

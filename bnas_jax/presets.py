@@ -8,8 +8,8 @@ from bnas_jax.errors import UserInputError
 
 
 def select(arg: Optional[str], presets: Sequence[str], config_file: str) -> str:
-  """The preset named by `arg` (the first preset if empty); rejects unknown names."""
-  preset = arg or presets[0]
+  """The preset named by `arg` (the first preset if None); rejects unknown or empty names."""
+  preset = presets[0] if arg is None else arg
   if preset not in presets:
     raise UserInputError(
         f"Unknown preset {preset!r} for {config_file}; known presets: {', '.join(presets)} "

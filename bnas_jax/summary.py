@@ -23,15 +23,18 @@ from bnas_jax import cli
 from absl import flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 
+from bnas_jax import config_validation
 from bnas_jax import cost_model
 from bnas_jax import input_pipeline
+from bnas_jax import user_files
 from bnas_jax.errors import UserInputError
 from bnas_jax.models import build_model
 
 flags.DEFINE_string("arch", None, "Architecture name or spec (search-space configs only).")
 flags.DEFINE_bool("json", False, "Print one JSON object as the last line.")
 flags.DEFINE_bool("space", False, "Count the architectures of the config's search space instead.")
-flags.DEFINE_integer("batch", 1, "Batch size of the counted input.")
+flags.DEFINE_integer("batch", 1, "Batch size of the counted input.", lower_bound=1,
+                     upper_bound=4096)
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with :preset.",
                                 lock_config=True)
 flags.mark_flags_as_required(["config"])
@@ -66,6 +69,10 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"Unexpected positional arguments {argv[1:]!r}; all options are --flags.")
   with cli.user_errors_exit():
+    config_validation.validate_for_file(FLAGS.config,
+                                        config_flags.get_config_filename(FLAGS["config"]))
+    if FLAGS.arch is not None:
+      user_files.check_spec(FLAGS.arch, "--arch")
     if FLAGS.space:
       counts = _resolver(FLAGS.config, "--space").space_counts(FLAGS.config)
       print(json.dumps(counts) if FLAGS.json else

@@ -146,6 +146,33 @@ def read_json(path: str, what: str, *, max_bytes: int = MAX_TEXT_BYTES,
                     max_depth=max_depth)
 
 
+MAX_SPEC_CHARS = 1 << 16  # an inline architecture string or JSON
+
+
+def check_spec(spec: str, what: str) -> None:
+  """Guards an architecture/genotype/widths spec: an inline string or a file's path.
+
+  A file is read with `read_text` (ASCII only), an inline string must be short
+  ASCII; either, if it looks like JSON, must pass `parse_json`'s depth and
+  integer limits. The owner's parser (search space, resolver) then reads the
+  spec's schema; this only keeps hostile input from reaching it.
+  """
+  if not isinstance(spec, str):
+    raise UserInputError(f"{what} must be a string, got {type(spec).__name__}.")
+  if os.path.isfile(spec) or os.path.isdir(spec):
+    text = read_text(spec, what, ascii_only=True)
+    where = f"{what} ({quote(spec)})"
+  else:
+    if len(spec) > MAX_SPEC_CHARS:
+      raise UserInputError(
+          f"{what} is {len(spec):,} characters long ({quote(spec, 60)}); an architecture "
+          f"string has at most {MAX_SPEC_CHARS:,}: pass a file instead.")
+    _check_characters(spec, what, ascii_only=True)
+    text, where = spec, what
+  if text.lstrip()[:1] in ("{", "["):
+    parse_json(text, where)
+
+
 def split_config_spec(spec: str) -> tuple[str, Optional[str]]:
   """`path.py[:preset]` -> (path, preset or None); an empty preset after ':' is an error."""
   path, sep, preset = str(spec).partition(":")

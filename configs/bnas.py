@@ -161,7 +161,7 @@ def get_config(arg=None):
 # bimodal.py reuse them); shared fields are ruled by name in
 # bnas_jax/config_validation.py. Checked by bnas_jax.main before any compute.
 FIELD_RULES = {
-    "space": cv.text(), "genotype_file": cv.text(meaning="'' = search"),
+    "space": cv.text(), "genotype_file": cv.arch_spec(meaning="'' = search"),
     "model.stem": cv.one_of("cifar", "imagenet"), "final.stem": cv.one_of("cifar", "imagenet"),
     "model.inter_cell_skip": cv.flag(), "model.fused": cv.flag(),
     "search.second_order": cv.flag(), "search.eval_holdout": cv.flag(),

@@ -161,5 +161,5 @@ FIELD_RULES = {
     "search.penalty": cv.NON_NEGATIVE, "search.tau": cv.POSITIVE,
     "search.best_effort_init": cv.flag(), "search.width_bucket": cv.COUNT,
     "search.shrink_buffers": cv.flag(),
-    "eval.arch": cv.text(optional=True, meaning="None = search"),
+    "eval.arch": cv.arch_spec(optional=True, meaning="None = search"),
 }

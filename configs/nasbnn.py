@@ -16,6 +16,7 @@ Presets (`--config=configs/nasbnn.py:PRESET`):
 import ml_collections
 
 from bnas_jax import config_validation as cv
+from bnas_jax import config_validation as cv
 from bnas_jax import presets
 
 PRESETS = ("digits", "imagenet", "imagenet100", "cifar10")

@@ -165,6 +165,7 @@ def test_cli_exits_2_on_another_configs_workdir(tmp_path):
 @pytest.mark.parametrize("args,expected", [
     (["--workdir="], "--workdir is empty"),
     (["--workdir={w}", "--config.batch_size=63"], "multiple of the number of devices"),
+    (["--workdir={w}", "--config.optimizer.learning_rate=nan"], "learning_rate=nan must be"),
 ])
 def test_rejected_run_leaves_nothing_on_disk(tmp_path, args, expected):
   workdir = tmp_path / "w"
