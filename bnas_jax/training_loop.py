@@ -53,15 +53,29 @@ def start_phase(config: Any, workdir: str, mesh: jax.sharding.Mesh,
         params=variables["params"], batch_stats=variables.get("batch_stats", {}), tx=tx,
         rng=jax.random.key_data(jax.random.fold_in(key, 1)))
 
+  train_iter = input_pipeline.make_train_iterator(
+      config.data, "train", config.batch_size, config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  state, ckpt, resumed = open_phase(config, workdir, mesh, init_state, train_iter)
+  return state, ckpt, train_iter, resumed
+
+
+def open_phase(config: Any, workdir: str, mesh: jax.sharding.Mesh,
+               init_state: Callable[[jax.Array], Any], train_iter: Any
+               ) -> tuple[Any, checkpointing.Checkpointer, bool]:
+  """Any phase's state: born replicated, disk space checked, resumed with its iterator.
+
+  `init_state(key)` builds the phase's state (a `TrainState`, the DARTS
+  search's two-optimizer state, ...) from `key = jax.random.key(config.seed)`;
+  the latest readable checkpoint in `workdir/checkpoints`, if any, replaces
+  it and `train_iter`'s position. The last element says whether it resumed.
+  """
   state = sharding.init_replicated(init_state, mesh, jax.random.key(config.seed))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.get("keep_checkpoints", 3))
   ckpt.check_free_space(state)
-  train_iter = input_pipeline.make_train_iterator(
-      config.data, "train", config.batch_size, config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
   state = restore_or_keep(ckpt, state, train_iter)
-  return state, ckpt, train_iter, ckpt.latest_step() is not None
+  return state, ckpt, ckpt.latest_step() is not None
 
 
 def intervals(config: Any, steps_per_epoch: int) -> dict[str, int]:

@@ -49,7 +49,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from bnas_jax import checkpointing
 from bnas_jax import input_pipeline
 from bnas_jax import optimizers
 from bnas_jax import param_policies
@@ -234,18 +233,15 @@ def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
                                       weight_tx=weight_tx, arch_tx=arch_tx,
                                       rng=jax.random.key_data(jax.random.fold_in(key, 1)))
 
-  state = sharding.init_replicated(init_state, mesh, jax.random.key(config.seed))
-  _, _, schedule = bilevel.make_optimizers(sc.optimizer, sc.arch_optimizer, state.params,
-                                           total_steps, steps_per_epoch)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=config.get("keep_checkpoints", 3))
   pc, pi = jax.process_count(), jax.process_index()
   paired = PairedIterator(
       input_pipeline.make_train_iterator(config.data, "train", sc.batch_size, config.seed,
                                          process_index=pi, process_count=pc),
       input_pipeline.make_train_iterator(config.data, "holdout", sc.batch_size, config.seed,
                                          process_index=pi, process_count=pc))
-  state = training_loop.restore_or_keep(ckpt, state, paired)
+  state, ckpt, _ = training_loop.open_phase(config, workdir, mesh, init_state, paired)
+  _, _, schedule = bilevel.make_optimizers(sc.optimizer, sc.arch_optimizer, state.params,
+                                           total_steps, steps_per_epoch)
   step_cfg = bilevel.SearchStepConfig(
       num_classes=info.num_classes, steps_per_epoch=steps_per_epoch,
       diversity_lambda=sc.diversity_lambda, diversity_tau=sc.diversity_tau,
@@ -375,14 +371,11 @@ def train_final(config: Any, workdir: str, mesh, space: Any, genotype: Any,
         params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
         rng=jax.random.key_data(jax.random.fold_in(key, 1)))
 
-  state = sharding.init_replicated(init_state, mesh, jax.random.key(config.seed))
-  _, schedule = final_optimizer(fc.optimizer, state.params, total_steps, steps_per_epoch)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=config.get("keep_checkpoints", 3))
   train_iter = input_pipeline.make_train_iterator(
       data, "train", fc.batch_size, config.seed, process_index=jax.process_index(),
       process_count=jax.process_count())
-  state = training_loop.restore_or_keep(ckpt, state, train_iter)
+  state, ckpt, _ = training_loop.open_phase(config, workdir, mesh, init_state, train_iter)
+  _, schedule = final_optimizer(fc.optimizer, state.params, total_steps, steps_per_epoch)
   step_fn = jax.jit(make_final_train_step(model, info.num_classes, fc.label_smoothing,
                                           fc.drop_path_prob, total_steps), donate_argnums=(0,))
   reporter = reporting.Reporter(workdir, total_steps, int(state.step),
