@@ -8,6 +8,8 @@ optimizer of their own.
 
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from bnas_jax import param_policies
@@ -16,6 +18,7 @@ from bnas_jax.errors import UserInputError
 SCHEDULES = ("constant", "cosine", "linear", "warmup_cosine", "cosine_restarts",
              "multistep")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LSQ_STEP_SIZE = "kernel_scale"  # the name `layers.QuantConv` gives an LSQ step size
 
 
 def make_schedule(cfg: Any, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
@@ -85,5 +88,25 @@ def make_optimizer(cfg: Any, params: Any, total_steps: int, steps_per_epoch: int
   transforms = {"decay": _base(cfg, schedule, cfg.get("weight_decay", 0.0)),
                 "no_decay": _base(cfg, schedule, 0.0), **dict(extra)}
   tx = optax.partition(transforms, param_policies.label_params(params, rules))
+  step_sizes = jax.tree_util.tree_map_with_path(
+      lambda path, _: param_policies.param_name(path).endswith(LSQ_STEP_SIZE), params)
+  if any(jax.tree.leaves(step_sizes)):
+    # NAS-BNN's public code clamps every LSQ step size to eps before each
+    # forward, i.e. after each update (`layers.QuantConv.lsq_min_scale` floors
+    # it inside the forward as well).
+    tx = optax.chain(tx, optax.masked(floor_params(float(jnp.finfo(jnp.float32).eps)),
+                                      step_sizes))
   clip = cfg.get("grad_clip_norm", None)
   return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx
+
+
+def floor_params(minimum: float) -> optax.GradientTransformation:
+  """Updates that leave each parameter at >= `minimum` once applied (others pass unchanged)."""
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("floor_params needs the params to floor them.")
+    return jax.tree.map(lambda u, p: jnp.where(p + u < minimum, minimum - p, u),
+                        updates, params), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

@@ -622,3 +622,13 @@ def test_seeded_rng_is_deterministic():
 
   assert run(123) == run(123)
   assert run(123) != run(124)
+
+
+def test_resolving_e_says_it_is_ds_network(caplog):
+  """Our copy of Table 6 prints E = D: using E must say so (issue 17 §6)."""
+  with caplog.at_level("WARNING"):
+    d = nb.resolve(IMAGENET, "D")
+  assert "identical to D" not in caplog.text
+  with caplog.at_level("WARNING"):
+    e = nb.resolve(IMAGENET, "nas-bnn-e")
+  assert e == d and "identical to D's" in caplog.text

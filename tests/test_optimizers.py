@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import ml_collections
+import optax
 import pytest
 
 from bnas_jax import optimizers
@@ -62,3 +63,18 @@ def test_multistep_schedule_decays_at_epoch_boundaries():
   s = optimizers.make_schedule(cfg, total_steps=40, steps_per_epoch=10)
   np.testing.assert_allclose([float(s(t)) for t in (0, 19, 20, 29, 30, 39)],
                              [0.1, 0.1, 0.05, 0.05, 0.025, 0.025], rtol=1e-6)
+
+
+def test_lsq_step_sizes_never_fall_below_eps_after_an_update():
+  """The public NAS-BNN code clamps LSQ step sizes to eps before each forward."""
+  eps = float(jnp.finfo(jnp.float32).eps)
+  params = {"stem": {"kernel": jnp.ones((3, 3, 3, 2)), "kernel_scale": jnp.array([1e-3, 0.5])}}
+  grads = {"stem": {"kernel": jnp.full((3, 3, 3, 2), 2.0), "kernel_scale": jnp.array([1.0, 1.0])}}
+  cfg = ml_collections.ConfigDict(dict(name="sgd", learning_rate=0.1, schedule="constant",
+                                       momentum=0.0, weight_decay=0.0))
+  tx = optimizers.make_optimizer(cfg, params, 10, 10)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  # Plain SGD: 1e-3 - 0.1 < 0 is floored at eps; 0.5 - 0.1 and the kernel are untouched.
+  np.testing.assert_array_equal(new["stem"]["kernel_scale"], np.float32([eps, 0.5 - 0.1]))
+  np.testing.assert_array_equal(new["stem"]["kernel"], np.full((3, 3, 3, 2), 1.0 - 0.2, np.float32))
