@@ -1,4 +1,4 @@
-"""Tests for bnas_jax.input_pipeline (no network: digits, TFDS mocks)."""
+"""Tests for bnas_jax.input_pipeline and its bnas_jax.data package (no network: digits, TFDS mocks)."""
 
 import os
 from unittest import mock
@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 
 from bnas_jax import input_pipeline as ip
+from bnas_jax.data import preprocessing
+from bnas_jax.data import settings as settings_lib
+from bnas_jax.data import sources
+from bnas_jax.data import splits
 from bnas_jax.errors import UserInputError
 
 
@@ -32,9 +36,9 @@ def _assert_batches_equal(got, want):
 
 
 def _train_holdout_indices(config):
-  settings = ip._resolve(config)
-  source = ip._open_source(settings, test=False)
-  return ip._train_side_indices(settings, source, num_threads=1)
+  settings = settings_lib.resolve(config)
+  source = sources.open_source(settings, test=False)
+  return splits.train_side_indices(settings, source, num_threads=1)
 
 
 # ---------------------------------------------------------------- digits
@@ -347,7 +351,7 @@ def _mock_tfds(num_examples):
 
 
 def _unnormalise(images, name):
-  spec = ip._SPECS[name]
+  spec = settings_lib._SPECS[name]
   return np.rint((images * np.asarray(spec.std) + np.asarray(spec.mean)) *
                  255).astype(np.int64)
 
@@ -394,8 +398,8 @@ def test_cifar_per_class_holdout_uses_label_cache(tmp_path, monkeypatch):
     labels = np.concatenate([
         b['label'] for b in ip.make_eval_batches(config, 'holdout', 20)])
     # A new process finds the labels on disk instead of scanning again.
-    monkeypatch.setattr(ip, '_LABEL_CACHE', {})
-    monkeypatch.setattr(ip, '_scan_labels',
+    monkeypatch.setattr(sources, '_LABEL_CACHE', {})
+    monkeypatch.setattr(sources, '_scan_labels',
                         mock.Mock(side_effect=AssertionError('rescanned')))
     assert ip.get_dataset_info(config) == info
   np.testing.assert_array_equal(np.bincount(labels, minlength=10),
@@ -426,9 +430,9 @@ def test_imagenet_crops_on_odd_shapes():
   rng = np.random.default_rng(0)
   for shape in [(5, 50, 3), (50, 5, 3), (7, 7, 3), (300, 200, 3)]:
     image = rng.integers(0, 256, shape, dtype=np.uint8)
-    assert ip._random_resized_crop(image, 24, rng).shape == (24, 24, 3)
-    assert ip._resize_shorter_centre_crop(image, 24).shape == (24, 24, 3)
-  assert ip._resize_shorter_centre_crop(
+    assert preprocessing._random_resized_crop(image, 24, rng).shape == (24, 24, 3)
+    assert preprocessing._resize_shorter_centre_crop(image, 24).shape == (24, 24, 3)
+  assert preprocessing._resize_shorter_centre_crop(
       np.zeros((300, 400, 3), np.uint8), 224).shape == (224, 224, 3)
 
 
