@@ -1,12 +1,29 @@
-"""How the command-line tools report bad input: one paragraph, exit status 2."""
+"""What the command-line tools print: bad input as one paragraph (exit 2), and
+library log lines kept off the console.
+
+`LibraryLogs` implements the console policy of `bnas_jax.main`: until the run
+has been validated, every library log line (Python logging: absl, JAX, orbax,
+TF; and whatever C++ code writes to file descriptor 2, e.g. XLA's "Very slow
+compile?" banner) is held back, so a rejected run prints only its paragraph.
+Once validated, the held lines and all later ones go to `<workdir>/log.txt`
+(`log.process_<i>.txt` on other processes); the console keeps the run's own
+lines, progress bars, Python warnings at ERROR level and above, and
+tracebacks. `--verbose` keeps everything on the console as before.
+"""
 
 import contextlib
+import io
+import logging
+import logging.handlers
+import os
 import sys
+import tempfile
 import textwrap
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Optional
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 
 from bnas_jax import errors
 from bnas_jax import nonfinite_guard
@@ -86,3 +103,55 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def run(main: Callable[[list[str]], None]) -> None:
   """`absl.app.run` with bad flags reported as one paragraph and exit status 2."""
   app.run(main, flags_parser=_parse_flags)
+
+
+class LibraryLogs:
+  """Holds library log lines until validation, then sends them to a file (module docstring)."""
+
+  def __init__(self, verbose: bool):
+    self.verbose = verbose
+    self._held: Optional[logging.handlers.MemoryHandler] = None
+    self._held_fd2: Optional[io.BufferedRandom] = None
+    self.path: Optional[str] = None
+    if verbose:
+      return
+    # Python logging: nothing reaches the console; records wait in memory.
+    self._absl = absl_logging.get_absl_handler()
+    self._absl.setLevel(logging.CRITICAL + 1)
+    self._held = logging.handlers.MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1)
+    logging.getLogger().addHandler(self._held)
+    logging.captureWarnings(True)
+    # C++ output: fd 2 goes to a temporary file; Python's sys.stderr keeps the terminal.
+    sys.stderr.flush()
+    console = os.dup(2)
+    self._held_fd2 = tempfile.TemporaryFile()
+    os.dup2(self._held_fd2.fileno(), 2)
+    sys.stderr = os.fdopen(console, "w", buffering=1, errors="backslashreplace")
+    self._absl.python_handler.stream = sys.stderr
+
+  def to_file(self, workdir: str, process_index: int) -> None:
+    """Validation passed: held and future library lines go to the run's log file."""
+    if self.verbose:
+      return
+    name = "log.txt" if process_index == 0 else f"log.process_{process_index}.txt"
+    local = "://" not in workdir  # fd 2 needs a local file; gs:// runs log to /tmp
+    self.path = os.path.join(workdir if local else tempfile.gettempdir(), name)
+    log_file = logging.FileHandler(self.path, mode="a", encoding="utf-8")
+    log_file.setFormatter(absl_logging.PythonFormatter())
+    root = logging.getLogger()
+    root.addHandler(log_file)
+    self._held.setTarget(log_file)
+    self._held.flush()
+    root.removeHandler(self._held)
+    self._held.close()
+    log_file.flush()
+    with open(self.path, "ab") as f:  # C++ lines written so far, then fd 2 itself
+      self._held_fd2.seek(0)
+      f.write(self._held_fd2.read())
+    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    self._held_fd2.close()
+    self._absl.setLevel(logging.ERROR)
+    if not local:
+      print(f"library log lines go to {self.path} (--verbose shows them here)", flush=True)

@@ -31,6 +31,9 @@ import jax
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.DEFINE_bool("verbose", False,
+                  "Show library log lines (absl, JAX, orbax, XLA) on the console instead of "
+                  "writing them to WORKDIR/log.txt.")
 flags.DEFINE_bool("force_resume", False,
                   "Continue the run in --workdir although its recorded config differs.")
 flags.DEFINE_bool("jax_distributed", False,
@@ -56,6 +59,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"Unexpected positional arguments {argv[1:]!r}; all options are --flags.")
+  library_logs = cli.LibraryLogs(verbose=FLAGS.verbose)  # quiet until validation passes
   with cli.user_errors_exit():
     settings = distributed.resolve(FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id, FLAGS.jax_distributed,
@@ -75,6 +79,7 @@ def main(argv):
   # Validation passed: only now does the run leave anything on disk.
   run_directory.create(FLAGS.workdir)
   run_directory.record(snapshot)
+  library_logs.to_file(FLAGS.workdir, jax.process_index())
   with cli.user_errors_exit():
     try:
       trainer.train_and_evaluate(config, FLAGS.workdir)

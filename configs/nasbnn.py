@@ -17,6 +17,7 @@ import ml_collections
 
 from bnas_jax import config_validation as cv
 from bnas_jax import config_validation as cv
+from bnas_jax import config_validation as cv
 from bnas_jax import presets
 
 PRESETS = ("digits", "imagenet", "imagenet100", "cifar10")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -62,3 +63,37 @@ def test_summary_json_for_the_imagenet_preset():
   assert report["ops"] == pytest.approx(report["flops"] + report["int8_ops"] / 8 + report["bops"] / 64)
   for key in ("params", "binary_params", "model_size_bytes"):
     assert isinstance(report[key], (int, float)) and report[key] > 0
+
+
+ABSL_LINE = re.compile(r"^[IWEF]\d{4} |^WARNING: All log messages", re.MULTILINE)
+TINY_REACTNET = ("--config=configs/reactnet.py", "--config.batch_size=16",
+                 "--config.model.blocks=((8, 1, 3, 1), (16, 2, 3, 2))",
+                 "--config.model.stem_features=8", "--config.data.image_size=16",
+                 "--config.max_eval_examples=64", "--config.num_train_steps=2")
+
+
+def test_rejected_run_prints_only_its_paragraph(tmp_path):
+  # Rejected after JAX started (it logs its backends) and the trainer imported TF.
+  proc = _run("bnas_jax.main", *TINY_REACTNET, f"--workdir={tmp_path / 'w'}",
+              "--config.optimizer.b1=1.0")
+  assert proc.returncode == 2
+  assert proc.stderr.startswith("error: The config has values that cannot work: "
+                                "config.optimizer.b1=1.0 must be"), proc.stderr
+  assert proc.stdout == "" and "\n\n" not in proc.stderr.strip()
+  # --verbose shows the library lines.
+  proc = _run("bnas_jax.main", *TINY_REACTNET, f"--workdir={tmp_path / 'w'}",
+              "--config.optimizer.b1=1.0", "--verbose")
+  assert proc.returncode == 2 and "devices: [CpuDevice" in proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_console_shows_the_run_and_library_lines_go_to_log_txt(tmp_path):
+  workdir = tmp_path / "w"
+  proc = _run("bnas_jax.main", *TINY_REACTNET, f"--workdir={workdir}",
+              "--config.progress_bar=False")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "test accuracy" in proc.stdout
+  assert not ABSL_LINE.search(proc.stdout + proc.stderr), proc.stdout + proc.stderr
+  log = (workdir / "log.txt").read_text()
+  assert "process 0/1, devices: [CpuDevice" in log  # main's own INFO line
+  assert "checkpoint_manager.py" in log  # orbax's chatter

@@ -72,7 +72,7 @@ def test_every_preset_is_valid_and_every_field_has_a_rule(name):
     ("nasbnn", dict(supernet__sampling="bogus"), "supernet.sampling"),
     ("nasbnn", dict(search__sweep_chunk=0), "search.sweep_chunk"),
     ("nasbnn", dict(seed=-1), "seed"),
-    ("nasbnn", dict(deploy__ops_targets=()), "deploy.ops_targets"),
+    ("nasbnn", dict(deploy__ops_targets=(0.1, -1.0)), "deploy.ops_targets"),
     ("bnas", dict(final__drop_path_prob=1.0), "final.drop_path_prob"),
     ("bnas", dict(search__arch_optimizer__b1=-0.1), "search.arch_optimizer.b1"),
     ("dms", dict(model__widths=(10**9,)), "model.widths"),

@@ -140,7 +140,9 @@ def _curve(log: str, metric: str) -> dict[int, float]:
 
 def _flags(name):
   case = CONFIGS[name]
-  return [*case.flags, f"{case.steps_flag}={TRAIN_STEPS}"]
+  # --verbose: the metric lines compared below are library (absl) log lines,
+  # which otherwise go to WORKDIR/log.txt.
+  return [*case.flags, f"{case.steps_flag}={TRAIN_STEPS}", "--verbose"]
 
 
 @pytest.fixture(scope="module")

@@ -175,5 +175,6 @@ def test_rejected_run_leaves_nothing_on_disk(tmp_path, args, expected):
        *[a.format(w=workdir) for a in args]], cwd=tmp_path, env=env, capture_output=True,
       text=True, timeout=300)
   assert proc.returncode == 2, proc.stderr[-2000:]
-  assert expected in proc.stderr and "Traceback" not in proc.stderr
+  assert proc.stderr.startswith("error: ") and "\n\n" not in proc.stderr.strip()  # only it
+  assert expected in " ".join(proc.stderr.split())
   assert os.listdir(tmp_path) == []
