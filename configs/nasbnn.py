@@ -16,8 +16,6 @@ Presets (`--config=configs/nasbnn.py:PRESET`):
 import ml_collections
 
 from bnas_jax import config_validation as cv
-from bnas_jax import config_validation as cv
-from bnas_jax import config_validation as cv
 from bnas_jax import presets
 
 PRESETS = ("digits", "imagenet", "imagenet100", "cifar10")
@@ -165,7 +163,7 @@ FIELD_RULES = {
     "search.max_tries": cv.COUNT, "search.calibration_batches": cv.COUNT,
     "search.calibration_augment": cv.flag(), "search.calibration_reshuffle": cv.flag(),
     "search.calibration_pool_batches": cv.COUNT, "search.sweep_chunk": cv.COUNT,
-    "deploy.ops_targets": cv.sequence_of(cv.POSITIVE, min_len=1, meaning="M OPs"),
-    "deploy.num_archs": cv.COUNT,
+    "deploy.ops_targets": cv.sequence_of(cv.POSITIVE, meaning="M OPs; () = no deployment"),
+    "deploy.num_archs": cv.OPTIONAL_COUNT,
 }
 RELATIONS = (cv.some_training("supernet.num_epochs", "supernet.num_train_steps"),)
