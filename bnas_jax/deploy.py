@@ -69,7 +69,7 @@ def input_shape(net: Mapping[str, Any], info: Mapping[str, Any], batch: int,
   except (TypeError, ValueError) as e:
     raise UserInputError(
         f"--image_size={size} does not fit this network (a stride-2 block needs even feature "
-        f"maps on both its conv and its 2x2-pooled shortcut): {str(e).splitlines()[0]}. Pick a "
+        f"maps on both its conv and its 2x2-pooled shortcut): {str(e).splitlines()[0].rstrip('. ')}. Pick a "
         f"size the network's strides divide, e.g. the one it was trained at.") from e
   return shape
 
@@ -95,7 +95,8 @@ def binary_layers(net: Mapping[str, Any], shape: tuple[int, ...]) -> list[dict[s
   h = (size + 2 - 3) // 2 + 1  # the 3x3/2 stem
   rows = []
   for i, b in enumerate(net["blocks"]):
-    k, stride, groups, width = int(b["kernel"]), int(b["stride"]), int(b["groups"]), int(b["width"])
+    k, stride = int(b["kernel"]), int(b["stride"])
+    groups, width = int(b["groups"]), int(b["width"])
     ho = (h + 2 * ((k - 1) // 2) - k) // stride + 1
     rows.append({"name": f"block{i}/conv_{k}x{k}", "conv": b["kxk"], "input": (n, h, h, c),
                  "kernel": k, "groups": groups, "stride": stride, "out": c,
@@ -194,8 +195,9 @@ def main(argv):
     net, info = binary_export.load(FLAGS.export)
     shape = input_shape(net, info, FLAGS.batch, FLAGS.image_size)
     if FLAGS.save_packed and os.path.isdir(FLAGS.save_packed):
+      example = os.path.join(FLAGS.save_packed, binary_export.PACKED_FILE)
       raise UserInputError(f"--save_packed={FLAGS.save_packed} is a directory; give a file "
-                           f"name, e.g. {os.path.join(FLAGS.save_packed, binary_export.PACKED_FILE)}.")
+                           f"name, e.g. {example}.")
   size = packed_size_bytes(net, info, FLAGS.save_packed)
   print(f"{info['path']}: {info['format']} export, {len(net['blocks'])} blocks, "
         f"{info['size_bytes']:,} bytes on disk; packed form {size:,} bytes")

@@ -113,7 +113,7 @@ def _outside_tap_mask(size: int, k: int, stride: int, dilation: int, pad: int) -
   return ((pos < 0) | (pos >= size)).astype(np.float32)
 
 
-def _im2col_words(x_packed: Array, k: int, stride: int, dilation: int, pad: int,
+def im2col_words(x_packed: Array, k: int, stride: int, dilation: int, pad: int,
                   ho: int, wo: int) -> Array:
   """(N, H, W, G, Wg) packed signs -> (N * Ho * Wo, G, k*k*Wg) words, tap-major.
 
@@ -159,7 +159,8 @@ def popcount_mismatches(cols: Array, w_cols: Array, unroll: int = 4) -> Array:
 
 
 def binary_conv(x_packed: Array, w_packed: Array, *, channels_per_group: int, kernel_size: int,
-                stride: int = 1, dilation: int = 1, wsum: Array | None = None) -> Array:
+                stride: int = 1, dilation: int = 1, wsum: Array | None = None,
+                unroll: int = 4) -> Array:
   """The exact integer +-1 conv of packed signs with packed weights, Eq. (1)-(2).
 
   Args:
@@ -171,6 +172,7 @@ def binary_conv(x_packed: Array, w_packed: Array, *, channels_per_group: int, ke
     dilation: kernel dilation; padding dilation * (k - 1) // 2 as the float path.
     wsum: (k*k, O) float32 per-tap weight sums (`sum_c w`); needed for k > 1
       (the zero-padding correction), computed from `w_packed` if None.
+    unroll: `fori_loop` unrolling of the loop over packed words.
 
   Returns:
     (N, H_out, W_out, G * O_g) float32 holding integers: sum of x * w over
@@ -185,23 +187,37 @@ def binary_conv(x_packed: Array, w_packed: Array, *, channels_per_group: int, ke
   pad = dilation * (k - 1) // 2
   ho = (h + 2 * pad - dilation * (k - 1) - 1) // stride + 1
   wo = (wd + 2 * pad - dilation * (k - 1) - 1) // stride + 1
-  cols = _im2col_words(x_packed, k, stride, dilation, pad, ho, wo)
+  cols = im2col_words(x_packed, k, stride, dilation, pad, ho, wo)
   w_cols = w_packed.transpose(1, 0, 2, 3).reshape(g, taps * words, og)
-  mismatches = popcount_mismatches(cols, w_cols).reshape(n, ho, wo, g * og)
+  mismatches = popcount_mismatches(cols, w_cols, unroll).reshape(n, ho, wo, g * og)
   y = (taps * channels_per_group - 2 * mismatches).astype(jnp.float32)
-  if pad:
-    mask_y = _outside_tap_mask(h, k, stride, dilation, pad)
-    mask_x = _outside_tap_mask(wd, k, stride, dilation, pad)
-    # Tap (dy, dx) is outside iff its row or its column is.
-    outside = 1.0 - (1.0 - mask_y[:, None, :, None]) * (1.0 - mask_x[None, :, None, :])
-    outside = outside.reshape(ho * wo, taps)
-    if outside.any():
-      if wsum is None:
-        wsum = conv_weight_tap_sums(w_packed, channels_per_group)
-      # Exact: 0/1 times integers below 2^24, one nonzero term per outside tap.
-      correction = jnp.dot(jnp.asarray(outside), wsum, precision=lax.Precision.HIGHEST)
-      y = y - correction.reshape(1, ho, wo, g * og)
-  return y
+  if wsum is None and pad:
+    wsum = conv_weight_tap_sums(w_packed, channels_per_group)
+  correction = padding_correction(h, wd, k, stride, dilation, wsum)
+  return y if correction is None else y - correction
+
+
+def padding_correction(h: int, w: int, k: int, stride: int, dilation: int,
+                       wsum: Array | None) -> Array | None:
+  """The last term of Eq. (2): (1, H_out, W_out, O) sums of the weights of padded taps.
+
+  None when no tap of any output reads the border (k = 1 or no padding).
+  """
+  pad = dilation * (k - 1) // 2
+  if not pad:
+    return None
+  ho = (h + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+  wo = (w + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+  mask_y = _outside_tap_mask(h, k, stride, dilation, pad)
+  mask_x = _outside_tap_mask(w, k, stride, dilation, pad)
+  # Tap (dy, dx) is outside iff its row or its column is.
+  outside = 1.0 - (1.0 - mask_y[:, None, :, None]) * (1.0 - mask_x[None, :, None, :])
+  outside = outside.reshape(ho * wo, k * k)
+  if not outside.any():
+    return None
+  # Exact: 0/1 times integers below 2^24, one nonzero term per outside tap.
+  correction = jnp.dot(jnp.asarray(outside), wsum, precision=lax.Precision.HIGHEST)
+  return correction.reshape(1, ho, wo, -1)
 
 
 def conv_weight_tap_sums(w_packed: Array, channels_per_group: int) -> Array:

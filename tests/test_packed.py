@@ -55,8 +55,9 @@ def test_brute_force_border_values():
   c = 37
   x = jnp.ones((1, 4, 5, c))
   w = np.ones((3, 3, c, 2), np.float32)
-  y = jax.jit(lambda x, w: packed.binary_conv(packed.pack_signs(x), w, channels_per_group=c,
-                                               kernel_size=3))(x, jnp.asarray(packed.pack_conv_weight(w, 1)))
+  conv = jax.jit(lambda x, w: packed.binary_conv(packed.pack_signs(x), w, channels_per_group=c,
+                                                  kernel_size=3))
+  y = conv(x, jnp.asarray(packed.pack_conv_weight(w, 1)))
   taps = np.array([[4, 6, 6, 6, 4], [6, 9, 9, 9, 6], [6, 9, 9, 9, 6], [4, 6, 6, 6, 4]])
   np.testing.assert_array_equal(np.asarray(y)[0, :, :, 0], taps * c)
   np.testing.assert_array_equal(np.asarray(y)[0, :, :, 1], taps * c)
