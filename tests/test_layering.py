@@ -21,7 +21,7 @@ import pytest
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bnas_jax")
 
-FOUNDATIONS = ("errors", "quantizers", "convolution", "packed", "cost_model", "param_policies",
+FOUNDATIONS = ("errors", "atomic_files", "quantizers", "convolution", "packed", "cost_model", "param_policies",
                "optimizers", "train_state", "sharding", "checkpointing", "input_pipeline",
                "data", "presets", "preemption", "distributed", "nonfinite_guard", "reporting",
                "run_directory", "compile_cache", "config_validation", "user_files",

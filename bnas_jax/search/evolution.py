@@ -96,6 +96,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from bnas_jax import atomic_files
 from bnas_jax.errors import UserInputError
 from bnas_jax.search import pareto
 from bnas_jax.search_spaces import nasbnn
@@ -375,7 +376,7 @@ def _save_state(path: str, config: dict[str, Any], generation: int,
            "rng_state": rng.bit_generator.state,
            "records": [_record_json(r) for r in records]}
   # repr-exact floats (json's default) make a resumed run bit-identical.
-  pareto.write_atomic(path, json.dumps(state, indent=1).encode())
+  atomic_files.write_json(path, state)
 
 
 def _evaluate(evaluate_fn: Callable[[list[Any]], Sequence[float]], archs: list[Any],
@@ -655,7 +656,7 @@ def write_outputs(result: SearchResult, workdir: str, *,
       ("records", "search_records.json"), ("plot", "search.png"))}
 
   def dump(path: str, obj: Any) -> None:
-    pareto.write_atomic(path, (json.dumps(obj, indent=1) + "\n").encode())
+    atomic_files.write_json(path, obj)
 
   brief = lambda r: {"arch": r["arch"].to_string(), "acc": r["acc"], "ops": r["ops"]}
   dump(paths["table"], {k: brief(r) for k, r in result.table.items()})

@@ -18,12 +18,12 @@ never copies, in a deterministic order that depends only on the input order.
 """
 
 import decimal
-import io
 import math
-import os
 from typing import Any, Mapping, Optional, Sequence
 
-__all__ = ["best_per_bucket", "bucket_key", "pareto_front", "plot_search", "write_atomic"]
+from bnas_jax import atomic_files
+
+__all__ = ["best_per_bucket", "bucket_key", "pareto_front", "plot_search"]
 
 Record = Mapping[str, Any]
 
@@ -148,43 +148,6 @@ def best_per_bucket(records: Sequence[Record], step: float, lo: float = -math.in
   return {key: r for key, (_, _, r) in ordered}
 
 
-def write_atomic(path: str, data: bytes) -> None:
-  """Writes `data` to `path` so readers see the old file or the new one, never half.
-
-  Writes a temporary file in the same directory, fsyncs it and renames it over
-  `path` (atomic on POSIX and Windows within one file system), then fsyncs the
-  directory where supported so the rename survives a power cut. A crash mid-write
-  leaves at most a stray temporary file, never a truncated `path`.
-  """
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-  try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    # Includes KeyboardInterrupt: never leave the temporary file behind.
-    try:
-      os.remove(tmp)
-    except OSError:
-      pass
-    raise
-  try:
-    dir_fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return  # E.g. Windows cannot open directories; the rename is still atomic.
-  try:
-    os.fsync(dir_fd)
-  except OSError:
-    pass  # Some file systems refuse directory fsync; durability is best effort.
-  finally:
-    os.close(dir_fd)
-
-
 def plot_search(records: Sequence[Record], front: Sequence[Record], path: str,
                 title: str = "Evolutionary search", *, xlabel: str = "OPs (M)",
                 ylabel: str = "Accuracy", table: Optional[Sequence[Record]] = None) -> None:
@@ -197,7 +160,7 @@ def plot_search(records: Sequence[Record], front: Sequence[Record], path: str,
 
   Uses matplotlib's object API with the Agg canvas, not pyplot, so no global
   backend or figure state is touched (safe next to other plotting code and
-  without a display). The file is written atomically (`write_atomic`).
+  without a display). The file is written atomically (`atomic_files`).
 
   Args:
     records: every evaluated record.
@@ -233,6 +196,4 @@ def plot_search(records: Sequence[Record], front: Sequence[Record], path: str,
   if records or front:
     ax.legend(loc="lower right", fontsize="small")
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png")
-  write_atomic(path, buf.getvalue())
+  atomic_files.write_figure(path, fig)

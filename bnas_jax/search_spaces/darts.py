@@ -41,6 +41,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from bnas_jax import atomic_files
 from bnas_jax.errors import UserInputError
 from bnas_jax.search_spaces import mbconv
 
@@ -270,10 +271,7 @@ def load(path: str) -> Genotype:
 
 
 def save(genotype: Genotype, path: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(genotype.to_dict(), f, indent=1)
-  os.replace(tmp, path)
+  atomic_files.write_json(path, genotype.to_dict())
 
 
 def softmax(alpha: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -387,7 +385,7 @@ def draw(genotype: Genotype, path: str, title: Optional[str] = None) -> None:
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  atomic_files.write_figure(path, fig, dpi=100)
   plt.close(fig)
 
 

@@ -50,6 +50,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from bnas_jax import atomic_files
 from bnas_jax.errors import UserInputError
 
 NAME = "mbconv"
@@ -432,5 +433,5 @@ def draw(choice: ChoiceList, path: str, title: Optional[str] = None) -> None:
   if title:
     ax.set_title(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  atomic_files.write_figure(path, fig, dpi=100)
   plt.close(fig)

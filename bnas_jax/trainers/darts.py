@@ -49,6 +49,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from bnas_jax import atomic_files
 from bnas_jax import input_pipeline
 from bnas_jax import optimizers
 from bnas_jax import param_policies
@@ -204,12 +205,8 @@ def _make_eval_fn(model, num_classes: int):
 
 
 def _write_json(path: str, obj: Any) -> None:
-  if jax.process_index() != 0:
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
+  if jax.process_index() == 0:  # one writer: processes share the workdir
+    atomic_files.write_json(path, obj)
 
 
 def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,

@@ -57,6 +57,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from bnas_jax import atomic_files
 from bnas_jax import checkpointing
 from bnas_jax import cost_model
 from bnas_jax import input_pipeline
@@ -210,13 +211,8 @@ def _state_path(workdir: str) -> str:
 
 
 def _write_json(path: str, value: Any) -> None:
-  if jax.process_index() != 0:
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=1)
-  os.replace(tmp, path)
+  if jax.process_index() == 0:  # one writer: processes share the workdir
+    atomic_files.write_json(path, value)
 
 
 def _initial_search_state(config: Any, n: int) -> dict:
@@ -293,23 +289,22 @@ def buffer_widths(max_widths: np.ndarray, bucket: int) -> tuple[int, ...]:
   return tuple(int(-(-int(w) // bucket) * bucket) for w in max_widths)
 
 
-# Compiled steps by everything their programs depend on (buffer widths, data shapes,
-# optimizer settings, mesh): a block whose largest candidates fit the buffers of an
-# earlier block reuses its programs.
-_COMPILED: dict = {}
-
-
 def _compiled_steps(config: Any, model, buffers: tuple[int, ...], info, mesh, state,
-                    total_steps: int) -> tuple[Any, Any, float, bool]:
-  """(weight step, arch step, compile seconds, cache hit) for a block's network."""
+                    total_steps: int, compiled: dict) -> tuple[Any, Any, float, bool]:
+  """(weight step, arch step, compile seconds, cache hit) for a block's network.
+
+  `compiled` (one per search) holds the steps by everything their programs
+  depend on (buffer widths, data shapes, optimizer settings, mesh): a block
+  whose largest candidates fit the buffers of an earlier block reuses them.
+  """
   s = config.search
   opt_cfg = _weight_optimizer_config(config)
   key = (config.model.name, buffers, info.num_classes, tuple(info.image_shape),
          config.batch_size, s.tau, config.get("label_smoothing", 0.0), opt_cfg.to_json(),
          s.arch_optimizer.to_json(), total_steps, s.min_mu_minus_delta,
          tuple(d.id for d in mesh.devices.flat))
-  if key in _COMPILED:
-    return (*_COMPILED[key], 0.0, True)
+  if key in compiled:
+    return (*compiled[key], 0.0, True)
   t0 = time.perf_counter()
   rep, rows = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   batch_spec = _sharded_batch_spec(config, info, mesh)
@@ -355,12 +350,12 @@ def _compiled_steps(config: Any, model, buffers: tuple[int, ...], info, mesh, st
                      min_mu_minus_delta=s.min_mu_minus_delta),
       in_shardings=(rep, rep, rep, rows, rep, rep), out_shardings=rep).lower(
           mu_spec, opt_spec, variables, batch_spec, key_spec, block_spec).compile()
-  _COMPILED[key] = (train_step, arch_step)
+  compiled[key] = (train_step, arch_step)
   return train_step, arch_step, time.perf_counter() - t0, False
 
 
 def run_block(config: Any, workdir: str, block: int, search: dict, info, mesh,
-              previous: Optional[dict]) -> tuple[dict, dict]:
+              previous: Optional[dict], compiled: dict) -> tuple[dict, dict]:
   """Alg. 1 lines 2-12 for one block; returns (new search state, final variables)."""
   s = config.search
   family = config.model.name
@@ -393,7 +388,7 @@ def run_block(config: Any, workdir: str, block: int, search: dict, info, mesh,
         rep)
     state = state.replace(params=carried["params"], batch_stats=carried["batch_stats"])
   weight_step, arch_step, compile_seconds, cached = _compiled_steps(
-      config, model, buffers, info, mesh, state, total_steps)
+      config, model, buffers, info, mesh, state, total_steps, compiled)
   cand_dev = jax.device_put(jnp.asarray(cand_widths, jnp.int32), rep)
   log_probs_dev = jax.device_put(jnp.asarray(log_probs, jnp.float32), rep)
   reporter = reporting.Reporter(block_dir, total_steps, int(state.step),
@@ -473,11 +468,12 @@ def search(config: Any, workdir: str, info, mesh) -> dict:
   n = len(dms_nets.base_widths(config.model.name))
   state = _load_search_state(config, workdir, n)
   previous = None
+  compiled: dict = {}  # see _compiled_steps
   while state["next_block"] < config.search.num_blocks:
     block = state["next_block"]
     if previous is None and block > 0 and config.search.best_effort_init:
       previous = _restore_final_variables(_block_dir(workdir, block - 1))
-    state, previous = run_block(config, workdir, block, state, info, mesh, previous)
+    state, previous = run_block(config, workdir, block, state, info, mesh, previous, compiled)
     _write_json(_state_path(workdir), state)
   return state
 
@@ -535,7 +531,7 @@ def plot_widths(summary: dict, path: str) -> None:
   ax.set_title(f"{summary['family']}: searched widths vs uniform BNNs")
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  atomic_files.write_figure(path, fig, dpi=120)
   plt.close(fig)
 
 
@@ -568,7 +564,7 @@ def write_trajectory(search_state: dict, family: str, directory: str) -> None:
   a2.set_xlabel("block")
   a2.set_ylabel("sigma")
   fig.tight_layout()
-  fig.savefig(os.path.join(directory, "trajectory.png"), dpi=120)
+  atomic_files.write_figure(os.path.join(directory, "trajectory.png"), fig, dpi=120)
   plt.close(fig)
 
 

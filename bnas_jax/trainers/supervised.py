@@ -11,13 +11,13 @@ batches an uninterrupted one would), clu metrics, a progress bar, and a guard
 that stops on a non-finite loss or gradient norm.
 """
 
-import json
 import os
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 
+from bnas_jax import atomic_files
 from bnas_jax import checkpointing
 from bnas_jax import cost_model
 from bnas_jax import input_pipeline
@@ -162,8 +162,7 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
   reporter.close()
   ckpt.close()
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    atomic_files.write_json(os.path.join(workdir, "results.json"), results, indent=2)
   return results
 
 
