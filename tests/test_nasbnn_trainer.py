@@ -32,8 +32,11 @@ def _config():
   c.supernet.num_train_steps = 4
   c.checkpoint_every_steps = 2
   c.search.update(dict(population_size=6, generations=2, num_mutations=3, num_crossovers=3,
-                       calibration_batches=2, sweep_chunk=4))
-  c.deploy.update(dict(num_archs=1, finetune_steps=2))
+                       calibration_batches=2, calibration_batch_size=64,
+                       calibration_pool_batches=3, sweep_chunk=4))
+  # One target below every subnet (skipped) and one above all (the most
+  # accurate front member); the random baseline runs at its OPs.
+  c.deploy.update(dict(ops_targets=(1e-6, 1e6), finetune_steps=2, random_baseline=True))
   return c
 
 
@@ -49,10 +52,56 @@ def test_whole_method_runs_and_reports(tmp_path):
   for r in front:
     nasbnn.validate(TINY, nasbnn.Architecture.from_string(r["arch"]))  # the config's space
   (deployed,) = saved["deployed"]
-  assert 0.0 <= deployed["test_accuracy_extracted"] <= 1.0
+  best = max(front, key=lambda r: (r["holdout_accuracy"], -r["ops_m"]))
+  assert (deployed["arch"], deployed["ops_m"]) == (best["arch"], best["ops_m"])
+  assert deployed["holdout_accuracy"] == best["holdout_accuracy"]
+  for d in (deployed, deployed["random_baseline"]):
+    assert 0.0 <= d["test_accuracy_pipeline1"] <= 1.0
+    assert 0.0 <= d["test_accuracy_pipeline2"] <= 1.0
+    assert d["export_bytes"] > 0
+  assert deployed["random_baseline"]["ops_m"] <= deployed["ops_m"]
+  (skipped,) = saved["skipped"]
+  assert skipped["target_ops_m"] == 1e-6 and "no front member" in skipped["reason"]
   assert (tmp_path / "search" / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   records = json.loads((tmp_path / "search" / "search_records.json").read_text())
   assert len(records) == 6 + 2 * 6  # population + generations x (mutations + crossovers)
+
+
+def _record(name, ops, acc):
+  return {"arch": nasbnn.Architecture.from_string(name), "ops": ops, "acc": acc}
+
+
+def test_each_target_deploys_the_most_accurate_member_at_or_under_it():
+  a = "stem4|s1:8k3g1|s2:16k3g2"
+  b = "stem4|s1:8k3g1|s2:16k5g2"
+  c = "stem8|s1:16k5g1*2|s2:32k5g2*3"
+  # Not a Pareto front on purpose: c is cheaper than b but more accurate,
+  # and a tie on accuracy goes to the cheaper member.
+  front = [_record(a, 1.0, 0.5), _record(c, 2.0, 0.9), _record(b, 3.0, 0.9)]
+  got = nasbnn_trainer.select_for_targets(front, (0.5, 1.0, 2.5, 10.0, 1.5))
+  assert [g["target_ops_m"] for g in got] == [0.5, 1.0, 2.5, 10.0, 1.5]
+  assert got[0]["record"] is None and "no front member" in got[0]["skipped"]
+  assert got[1]["record"]["arch"].to_string() == a
+  assert got[2]["record"]["arch"].to_string() == c
+  assert got[3]["record"] is None and "2.5" in got[3]["skipped"]  # c again: deployed once
+  assert got[4]["record"] is None and "1" in got[4]["skipped"]    # a again
+
+
+def test_calibration_draws_differ_per_candidate_and_repeat_per_seed():
+  names = ["stem4|s1:8k3g1|s2:16k3g2", "stem4|s1:8k3g1|s2:16k5g2"]
+  kw = dict(num_batches=3, batch_size=5, pool_size=40)
+  d1 = nasbnn_trainer.calibration_draws(names, seed=0, reshuffle=True, **kw)
+  d2 = nasbnn_trainer.calibration_draws(names[::-1], seed=0, reshuffle=True, **kw)
+  assert d1.shape == (2, 3, 5) and d1.dtype == np.int32
+  np.testing.assert_array_equal(d1, d2[::-1])  # a candidate's draw is its own
+  assert not np.array_equal(d1[0], d1[1])
+  assert not np.array_equal(d1, nasbnn_trainer.calibration_draws(names, seed=1, reshuffle=True,
+                                                                 **kw))
+  for d in d1:  # 15 distinct images of the pool (no repeats while the pool lasts)
+    assert len(set(d.ravel().tolist())) == 15 and d.min() >= 0 and d.max() < 40
+  fixed = nasbnn_trainer.calibration_draws(names, seed=0, reshuffle=False, **kw)
+  for d in fixed:  # the pool's first three batches, in order, for every candidate
+    np.testing.assert_array_equal(d, np.arange(15).reshape(3, 5))
 
 
 def test_sandwich_students_are_the_same_on_every_call():
@@ -100,6 +149,22 @@ def test_config_can_describe_its_own_space():
     nasbnn_subnet.space_from_config(c)
 
 
+@pytest.mark.parametrize("field, value, match", [
+    ("deploy.ops_targets", (0.1, -1.0), "ops_targets"),
+    ("deploy.ops_targets", (float("nan"),), "ops_targets"),
+    ("search.calibration_batches", 0, "calibration_batches"),
+    ("search.calibration_pool_batches", 0, "calibration_pool_batches"),
+    ("search.calibration_batch_size", 100000, "larger than the training split"),
+])
+def test_bad_calibration_or_targets_are_rejected_before_compute(field, value, match):
+  from bnas_jax import sharding
+  c = _config()
+  section, name = field.split(".")
+  c[section][name] = value
+  with pytest.raises(UserInputError, match=match):
+    nasbnn_trainer.validate(c, sharding.make_mesh(1))
+
+
 def test_student_weight_ramps_linearly_then_stays_at_one():
   assert [float(nasbnn_trainer.student_weight(s, 0)) for s in (1, 50)] == [1.0, 1.0]
   ramp = [float(nasbnn_trainer.student_weight(s, 4)) for s in range(1, 8)]
@@ -145,3 +210,52 @@ def test_students_weight_zero_leaves_the_teachers_gradient_alone():
   differs = [not np.allclose(g, e, rtol=1e-3, atol=1e-5)
              for g, e in zip(jax.tree.leaves(got[1.0]), jax.tree.leaves(expected))]
   assert any(differs)  # with weight 1 the students' KD moves the shared weights
+
+
+def test_recalibrated_sweep_uses_each_candidates_draw_from_the_pool():
+  from bnas_jax.models import nasbnn_supernet
+  space = nasbnn.SearchSpace(name="depth", stem_widths=(4,), resolution=8, num_classes=10,
+                             stages=(nasbnn.StageSpec((1, 2), (8,), (3,), (1,), 2),))
+  model = nasbnn_supernet.NasBnnSupernet(space, 10)
+  archs = [nasbnn.smallest(space), nasbnn.biggest(space)]
+  enc = nasbnn_trainer._stack([nasbnn.encode(space, a) for a in archs])
+  pool = jax.random.normal(jax.random.key(0), (12, 8, 8, 3))
+  images = jax.random.normal(jax.random.key(1), (2, 6, 8, 8, 3))
+  labels = np.arange(12).reshape(2, 6) % 10
+  evals = {"image": images, "label": labels, "mask": np.ones((2, 6), np.float32)}
+  variables = model.init(jax.random.key(2), pool[:1], nasbnn.encode(space, archs[1]))
+  recalibrate = jax.jit(nasbnn_trainer.make_recalibrate(model))
+
+  def expected(arch, calib):  # the pre-pool sweep: fixed batches, then held-out accuracy
+    stats = recalibrate(variables["params"], variables["batch_stats"], calib, arch)
+    logits = model.apply({"params": variables["params"], "batch_stats": stats},
+                         images.reshape(12, 8, 8, 3), arch, train=False)
+    return float(np.mean(np.argmax(logits, -1) == labels.ravel()))
+
+  sweep = jax.jit(nasbnn_trainer.make_eval_sweep(model))
+  for reshuffle in (False, True):
+    draws = nasbnn_trainer.calibration_draws([a.to_string() for a in archs], seed=0,
+                                             num_batches=2, batch_size=3, pool_size=12,
+                                             reshuffle=reshuffle)
+    got = sweep(variables["params"], variables["batch_stats"], pool, draws, evals, enc)
+    for i, arch in enumerate(archs):
+      one = jax.tree.map(lambda v: v[i], enc)
+      calib = pool[:6].reshape(2, 3, 8, 8, 3) if not reshuffle else pool[draws[i]]
+      assert float(got[i]) == pytest.approx(expected(one, calib), abs=1e-6)
+
+
+def test_calibration_pool_without_augmentation_is_the_plain_training_batches():
+  from bnas_jax import input_pipeline, sharding
+  c = _config()
+  c.search.update(dict(calibration_augment=False, calibration_pool_batches=2,
+                       calibration_batch_size=16))
+  c.space.resolution = 16
+  mesh = sharding.make_mesh(1)
+  pool = np.asarray(nasbnn_trainer.Calibration(c, mesh).pool)
+  it = input_pipeline.make_train_iterator(c.data, "train", 16, c.seed + 1, augment=False)
+  plain = np.concatenate([next(it)["image"] for _ in range(2)])
+  it.close()
+  np.testing.assert_array_equal(pool, plain)
+  c.search.calibration_augment = True
+  augmented = np.asarray(nasbnn_trainer.Calibration(c, mesh).pool)
+  assert augmented.shape == plain.shape and not np.array_equal(augmented, plain)

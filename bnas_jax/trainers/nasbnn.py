@@ -5,26 +5,33 @@ state in `workdir`:
 
 1. Supernet training (NAS-BNN Sec. 3.3, Eq. 4): per step, the sandwich rule on
    one batch: the biggest subnet as Bi-Teacher (FP weights, binary activations,
-   label-smoothed CE), then the smallest and two random subnets trained on the
+   CE against the labels: plain in Eq. 4, smoothed by 0.1 in the public code;
+   `supernet.teacher_label_smoothing`), then the smallest and two random subnets trained on the
    teacher's detached soft labels (KD); one optimizer step for the sum. Every
    process samples the same subnets (host RNG seeded by (seed, step)). The
    digits preset ramps the students' losses in (`student_warmup_epochs`).
-2. Search (Sec. 3.4): each candidate's BN statistics are recalibrated on a few
-   training batches, then it is evaluated on the held-out split; a whole
+2. Search (Sec. 4.1.2's evolutionary search): each candidate's BN statistics
+   are recalibrated on training batches (as the public code's `search.py`
+   does: the paper states no protocol; `config.search.calibration_*`, see
+   `calibration_draws`), then it is evaluated on the held-out split; a whole
    generation runs as one jit-compiled sweep. Evolution with the paper's
    defaults, state saved every generation (`search/evolution.py`).
-3. Deployment: pipeline 1 extracts chosen subnets into standalone networks
-   (parameters sliced, BN recalibrated), tests them and writes their compact
-   form (+-1 int8 weights, BN folded: `models/binary_export.py`) to
-   `deploy/arch{k}/binary_export.npz`; pipeline 2 finetunes
-   them (plain CE, Adam 1e-5 cosine, as the public code's README) and reports
-   before/after accuracy (Table 5's effect).
+3. Deployment (Sec. 3.4's two pipelines) of a family, one subnet per OPs
+   target (`config.deploy.ops_targets`; Table 2's A-F in the paper presets):
+   each target takes the most accurate front member at or under it
+   (`select_for_targets`). Pipeline 1 extracts it into a standalone network
+   (parameters sliced, BN recalibrated as in the search), tests it and writes
+   its compact form (+-1 int8 weights, BN folded: `models/binary_export.py`)
+   to `deploy/arch{k}/binary_export.npz`; pipeline 2 finetunes it (plain CE,
+   Adam, cosine; Table 2's "#100" rows: 100 epochs) and reports before/after
+   test accuracy (Table 5's effect).
 """
 
 import functools
 import json
 import os
-from typing import Any
+import zlib
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -75,45 +82,134 @@ def student_weight(step: int, warmup_steps: int) -> np.float32:
 
 
 def make_sandwich_step(model, num_classes: int, teacher_arch: dict, *, label_smoothing: float,
-                       teacher_mode: str, distill: bool):
+                       teacher_mode: str, distill: bool, subnet_parallel_mesh=None):
   """The jitted-ready sandwich step (Eq. 4): teacher CE + students' KD, one update.
 
   `step(state, batch, students, s_weight)`: `s_weight` scales the students'
   losses (1 in the paper; see `student_weight`).
+
+  `subnet_parallel_mesh`: a 2-device mesh (`sharding.make_mesh`) over which
+  the step is split by subnet instead of by batch (`_subnet_parallel_grads`):
+  on a 2-core CPU each host device then keeps one core busy without the
+  per-BN cross-device reductions of a batch split. Same update up to float
+  summation order; None runs everything as one data-parallel program.
   """
   t_weights, t_acts = TEACHER_MODES[teacher_mode]
+  apply = functools.partial(model.apply, train=True, mutable=["batch_stats"])
+
+  def teacher_loss(params, batch_stats, batch):
+    t_logits, upd = apply({"params": params, "batch_stats": batch_stats}, batch["image"],
+                          teacher_arch, weight_mode=t_weights, activation_mode=t_acts)
+    t_loss = train_state_lib.cross_entropy(t_logits, batch["label"], num_classes,
+                                           label_smoothing).mean()
+    return t_loss, (t_logits, upd["batch_stats"])
+
+  def student_loss(params, stats, batch, soft, arch):
+    logits, upd = apply({"params": params, "batch_stats": stats}, batch["image"], arch)
+    if distill:  # KLLossSoft with T = 1: CE against the teacher's soft labels
+      loss = -jnp.mean(jnp.sum(soft * jax.nn.log_softmax(logits), axis=-1))
+    else:
+      loss = train_state_lib.cross_entropy(logits, batch["label"], num_classes).mean()
+    return loss, upd["batch_stats"]
 
   def loss_fn(params, batch_stats, batch, students, s_weight):
-    x, labels = batch["image"], batch["label"]
-    apply = functools.partial(model.apply, train=True, mutable=["batch_stats"])
-    t_logits, upd = apply({"params": params, "batch_stats": batch_stats}, x, teacher_arch,
-                          weight_mode=t_weights, activation_mode=t_acts)
-    t_loss = train_state_lib.cross_entropy(t_logits, labels, num_classes, label_smoothing).mean()
+    t_loss, (t_logits, stats) = teacher_loss(params, batch_stats, batch)
     soft = jax.lax.stop_gradient(jax.nn.softmax(t_logits))
 
     def student(stats, arch):
-      logits, upd = apply({"params": params, "batch_stats": stats}, x, arch)
-      if distill:  # KLLossSoft with T = 1: CE against the teacher's soft labels
-        loss = -jnp.mean(jnp.sum(soft * jax.nn.log_softmax(logits), axis=-1))
-      else:
-        loss = train_state_lib.cross_entropy(logits, labels, num_classes).mean()
-      return upd["batch_stats"], loss
+      loss, stats = student_loss(params, stats, batch, soft, arch)
+      return stats, loss
 
     # The students share shapes (only their traced encodings differ): one
     # scanned body instead of three unrolled copies halves the program.
-    stats, s_losses = jax.lax.scan(student, upd["batch_stats"], students)
+    stats, s_losses = jax.lax.scan(student, stats, students)
     s_loss = jnp.sum(s_losses)
-    teacher_acc = jnp.mean(jnp.argmax(t_logits, -1) == labels)
+    teacher_acc = jnp.mean(jnp.argmax(t_logits, -1) == batch["label"])
     return t_loss + s_weight * s_loss, (stats, t_loss, s_loss, teacher_acc)
 
+  def grads_one_program(params, batch_stats, batch, students, s_weight):
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, batch_stats, batch, students, s_weight)
+    return (loss,) + aux, grads
+
+  if subnet_parallel_mesh is None:
+    compute = grads_one_program
+  else:
+    compute = _subnet_parallel_grads(subnet_parallel_mesh, teacher_loss, student_loss)
+
   def step(state, batch, students, s_weight=np.float32(1.0)):
-    (loss, (stats, t_loss, s_loss, t_acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, stats, t_loss, s_loss, t_acc), grads = compute(
         state.params, state.batch_stats, batch, students, s_weight)
     metrics = {"loss": loss, "teacher_loss": t_loss, "student_loss": s_loss,
                "teacher_accuracy": t_acc, "grad_norm": optax.tree.norm(grads)}
     return state.apply_gradients(grads, stats), metrics
 
   return step
+
+
+def _subnet_parallel_grads(mesh, teacher_loss, student_loss):
+  """The sandwich step's losses and gradients split by subnet over 2 devices.
+
+  Device 0: the teacher's and the smallest student's forward and backward.
+  Device 1: the teacher's and the smallest student's forwards (for the soft
+  labels and for the BN running statistics, which every subnet updates in
+  turn: teacher, smallest, random 1, random 2), then the random students'
+  forward and backward. Every device holds the whole batch and all
+  parameters (replicated); one `psum` adds the halves' gradients, losses and
+  statistics (device 1's chain; device 0 contributes zeros). On 2 CPU cores
+  the halves run concurrently, one core each.
+  """
+  if mesh.size != 2:
+    raise UserInputError(
+        f"The subnet-parallel sandwich step splits its subnets over exactly 2 devices; the "
+        f"mesh has {mesh.size}. Use the data-parallel step (no subnet-parallel mesh) instead.")
+  axis = mesh.axis_names[0]
+  first = lambda tree: jax.tree.map(lambda a: a[0], tree)
+  rest = lambda tree: jax.tree.map(lambda a: a[1:], tree)
+  zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+
+  def teacher_and_smallest(params, batch_stats, batch, students, s_weight):
+    (t_loss, (t_logits, stats)), g_t = jax.value_and_grad(teacher_loss, has_aux=True)(
+        params, batch_stats, batch)
+    soft = jax.lax.stop_gradient(jax.nn.softmax(t_logits))
+    (loss0, _), g_0 = jax.value_and_grad(student_loss, has_aux=True)(
+        params, stats, batch, soft, first(students))
+    grads = jax.tree.map(lambda a, b: a + s_weight * b, g_t, g_0)
+    acc = jnp.mean(jnp.argmax(t_logits, -1) == batch["label"])
+    losses = jnp.zeros(students["active"].shape[0] + 1).at[0].set(t_loss).at[1].set(loss0)
+    return grads, zeros(stats), losses, acc
+
+  def random_students(params, batch_stats, batch, students, s_weight):
+    _, (t_logits, stats) = teacher_loss(params, batch_stats, batch)
+    soft = jax.nn.softmax(t_logits)
+    _, stats = student_loss(params, stats, batch, soft, first(students))
+
+    def student(carry, arch):
+      stats, grads = carry
+      (loss, stats), g = jax.value_and_grad(student_loss, has_aux=True)(
+          params, stats, batch, soft, arch)
+      return (stats, jax.tree.map(jnp.add, grads, g)), loss
+
+    (stats, grads), s_losses = jax.lax.scan(student, (stats, zeros(params)), rest(students))
+    grads = jax.tree.map(lambda g: s_weight * g, grads)
+    losses = jnp.concatenate([jnp.zeros(2), s_losses])
+    return grads, stats, losses, jnp.float32(0)
+
+  def per_device(params, batch_stats, batch, students, s_weight):
+    half = jax.lax.switch(jax.lax.axis_index(axis), [teacher_and_smallest, random_students],
+                          params, batch_stats, batch, students, s_weight)
+    return jax.lax.psum(half, axis)
+
+  replicated = jax.sharding.PartitionSpec()
+
+  def compute(params, batch_stats, batch, students, s_weight):
+    grads, stats, losses, acc = jax.shard_map(
+        per_device, mesh=mesh, in_specs=replicated, out_specs=replicated, check_vma=False)(
+            params, batch_stats, batch, students, s_weight)
+    s_loss = jnp.sum(losses[1:])
+    return (losses[0] + s_weight * s_loss, stats, losses[0], s_loss, acc), grads
+
+  return compute
 
 
 def _supernet(config, space, num_classes):
@@ -133,6 +229,8 @@ def validate(config: Any, mesh) -> tuple[nasbnn.SearchSpace, input_pipeline.Data
         f"{space.resolution}; the supernet is built for the space's resolution.")
   for name in ("batch_size", "eval_batch_size"):
     sharding.check_batch_size(config[name], mesh, f"config.{name}")
+  _validate_calibration(config.search, mesh, info.num_examples["train"])
+  _validate_targets(config.deploy.ops_targets)
   if not info.num_examples.get("holdout"):
     raise UserInputError(
         "NAS-BNN searches on a held-out split of the training data: set "
@@ -142,6 +240,26 @@ def validate(config: Any, mesh) -> tuple[nasbnn.SearchSpace, input_pipeline.Data
                          f"{sorted(TEACHER_MODES)}.")
   evolution.validate_config(_evolution_config(config, space, info.num_classes))
   return space, info
+
+
+def _validate_calibration(s, mesh, num_train: int) -> None:
+  for name in ("calibration_batches", "calibration_pool_batches"):
+    if not isinstance(s[name], int) or isinstance(s[name], bool) or s[name] < 1:
+      raise UserInputError(f"config.search.{name}={s[name]!r} must be a positive integer.")
+  sharding.check_batch_size(s.calibration_batch_size, mesh, "config.search.calibration_batch_size")
+  if s.calibration_batch_size > num_train:
+    raise UserInputError(
+        f"config.search.calibration_batch_size={s.calibration_batch_size} is larger than the "
+        f"training split ({num_train} images) it is drawn from; lower it.")
+
+
+def _validate_targets(targets) -> None:
+  if not isinstance(targets, (tuple, list)) or not all(
+      isinstance(t, (int, float)) and not isinstance(t, bool) and np.isfinite(t) and t > 0
+      for t in targets):
+    raise UserInputError(
+        f"config.deploy.ops_targets={targets!r} must be a tuple of positive OPs budgets in "
+        f"millions, e.g. (0.05, 0.1, 0.27); () deploys nothing.")
 
 
 def train_supernet(config, space, info, mesh, workdir: str) -> Any:
@@ -157,11 +275,14 @@ def train_supernet(config, space, info, mesh, workdir: str) -> Any:
       config, workdir, mesh, lambda key: model.init(key, x0, biggest), config.supernet.optimizer,
       total_steps, steps_per_epoch)
   step_fn = jax.jit(make_sandwich_step(
-      model, info.num_classes, biggest, label_smoothing=config.supernet.label_smoothing,
+      model, info.num_classes, biggest,
+      label_smoothing=config.supernet.teacher_label_smoothing,
       teacher_mode=config.supernet.teacher, distill=config.supernet.distill), donate_argnums=(0,))
   reporter = reporting.Reporter(workdir, total_steps, int(state.step),
                                 progress_bar=config.get("progress_bar", True), desc="supernet")
   warmup_steps = int(config.supernet.student_warmup_epochs * steps_per_epoch)
+  if int(state.step) < total_steps and jax.process_index() == 0:
+    print("compiling the sandwich step — first run only, cached for the next", flush=True)
   state = training_loop.run_steps(
       state=state, train_step=step_fn, train_iter=train_iter, mesh=mesh, ckpt=ckpt,
       reporter=reporter, total_steps=total_steps,
@@ -187,11 +308,13 @@ def _stacked_batches(batches: list[dict], mesh) -> dict:
 
 
 def make_recalibrate(model):
-  """BN recalibration of one subnet (Sec. 3.4): mean of per-batch moments.
+  """BN recalibration of one subnet: mean of per-batch moments.
 
   Every BN's running mean/variance becomes the average over the calibration
-  batches of the batch mean and unbiased variance (PyTorch's momentum=None,
-  as the reference), with the other parameters untouched.
+  batches of the batch mean and unbiased variance, with the other parameters
+  untouched: the public code's `search.py`/`test.py` (BatchNorm2d with
+  momentum=None, reset, then forward passes in train mode). The paper only
+  says subnets inherit the supernet's weights (Sec. 3.4, 4.1.2).
   """
 
   def recalibrate(params, batch_stats, calib_images, arch):
@@ -207,13 +330,59 @@ def make_recalibrate(model):
   return recalibrate
 
 
-def make_eval_sweep(model):
-  """(params, stats, calib, eval batches, archs) -> accuracy of every arch, one program."""
+def calibration_draws(arch_strings: Sequence[str], *, seed: int, num_batches: int,
+                      batch_size: int, pool_size: int, reshuffle: bool) -> np.ndarray:
+  """Indices into the calibration pool: int32 (len(arch_strings), num_batches, batch_size).
+
+  `reshuffle` (the public code: a fresh shuffled loader per candidate) gives
+  every candidate its own draw from the pool, seeded by (seed, CRC-32 of the
+  architecture string): identical on every process, on every call and after
+  a resume, and the same candidate always gets the same batches. Without it
+  every candidate uses the pool's first `num_batches` batches in order (the
+  behaviour before the switch existed).
+  """
+  n = num_batches * batch_size
+  out = np.empty((len(arch_strings), n), np.int32)
+  for i, name in enumerate(arch_strings):
+    if not reshuffle:
+      out[i] = np.arange(n) % pool_size
+      continue
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    perms = [rng.permutation(pool_size) for _ in range(-(-n // pool_size))]
+    out[i] = np.concatenate(perms)[:n]
+  return out.reshape(len(arch_strings), num_batches, batch_size)
+
+
+def _gather_calibration(pool, draw, mesh):
+  images = jnp.take(pool, draw, axis=0)  # (num_batches, batch_size, H, W, C)
+  if mesh is not None:
+    images = jax.lax.with_sharding_constraint(
+        images, NamedSharding(mesh, PartitionSpec(None, sharding.DATA_AXIS)))
+  return images
+
+
+def make_recalibrate_from_pool(model, mesh=None):
+  """(params, stats, pool, draw, arch) -> recalibrated stats; `draw` from `calibration_draws`."""
   recalibrate = make_recalibrate(model)
 
-  def sweep(params, batch_stats, calib_images, eval_batches, archs):
-    def one(arch):
-      stats = recalibrate(params, batch_stats, calib_images, arch)
+  def run(params, batch_stats, pool, draw, arch):
+    return recalibrate(params, batch_stats, _gather_calibration(pool, draw, mesh), arch)
+
+  return run
+
+
+def make_eval_sweep(model, mesh=None):
+  """(params, stats, pool, draws, eval batches, archs) -> accuracy of every arch, one program.
+
+  Candidate i is recalibrated on `pool[draws[i]]` (a per-candidate gather
+  inside the compiled program), then evaluated.
+  """
+  recalibrate = make_recalibrate_from_pool(model, mesh)
+
+  def sweep(params, batch_stats, pool, draws, eval_batches, archs):
+    def one(inputs):
+      arch, draw = inputs
+      stats = recalibrate(params, batch_stats, pool, draw, arch)
 
       def correct(batch):
         logits = model.apply({"params": params, "batch_stats": stats}, batch["image"], arch,
@@ -222,9 +391,45 @@ def make_eval_sweep(model):
 
       return jnp.sum(jax.lax.map(correct, eval_batches)) / jnp.sum(eval_batches["mask"])
 
-    return jax.lax.map(one, archs)
+    return jax.lax.map(one, (archs, draws))
 
   return sweep
+
+
+class Calibration:
+  """The calibration pool on device and each candidate's draw from it.
+
+  The pool is `pool_batches` batches of training images, read once
+  (augmented when `config.search.calibration_augment`, as the public code's
+  RandomResizedCrop + flip loader); each candidate recalibrates on
+  `calibration_batches` batches of `calibration_batch_size` drawn from it
+  (`calibration_draws`). The public code draws fresh images from the whole
+  training set per candidate; a pool several times the draw approximates
+  that inside one compiled sweep.
+  """
+
+  def __init__(self, config, mesh):
+    s = config.search
+    self.num_batches = s.calibration_batches
+    self.batch_size = s.calibration_batch_size
+    self.reshuffle = bool(s.calibration_reshuffle)
+    self.seed = config.seed
+    it = input_pipeline.make_train_iterator(
+        config.data, "train", self.batch_size, config.seed + 1,
+        augment=bool(s.calibration_augment), process_index=jax.process_index(),
+        process_count=jax.process_count())
+    batches = [next(it) for _ in range(s.calibration_pool_batches)]
+    it.close()
+    # (pool, H, W, C), the pool's images sharded over the data axis.
+    images = np.concatenate([b["image"] for b in batches])
+    self.pool = jax.make_array_from_process_local_data(
+        NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS)), images)
+    self.pool_size = self.pool.shape[0]
+
+  def draws(self, archs: Sequence[nasbnn.Architecture]) -> np.ndarray:
+    return calibration_draws([a.to_string() for a in archs], seed=self.seed,
+                             num_batches=self.num_batches, batch_size=self.batch_size,
+                             pool_size=self.pool_size, reshuffle=self.reshuffle)
 
 
 def _evolution_config(config, space, num_classes) -> evolution.EvolutionConfig:
@@ -241,15 +446,6 @@ def _evolution_config(config, space, num_classes) -> evolution.EvolutionConfig:
       max_tries=s.max_tries)
 
 
-def _calibration_batches(config, mesh) -> jax.Array:
-  it = input_pipeline.make_train_iterator(
-      config.data, "train", config.eval_batch_size, config.seed + 1, augment=False,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  calib = _stacked_batches([next(it) for _ in range(config.search.calibration_batches)], mesh)
-  it.close()
-  return calib["image"]
-
-
 def _eval_batches(config, split: str, mesh) -> dict:
   return _stacked_batches(list(input_pipeline.make_eval_batches(
       config.data, split, config.eval_batch_size, process_index=jax.process_index(),
@@ -257,23 +453,29 @@ def _eval_batches(config, split: str, mesh) -> dict:
       mesh)
 
 
-def search(config, space, info, mesh, state, calib, workdir: str) -> evolution.SearchResult:
-  """Phase 2: evolutionary search with recalibrated, jit-swept evaluation."""
+def make_holdout_evaluator(config, space, info, mesh, state, calib: Calibration):
+  """archs -> held-out accuracies: recalibrated and evaluated in jit-swept chunks."""
   model = _supernet(config, space, info.num_classes)
   holdout = _eval_batches(config, "holdout", mesh)
-  sweep = jax.jit(make_eval_sweep(model))
+  sweep = jax.jit(make_eval_sweep(model, mesh))
   chunk = config.search.sweep_chunk
 
   def evaluate(archs):
     accs = []
     for i in range(0, len(archs), chunk):
-      part = [nasbnn.encode(space, a) for a in archs[i:i + chunk]]
+      part = list(archs[i:i + chunk])
       n = len(part)
       part += [part[-1]] * (chunk - n)  # fixed shape: one compiled sweep
-      out = sweep(state.params, state.batch_stats, calib, holdout, _stack(part))
+      out = sweep(state.params, state.batch_stats, calib.pool, calib.draws(part), holdout,
+                  _stack([nasbnn.encode(space, a) for a in part]))
       accs.extend(float(a) for a in np.asarray(jax.device_get(out))[:n])
     return accs
 
+  return evaluate
+
+
+def search(config, space, info, evaluate, workdir: str) -> evolution.SearchResult:
+  """Phase 2: evolutionary search, `evaluate` from `make_holdout_evaluator`."""
   cost = lambda arch: nasbnn_subnet.subnet_cost(space, arch, info.num_classes)["ops"] / 1e6
   os.makedirs(workdir, exist_ok=True)
   state_path = os.path.join(workdir, "search_state.json")
@@ -292,15 +494,66 @@ def search(config, space, info, mesh, state, calib, workdir: str) -> evolution.S
   return result
 
 
-def deploy(config, space, info, mesh, state, result, calib, workdir: str) -> list[dict]:
-  """Phase 3: pipeline 1 (extract + test) and pipeline 2 (finetune + test)."""
+def select_for_targets(front: Sequence[dict], targets: Sequence[float]) -> list[dict]:
+  """One front member per OPs target (Table 2's family): the most accurate at or under it.
+
+  Ties in accuracy go to the cheaper subnet. Returns, per target in the given
+  order, {"target_ops_m", "record"} with `record` None and a `skipped` reason
+  when no member is at or under the target, or when the chosen member was
+  already chosen for an earlier target (deployed once).
+  """
+  out, taken = [], {}
+  for t in targets:
+    fits = [r for r in front if r["ops"] <= t]
+    if not fits:
+      out.append({"target_ops_m": t, "record": None,
+                  "skipped": f"no front member at or under {t:g} M OPs"})
+      continue
+    best = max(fits, key=lambda r: (r["acc"], -r["ops"]))
+    key = best["arch"].to_string()
+    if key in taken:
+      out.append({"target_ops_m": t, "record": None,
+                  "skipped": f"same subnet as the {taken[key]:g} M OPs target"})
+      continue
+    taken[key] = t
+    out.append({"target_ops_m": t, "record": best})
+  return out
+
+
+def random_arch_at_ops(space: nasbnn.SearchSpace, ops_m: float, cost, seed: int,
+                       num_samples: int = 2000) -> nasbnn.Architecture:
+  """A random subnet with OPs as close as possible to `ops_m` without exceeding it.
+
+  Draws `num_samples` uniform subnets (seeded, identical on every process)
+  and keeps the closest at or under `ops_m` (the smallest subnet if none is).
+  """
+  rng = np.random.default_rng([seed, 0x5EED, int(ops_m * 1e6)])
+  best, best_ops = nasbnn.smallest(space), cost(nasbnn.smallest(space))
+  for _ in range(num_samples):
+    arch = nasbnn.sample_uniform(space, rng, distribution="uniform_depths")
+    c = cost(arch)
+    if best_ops < c <= ops_m:
+      best, best_ops = arch, c
+  return best
+
+
+def deploy(config, space, info, mesh, state, result, calib: Calibration, evaluate,
+           workdir: str) -> dict:
+  """Phase 3 for a family: per OPs target, pipeline 1 (extract + test) and 2 (finetune + test).
+
+  Returns {"deployed": [...], "skipped": [...]}; with
+  `config.deploy.random_baseline` each deployed entry also holds
+  "random_baseline": a random subnet at or under the same OPs, put through
+  the same evaluation and both pipelines.
+  """
   model = _supernet(config, space, info.num_classes)
-  recalibrate = jax.jit(make_recalibrate(model))
-  chosen = sorted(result.front, key=lambda r: -r["acc"])[:config.deploy.num_archs]
-  reports = []
-  for k, record in enumerate(chosen):
-    arch = record["arch"]
-    stats = recalibrate(state.params, state.batch_stats, calib, nasbnn.encode(space, arch))
+  recalibrate = jax.jit(make_recalibrate_from_pool(model, mesh))
+  cost = lambda arch: nasbnn_subnet.subnet_cost(space, arch, info.num_classes)["ops"] / 1e6
+
+  def pipelines(arch, name):
+    draw = calib.draws([arch])[0]
+    stats = recalibrate(state.params, state.batch_stats, calib.pool, draw,
+                        nasbnn.encode(space, arch))
     variables = nasbnn_supernet.extract_subnet_variables(
         space, arch, {"params": state.params, "batch_stats": stats},
         bi_transformation=config.supernet.bi_transformation)
@@ -311,7 +564,7 @@ def deploy(config, space, info, mesh, state, result, calib, workdir: str) -> lis
       ft.num_train_steps = config.deploy.get("finetune_steps", 0)
       ft.optimizer = config.deploy.optimizer
       ft.label_smoothing = 0.0
-    sub_dir = os.path.join(workdir, f"arch{k}")
+    sub_dir = os.path.join(workdir, name)
     before = supervised.evaluate_variables(ft, variables, mesh, info, "test")["accuracy"]
     compact = binary_export.export(ft.model.blocks, variables,
                                    kernel_norm=ft.model.kernel_norm == "channelwise")
@@ -319,33 +572,76 @@ def deploy(config, space, info, mesh, state, result, calib, workdir: str) -> lis
       binary_export.save(os.path.join(sub_dir, "binary_export.npz"), compact)
     after = supervised.train_phase(ft, sub_dir, binary_weights=True,
                                    weight_decay=ft.optimizer.weight_decay,
-                                   init_variables=variables, phase_name=f"finetune{k}")
-    reports.append({"arch": arch.to_string(), "ops_m": record["ops"], "search_accuracy": record["acc"],
-                    "test_accuracy_extracted": before, "test_accuracy_finetuned":
-                    after["test_accuracy"],
-                    "export_bytes": binary_export.size_bytes(compact)["total"]})
-    print(f"[deploy] {arch.to_string()}: {record['ops']:.4g} M OPs, holdout {record['acc']:.4f}, "
-          f"test {before:.4f} extracted -> {after['test_accuracy']:.4f} finetuned")
-  return reports
+                                   init_variables=variables, phase_name=f"finetune_{name}")
+    return {"arch": arch.to_string(), "ops_m": cost(arch),
+            "test_accuracy_pipeline1": before, "test_accuracy_pipeline2": after["test_accuracy"],
+            "export_bytes": binary_export.size_bytes(compact)["total"]}
+
+  selection = select_for_targets(result.front, config.deploy.ops_targets)
+  deployed, skipped = [], []
+  for sel in selection:
+    if sel["record"] is None:
+      skipped.append({"target_ops_m": sel["target_ops_m"], "reason": sel["skipped"]})
+      print(f"[deploy] target {sel['target_ops_m']:g} M OPs skipped: {sel['skipped']}")
+  chosen = [sel for sel in selection if sel["record"] is not None]
+  for k, sel in enumerate(chosen):
+    record = sel["record"]
+    entry = {"target_ops_m": sel["target_ops_m"], **pipelines(record["arch"], f"arch{k}"),
+             "holdout_accuracy": record["acc"]}
+    print(f"[deploy] target {sel['target_ops_m']:g}: {entry['arch']}: {entry['ops_m']:.4g} M OPs, "
+          f"holdout {entry['holdout_accuracy']:.4f}, test {entry['test_accuracy_pipeline1']:.4f} "
+          f"pipeline 1 -> {entry['test_accuracy_pipeline2']:.4f} pipeline 2")
+    if config.deploy.get("random_baseline"):
+      arch = random_arch_at_ops(space, record["ops"], cost, config.seed + k)
+      base = pipelines(arch, f"random{k}")
+      base["holdout_accuracy"] = evaluate([arch])[0]
+      entry["random_baseline"] = base
+      print(f"[deploy]   random at the same OPs: {base['arch']}: {base['ops_m']:.4g} M OPs, "
+            f"holdout {base['holdout_accuracy']:.4f}, test {base['test_accuracy_pipeline1']:.4f} "
+            f"-> {base['test_accuracy_pipeline2']:.4f}")
+    deployed.append(entry)
+  return {"deployed": deployed, "skipped": skipped}
+
+
+def summary_lines(report: dict) -> list[str]:
+  """The printed summary of the deployed family (one line per subnet)."""
+  lines = ["Deployed subnets (one per OPs target; accuracy: held-out after search, test after "
+           "pipeline 1 / pipeline 2):",
+           f"  {'target':>8} {'OPs (M)':>9} {'held-out':>8} {'pipe 1':>7} {'pipe 2':>7} "
+           f"{'export':>9}  architecture"]
+  for d in report["deployed"]:
+    lines.append(f"  {d['target_ops_m']:8.4g} {d['ops_m']:9.4f} {d['holdout_accuracy']:8.4f} "
+                 f"{d['test_accuracy_pipeline1']:7.4f} {d['test_accuracy_pipeline2']:7.4f} "
+                 f"{int(d['export_bytes']):9,d}  {d['arch']}")
+    if "random_baseline" in d:
+      b = d["random_baseline"]
+      lines.append(f"  {'random':>8} {b['ops_m']:9.4f} {b['holdout_accuracy']:8.4f} "
+                   f"{b['test_accuracy_pipeline1']:7.4f} {b['test_accuracy_pipeline2']:7.4f} "
+                   f"{int(b['export_bytes']):9,d}  {b['arch']}")
+  for s in report["skipped"]:
+    lines.append(f"  {s['target_ops_m']:8.4g}  skipped: {s['reason']}")
+  return lines
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict:
-  """Supernet -> search -> deployment; writes `report.json` and prints the front."""
+  """Supernet -> search -> deployment; writes `report.json` and prints the front and family."""
   mesh = sharding.make_mesh(config.get("num_devices", 0))
   space, info = validate(config, mesh)
   state = train_supernet(config, space, info, mesh, os.path.join(workdir, "supernet"))
-  # The same calibration batches serve the search and the deployed subnets.
-  calib = _calibration_batches(config, mesh)
-  result = search(config, space, info, mesh, state, calib, os.path.join(workdir, "search"))
+  # One calibration pool serves the search and the deployed subnets.
+  calib = Calibration(config, mesh)
+  evaluate = make_holdout_evaluator(config, space, info, mesh, state, calib)
+  result = search(config, space, info, evaluate, os.path.join(workdir, "search"))
   print("Pareto front (OPs in M, held-out accuracy):")
   for r in result.front:
     print(f"  {r['ops']:10.4f}  {r['acc']:.4f}  {r['arch'].to_string()}")
-  deployed = deploy(config, space, info, mesh, state, result, calib,
-                    os.path.join(workdir, "deploy"))
+  family = deploy(config, space, info, mesh, state, result, calib, evaluate,
+                  os.path.join(workdir, "deploy"))
   report = {"front": [{"arch": r["arch"].to_string(), "ops_m": r["ops"], "holdout_accuracy": r["acc"]}
                       for r in result.front],
-            "deployed": deployed}
+            **family}
   if jax.process_index() == 0:
+    print("\n".join(summary_lines(report)))
     with open(os.path.join(workdir, "report.json"), "w") as f:
       json.dump(report, f, indent=2)
   return report
