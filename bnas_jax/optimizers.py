@@ -16,7 +16,7 @@ from bnas_jax import param_policies
 from bnas_jax.errors import UserInputError
 
 SCHEDULES = ("constant", "cosine", "linear", "warmup_cosine", "cosine_restarts",
-             "multistep")
+             "multistep", "one_cycle")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LSQ_STEP_SIZE = "kernel_scale"  # the name `layers.QuantConv` gives an LSQ step size
 
@@ -27,7 +27,11 @@ def make_schedule(cfg: Any, total_steps: int, steps_per_epoch: int) -> optax.Sch
   cosine: to 0 (NAS-BNN, PyTorch CosineAnnealingLR with eta_min 0); linear: to 0
   (ReActNet); warmup_cosine: `warmup_epochs` of linear warm-up;
   cosine_restarts: cosine cycles of `restart_epochs` (BNAS ImageNet);
-  multistep: times `decay_factor` at each of `boundaries_epochs` (DMS App. B.2.2).
+  multistep: times `decay_factor` at each of `boundaries_epochs` (DMS App. B.2.2);
+  one_cycle: BNAS's CIFAR recipe, as its code's `OneCycleLR` stepped per
+  iteration: linear lr/div_factor -> lr over the first 45% of the steps, back
+  by 90%, then to lr/(div_factor * final_div_factor); its momentum cycling
+  (0.95/0.85) is not reproduced (constant `momentum`).
   """
   lr = cfg.learning_rate
   name = cfg.get("schedule", "cosine")
@@ -47,6 +51,10 @@ def make_schedule(cfg: Any, total_steps: int, steps_per_epoch: int) -> optax.Sch
     return optax.join_schedules(
         [optax.cosine_decay_schedule(lr, cycle, alpha=cfg.get("min_lr", 0.0) / lr)] * n,
         [cycle * (i + 1) for i in range(n - 1)])
+  if name == "one_cycle":
+    return optax.linear_onecycle_schedule(
+        total_steps, lr, pct_start=0.45, pct_final=0.9, div_factor=cfg.div_factor,
+        final_div_factor=cfg.final_div_factor)
   if name == "multistep":
     boundaries = {int(e * steps_per_epoch): cfg.get("decay_factor", 0.1)
                   for e in cfg.boundaries_epochs}

@@ -78,3 +78,13 @@ def test_lsq_step_sizes_never_fall_below_eps_after_an_update():
   # Plain SGD: 1e-3 - 0.1 < 0 is floored at eps; 0.5 - 0.1 and the kernel are untouched.
   np.testing.assert_array_equal(new["stem"]["kernel_scale"], np.float32([eps, 0.5 - 0.1]))
   np.testing.assert_array_equal(new["stem"]["kernel"], np.full((3, 3, 3, 2), 1.0 - 0.2, np.float32))
+
+
+def test_one_cycle_is_bnas_onecyclelr():
+  """BNAS's CIFAR recipe: lr/20 -> lr at 45% of the steps, back by 90%, then lr/2000."""
+  cfg = ml_collections.ConfigDict(dict(name="sgd", schedule="one_cycle", learning_rate=0.1,
+                                       div_factor=20.0, final_div_factor=100.0))
+  sched = optimizers.make_schedule(cfg, 1000, 10)
+  np.testing.assert_allclose([float(sched(s)) for s in (0, 450, 900, 1000)],
+                             [0.1 / 20, 0.1, 0.1 / 20, 0.1 / 2000], rtol=1e-5)
+  np.testing.assert_allclose(float(sched(225)), (0.1 / 20 + 0.1) / 2, rtol=1e-5)

@@ -47,12 +47,10 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from bnas_jax import atomic_files
 from bnas_jax import input_pipeline
 from bnas_jax import optimizers
-from bnas_jax import param_policies
 from bnas_jax import reporting
 from bnas_jax import sharding
 from bnas_jax import train_state as train_state_lib
@@ -115,9 +113,9 @@ def validate(config: Any, mesh) -> dict[str, Any]:
     raise UserInputError(f"config.search.temperature={config.search.temperature} must be > 0.")
   if config.derive.gamma <= 0:
     raise UserInputError(f"config.derive.gamma={config.derive.gamma} must be > 0 (BNAS Eq. 4).")
-  if config.final.optimizer.get("schedule") not in optimizers.SCHEDULES + ("one_cycle",):
+  if config.final.optimizer.get("schedule") not in optimizers.SCHEDULES:
     raise UserInputError(f"config.final.optimizer.schedule={config.final.optimizer.schedule!r} "
-                         f"is not one of {optimizers.SCHEDULES + ('one_cycle',)}.")
+                         f"is not one of {optimizers.SCHEDULES}.")
   noise = noise_config(config)
   info = input_pipeline.get_dataset_info(config.data)
   final_info = input_pipeline.get_dataset_info(final_data_config(config))
@@ -314,29 +312,6 @@ def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
 # Final network.
 
 
-def final_optimizer(cfg: Any, params: Any, total_steps: int, steps_per_epoch: int
-                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """SGD/Adam per `cfg`; `schedule="one_cycle"` is BNAS's CIFAR recipe.
-
-  One-cycle as the BNAS code's `OneCycleLR` (stepped per iteration): linear
-  lr/div_factor -> lr over the first 45% of the steps, back by 90%, then to
-  lr/(div_factor * final_div_factor). Its momentum cycling (0.95/0.85) is not
-  reproduced (constant `momentum`).
-  """
-  if cfg.schedule != "one_cycle":
-    return (optimizers.make_optimizer(cfg, params, total_steps, steps_per_epoch),
-            optimizers.make_schedule(cfg, total_steps, steps_per_epoch))
-  schedule = optax.linear_onecycle_schedule(
-      max(1, total_steps), cfg.learning_rate, pct_start=0.45, pct_final=0.9,
-      div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
-  sgd = lambda wd: optax.chain(optax.add_decayed_weights(wd) if wd else optax.identity(),
-                               optax.sgd(schedule, momentum=cfg.momentum))
-  tx = optax.partition({"decay": sgd(cfg.weight_decay), "no_decay": sgd(0.0)},
-                       param_policies.label_params(params, param_policies.WEIGHT_DECAY_ON_KERNELS))
-  clip = cfg.get("grad_clip_norm", None)
-  return (optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx), schedule
-
-
 def make_final_train_step(model, num_classes: int, label_smoothing: float,
                           drop_path_prob: float, total_steps: int):
   """Classification step; drop-path probability ramps linearly 0 -> p (DARTS/BNAS)."""
@@ -363,7 +338,8 @@ def train_final(config: Any, workdir: str, mesh, space: Any, genotype: Any,
 
   def init_state(key):
     variables = model.init(key, x0, train=False)
-    tx, _ = final_optimizer(fc.optimizer, variables["params"], total_steps, steps_per_epoch)
+    tx = optimizers.make_optimizer(fc.optimizer, variables["params"], total_steps,
+                                   steps_per_epoch)
     return train_state_lib.TrainState.create(
         params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
         rng=jax.random.key_data(jax.random.fold_in(key, 1)))
@@ -372,7 +348,7 @@ def train_final(config: Any, workdir: str, mesh, space: Any, genotype: Any,
       data, "train", fc.batch_size, config.seed, process_index=jax.process_index(),
       process_count=jax.process_count())
   state, ckpt, _ = training_loop.open_phase(config, workdir, mesh, init_state, train_iter)
-  _, schedule = final_optimizer(fc.optimizer, state.params, total_steps, steps_per_epoch)
+  schedule = optimizers.make_schedule(fc.optimizer, total_steps, steps_per_epoch)
   step_fn = jax.jit(make_final_train_step(model, info.num_classes, fc.label_smoothing,
                                           fc.drop_path_prob, total_steps), donate_argnums=(0,))
   reporter = reporting.Reporter(workdir, total_steps, int(state.step),
