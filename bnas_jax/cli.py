@@ -79,7 +79,7 @@ def _config_specs(argv: list[str]) -> list[str]:
   return specs
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def _parse_flags(argv: list[str], flag_values: Optional[flags.FlagValues] = None) -> list[str]:
   # The config file is a user file: load it once through the guarded reader so
   # a missing/unreadable/broken one is one paragraph (ml_collections would defer
   # or wrap the error into a traceback).
@@ -87,7 +87,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     for spec in _config_specs(argv):
       user_files.load_config(spec)
   try:
-    return flags.FLAGS(argv)
+    return (flags.FLAGS if flag_values is None else flag_values)(argv)
   except flags.Error as e:
     # Config files raise UserInputError (a ValueError) for unknown presets;
     # absl wraps it together with the config loader's traceback.

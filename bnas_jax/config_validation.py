@@ -177,7 +177,7 @@ COUNT = number(1, integer=True)  # counts where 0 means nothing
 OPTIONAL_COUNT = number(0, integer=True)  # 0 = "not used" / "derive it", as documented
 FRACTION = number(0, 1, hi_open=True)  # betas, smoothing, probabilities of dropping
 PROBABILITY = number(0, 1)
-LEARNING_RATE = number(0, 10, lo_open=True, meaning="the optimizer's step size")
+LEARNING_RATE = number(0, 1, lo_open=True, meaning="the optimizer's step size")
 WIDTH = number(1, 1 << 16, integer=True)  # channels: >= 1, and allocatable
 STRIDE = one_of(1, 2)
 KERNEL = Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 15

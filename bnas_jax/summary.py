@@ -17,6 +17,7 @@ chosen from a search space; fixed-network configs reject it.
 import importlib
 import json
 import sys
+from typing import Optional
 
 from bnas_jax import cli
 
@@ -30,15 +31,22 @@ from bnas_jax import user_files
 from bnas_jax.errors import UserInputError
 from bnas_jax.models import build_model
 
-flags.DEFINE_string("arch", None, "Architecture name or spec (search-space configs only).")
-flags.DEFINE_bool("json", False, "Print one JSON object as the last line.")
-flags.DEFINE_bool("space", False, "Count the architectures of the config's search space instead.")
-flags.DEFINE_integer("batch", 1, "Batch size of the counted input.", lower_bound=1,
-                     upper_bound=4096)
-config_flags.DEFINE_config_file("config", None, "Config file, optionally with :preset.",
-                                lock_config=True)
-flags.mark_flags_as_required(["config"])
-FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
+                 sys_argv: Optional[list[str]] = None) -> None:
+  """This CLI's flags (`sys_argv`: where `--config.KEY` overrides are found; tests)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_string("arch", None, "Architecture name or spec (search-space configs only).",
+                      **fv)
+  flags.DEFINE_bool("json", False, "Print one JSON object as the last line.", **fv)
+  flags.DEFINE_bool("space", False, "Count the architectures of the config's search space "
+                    "instead.", **fv)
+  flags.DEFINE_integer("batch", 1, "Batch size of the counted input.", lower_bound=1,
+                       upper_bound=4096, **fv)
+  config_flags.DEFINE_config_file("config", None, "Config file, optionally with :preset.",
+                                  lock_config=True, sys_argv=sys_argv, **fv)
+  flags.mark_flags_as_required(["config"], **fv)
 
 
 def _resolver(config, flag: str):
@@ -54,7 +62,13 @@ def summarize(config, arch=None, batch: int = 1) -> cost_model.CostReport:
   """The cost report of the network `config` (and `arch`) describes."""
   num_classes, image_shape = input_pipeline.model_input_spec(config.data)
   if arch is None:
-    model = build_model(config.model, num_classes)
+    try:
+      model = build_model(config.model, num_classes)
+    except (AttributeError, KeyError) as e:  # config.model is a search space's template
+      raise UserInputError(
+          f"config.model does not describe one network (no field {str(e).strip(chr(34))}): "
+          "this config's networks are chosen from its search space; pass --arch=NAME_OR_SPEC "
+          "(see the config file's docstring) or --space.") from None
   else:
     resolver = _resolver(config, f"--arch={arch!r}")
     if hasattr(resolver, "build_model"):  # the resolver builds the network itself
@@ -65,27 +79,28 @@ def summarize(config, arch=None, batch: int = 1) -> cost_model.CostReport:
                                 real_param_bits=config.get("cost", {}).get("real_param_bits", 32))
 
 
-def main(argv):
+def main(argv: list[str], fv: Optional[flags.FlagValues] = None) -> None:
+  fv = flags.FLAGS if fv is None else fv
   if len(argv) > 1:
     cli.fail(f"Unexpected positional arguments {argv[1:]!r}; all options are --flags.")
   with cli.user_errors_exit():
-    config_validation.validate_for_file(FLAGS.config,
-                                        config_flags.get_config_filename(FLAGS["config"]))
-    if FLAGS.arch is not None:
-      user_files.check_spec(FLAGS.arch, "--arch")
-    if FLAGS.space:
-      counts = _resolver(FLAGS.config, "--space").space_counts(FLAGS.config)
-      print(json.dumps(counts) if FLAGS.json else
+    config_validation.validate_for_file(fv.config, config_flags.get_config_filename(fv["config"]))
+    if fv.arch is not None:
+      user_files.check_spec(fv.arch, "--arch")
+    if fv.space:
+      counts = _resolver(fv.config, "--space").space_counts(fv.config)
+      print(json.dumps(counts) if fv.json else
             "\n".join(f"{k}: {v:,}" if isinstance(v, int) and not isinstance(v, bool) else
                       f"{k}: {v}" for k, v in counts.items()))
       return
-    report = summarize(FLAGS.config, FLAGS.arch, FLAGS.batch)
-  if FLAGS.json:
+    report = summarize(fv.config, fv.arch, fv.batch)
+  if fv.json:
     print(json.dumps(report.to_dict()))
   else:
-    print(cost_model.format_table(report, title=f"{FLAGS.config.model.get('name', FLAGS.arch)}"))
+    print(cost_model.format_table(report, title=f"{fv.config.model.get('name', fv.arch)}"))
   sys.stdout.flush()
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

@@ -29,7 +29,7 @@ def _run(module, *args, timeout=300):
     (["--config=configs"], "is not a Python config file"),
     (["--config=configs/reactnet.py:"], "names no preset"),
     (["--config=configs/reactnet.py", "--config.optimizer.learning_rate=0"],
-     "config.optimizer.learning_rate=0.0 must be a finite number in (0, 10]"),
+     "config.optimizer.learning_rate=0.0 must be a finite number in (0, 1]"),
 ])
 def test_summary_rejects_bad_input_with_status_2(args, expected):
   proc = _run("bnas_jax.summary", *args)
