@@ -12,3 +12,7 @@ EXIT_BAD_INPUT = 2
 
 class UserInputError(ValueError):
   """Bad user input; the message is meant to be printed to the user as is."""
+
+
+class InfeasibleRangeError(UserInputError):
+  """No architecture of a search space satisfies a cost range (and accept predicate)."""

@@ -406,9 +406,10 @@ def test_save_state_false_writes_nothing(tmp_path):
   assert len(result.records) == 32 and not os.listdir(tmp_path)
 
 
-def test_space_module_protocol_is_checked(tmp_path):
-  with pytest.raises(UserInputError, match="mutate_in_range.*Architecture.from_string"):
-    run(tmp_path, space_module=object())
+def test_space_interface_is_checked(tmp_path):
+  with pytest.raises(UserInputError, match="lacks smallest, biggest, parse, sample_in_range"):
+    evo.run_evolution(object(), small_cfg(), cost_fn=synthetic_cost, evaluate_fn=Evaluator(),
+                      state_path=str(tmp_path / "state.json"), log=lambda _: None)
 
 
 def test_corrupt_state_is_refused(tmp_path):

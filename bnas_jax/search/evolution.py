@@ -1,11 +1,12 @@
-"""Resumable evolutionary search over a search space's pure functions.
+"""Resumable evolutionary search over a search space's interface.
 
 NAS-BNN (Lin et al. 2024) trains one supernet, then "use[s] the evolutionary
 algorithm to search the Pareto front" of accuracy against OPs (Sec. 4.1.2),
 scoring subnets with inherited weights on 50 held-out training images per
 class (Sec. 4.1.1) and deploying them with or without finetuning (Sec. 3.4).
-This module is that search, written against a space MODULE's functions
-(`bnas_jax.search_spaces.nasbnn` by default) and two callables, never a model:
+This module is that search, written against a space object's methods
+(`SPACE_METHODS`, e.g. `bnas_jax.search_spaces.nasbnn.SearchSpace`) and two
+callables, never a model:
 
 * `cost_fn(arch) -> float`: cheap host-side cost (e.g. M OPs from the cost
   model); results are cached per architecture and stored in the state.
@@ -91,15 +92,14 @@ import hashlib
 import json
 import math
 import os
-import types
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from bnas_jax import atomic_files
+from bnas_jax.errors import InfeasibleRangeError
 from bnas_jax.errors import UserInputError
 from bnas_jax.search import pareto
-from bnas_jax.search_spaces import nasbnn
 
 __all__ = ["EvolutionConfig", "INIT_SAMPLINGS", "STATE_FORMAT", "SearchResult",
            "bucket_coverage", "run_evolution", "validate_config", "write_outputs"]
@@ -108,8 +108,8 @@ STATE_FORMAT = "bnas_jax.evolution_state/1"
 
 # The space module protocol: these functions plus `Architecture.from_string`.
 # Architectures must be hashable and have `to_string()`.
-_SPACE_FUNCTIONS = ("smallest", "biggest", "sample_in_range", "mutate_in_range",
-                    "crossover_in_range")
+SPACE_METHODS = ("smallest", "biggest", "parse", "sample_in_range", "mutate_in_range",
+                 "crossover_in_range")
 
 INIT_SAMPLINGS = ("per_bucket", "uniform")
 
@@ -299,17 +299,12 @@ def _config_json(cfg: EvolutionConfig, space: Any, cost_name: str) -> dict[str, 
   return out
 
 
-def _check_space_module(module: Any) -> types.SimpleNamespace:
-  missing = [f for f in _SPACE_FUNCTIONS if not callable(getattr(module, f, None))]
-  parse = getattr(getattr(module, "Architecture", None), "from_string", None)
-  if not callable(parse):
-    missing.append("Architecture.from_string")
+def _check_space(space: Any) -> None:
+  missing = [f for f in SPACE_METHODS if not callable(getattr(space, f, None))]
   if missing:
     raise UserInputError(
-        f"Search space module {getattr(module, '__name__', module)!r} lacks "
-        f"{', '.join(missing)}; like bnas_jax.search_spaces.nasbnn it must provide "
-        f"{', '.join(_SPACE_FUNCTIONS)} and Architecture.from_string.")
-  return types.SimpleNamespace(parse=parse, **{f: getattr(module, f) for f in _SPACE_FUNCTIONS})
+        f"Search space {type(space).__name__} lacks {', '.join(missing)}; like "
+        f"bnas_jax.search_spaces.nasbnn.SearchSpace it must provide {', '.join(SPACE_METHODS)}.")
 
 
 class _CostCache:
@@ -396,7 +391,6 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
                   evaluate_fn: Callable[[list[Any]], Sequence[float]], state_path: str,
                   ops_fn_name: str = "OPs", log: Callable[[str], Any] = print,
                   force_restart: bool = False, save_state: bool = True,
-                  space_module: Any = nasbnn,
                   after_generation: Optional[Callable[[int], Any]] = None) -> SearchResult:
   """Runs (or resumes) NAS-BNN's evolutionary search; see the module docstring.
 
@@ -415,8 +409,6 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
     force_restart: ignore (and overwrite) an existing state instead of resuming.
     save_state: write the state file (False on all but one host when they
       share `state_path`).
-    space_module: module providing smallest, biggest, sample_in_range,
-      mutate_in_range, crossover_in_range and Architecture.from_string.
     after_generation: called with the generation number once its state is
       saved (e.g. to stop cleanly on SIGTERM by raising).
 
@@ -431,7 +423,7 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
     ValueError: evaluate_fn returned the wrong number of, or non-finite, values.
   """
   cfg = validate_config(cfg)
-  fns = _check_space_module(space_module)
+  _check_space(space)
   state_path = os.fspath(state_path)
   config = _config_json(cfg, space, ops_fn_name)
   lo, hi = cfg.ops_min, cfg.ops_max
@@ -446,7 +438,7 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
     _check_resume(state, config, state_path)
     try:
       for r in state["records"]:
-        arch = fns.parse(r["arch"], space)
+        arch = space.parse(r["arch"])
         records.append({"arch": arch, "ops": float(r["ops"]), "acc": float(r["acc"]),
                         "generation": int(r["generation"])})
         cost.kept[arch] = float(r["ops"])
@@ -482,7 +474,7 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
   if done < 0:
     population: list[Any] = []
     pending: set[Any] = set()
-    for extreme in (fns.smallest(space), fns.biggest(space)):
+    for extreme in (space.smallest(), space.biggest()):
       c = cost(extreme)
       if not lo <= c <= hi:
         log(f"Not seeding the population with {extreme.to_string()} ({c:g} "
@@ -491,16 +483,16 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
         population.append(extreme)
         pending.add(extreme)
     if cfg.init_sampling == "per_bucket":
-      _fill_per_bucket(space, fns, cfg, rng, cost, population, pending, ops_fn_name)
+      _fill_per_bucket(space, cfg, rng, cost, population, pending, ops_fn_name)
     while len(population) < cfg.population_size:
-      arch = fns.sample_in_range(space, rng, cost, lo, hi,
+      arch = space.sample_in_range(rng, cost, lo, hi,
                                  accept=lambda a: a not in pending,
                                  max_tries=cfg.max_tries, cost_name=ops_fn_name)
       population.append(arch)
       pending.add(arch)
     add(population, _evaluate(evaluate_fn, population, "the initial population"), 0)
     covered, feasible = bucket_coverage([cost(a) for a in population], cfg,
-                                        cost(fns.smallest(space)), cost(fns.biggest(space)))
+                                        cost(space.smallest()), cost(space.biggest()))
     log(f"Initial population ({cfg.init_sampling} sampling): {len(population)} subnets cover "
         f"{len(covered)} of the {feasible} {ops_fn_name} buckets of width {cfg.bucket_step:g} "
         f"between the smallest and biggest subnets in [{lo:g}, {hi:g}]; cheapest "
@@ -523,13 +515,13 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
       return arch not in evaluated and arch not in drawn
 
     for _ in range(cfg.num_mutations):
-      child = fns.mutate_in_range(space, parents, rng, cost, lo, hi,
+      child = space.mutate_in_range(parents, rng, cost, lo, hi,
                                   prob=cfg.mutation_prob, accept=unseen,
                                   max_tries=cfg.max_tries, cost_name=ops_fn_name)
       children.append(child)
       drawn.add(child)
     for _ in range(cfg.num_crossovers):
-      child = fns.crossover_in_range(space, parents, rng, cost, lo, hi, accept=unseen,
+      child = space.crossover_in_range(parents, rng, cost, lo, hi, accept=unseen,
                                      max_tries=cfg.max_tries, cost_name=ops_fn_name)
       children.append(child)
       drawn.add(child)
@@ -563,12 +555,12 @@ def bucket_coverage(costs: Sequence[float], cfg: EvolutionConfig, smallest_cost:
   return keys, len(pareto.bucket_indices(lo, hi, cfg.bucket_step)) if lo <= hi else 0
 
 
-def _fill_per_bucket(space: Any, fns: types.SimpleNamespace, cfg: EvolutionConfig,
+def _fill_per_bucket(space: Any, cfg: EvolutionConfig,
                      rng: np.random.Generator, cost: Callable[[Any], float],
                      population: list[Any], pending: set[Any], cost_name: str) -> None:
   """Adds members to `population` round-robin over the cost buckets (module docstring)."""
-  lo = max(cfg.ops_min, cost(fns.smallest(space)))
-  hi = min(cfg.ops_max, cost(fns.biggest(space)))
+  lo = max(cfg.ops_min, cost(space.smallest()))
+  hi = min(cfg.ops_max, cost(space.biggest()))
   if lo > hi:
     return
   step = cfg.bucket_step
@@ -578,7 +570,7 @@ def _fill_per_bucket(space: Any, fns: types.SimpleNamespace, cfg: EvolutionConfi
     picks = np.unique(np.round(np.linspace(0, len(indices) - 1, room)).astype(int))
     indices = [indices[i] for i in picks]
   ranges = [(max(lo, (k - 0.5) * step), min(hi, (k + 0.5) * step)) for k in indices]
-  seeds = [fns.smallest(space), fns.biggest(space)]
+  seeds = [space.smallest(), space.biggest()]
   given_up: set[int] = set()
   fresh = lambda a: a not in pending
   while len(population) < cfg.population_size and len(given_up) < len(ranges):
@@ -591,20 +583,20 @@ def _fill_per_bucket(space: Any, fns: types.SimpleNamespace, cfg: EvolutionConfi
       near = sorted(population or seeds, key=lambda a: abs(cost(a) - centre))
       parents = near[:_BUCKET_PARENTS]
       draws = (
-          lambda: fns.sample_in_range(space, rng, cost, b_lo, b_hi, accept=fresh,
+          lambda: space.sample_in_range(rng, cost, b_lo, b_hi, accept=fresh,
                                       max_tries=min(cfg.max_tries, _UNIFORM_TRIES_PER_BUCKET),
                                       cost_name=cost_name),
-          lambda: fns.mutate_in_range(space, parents, rng, cost, b_lo, b_hi,
+          lambda: space.mutate_in_range(parents, rng, cost, b_lo, b_hi,
                                       prob=cfg.mutation_prob, accept=fresh,
                                       max_tries=cfg.max_tries, cost_name=cost_name),
-          lambda: fns.crossover_in_range(space, parents + seeds[:1], rng, cost, b_lo, b_hi,
+          lambda: space.crossover_in_range(parents + seeds[:1], rng, cost, b_lo, b_hi,
                                          accept=fresh, max_tries=cfg.max_tries,
                                          cost_name=cost_name),
       )
       for draw in draws:
         try:
           arch = draw()
-        except nasbnn.InfeasibleRangeError:
+        except InfeasibleRangeError:
           continue
         population.append(arch)
         pending.add(arch)

@@ -85,6 +85,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Seque
 
 import numpy as np
 
+from bnas_jax.errors import InfeasibleRangeError
 from bnas_jax.errors import UserInputError
 
 __all__ = [
@@ -100,10 +101,6 @@ AcceptFn = Callable[["Architecture"], bool]
 
 _MAX_REPEAT = 99
 _DISTRIBUTIONS = ("uniform", "uniform_depths", "reference")
-
-
-class InfeasibleRangeError(UserInputError):
-  """No architecture satisfying a cost range (and accept predicate) was found."""
 
 
 # --------------------------------------------------------------------------- #
@@ -362,6 +359,30 @@ class SearchSpace:
         nd_constraint=base.nd_constraint if nd_constraint is None else nd_constraint,
         width_divisor=base.width_divisor * d,
     )
+
+  # The evolutionary search's interface (`search/evolution.py`): the module
+  # functions of the same names, on this space.
+
+  def smallest(self) -> "Architecture":
+    return smallest(self)
+
+  def biggest(self) -> "Architecture":
+    return biggest(self)
+
+  def parse(self, text: str) -> "Architecture":
+    return Architecture.from_string(text, self)
+
+  def sample_in_range(self, rng: np.random.Generator, cost_fn: "CostFn", lo: float, hi: float,
+                      **kwargs) -> "Architecture":
+    return sample_in_range(self, rng, cost_fn, lo, hi, **kwargs)
+
+  def mutate_in_range(self, parents: Any, rng: np.random.Generator, cost_fn: "CostFn",
+                      lo: float, hi: float, **kwargs) -> "Architecture":
+    return mutate_in_range(self, parents, rng, cost_fn, lo, hi, **kwargs)
+
+  def crossover_in_range(self, parents: Sequence["Architecture"], rng: np.random.Generator,
+                         cost_fn: "CostFn", lo: float, hi: float, **kwargs) -> "Architecture":
+    return crossover_in_range(self, parents, rng, cost_fn, lo, hi, **kwargs)
 
 
 def _common_divisors(values: Sequence[int]) -> list[int]:
