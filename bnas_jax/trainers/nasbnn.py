@@ -23,8 +23,9 @@ state in `workdir`:
    (parameters sliced, BN recalibrated as in the search), tests it and writes
    its compact form (+-1 int8 weights, BN folded: `models/binary_export.py`)
    to `deploy/arch{k}/binary_export.npz`; pipeline 2 finetunes it (plain CE,
-   Adam, cosine; Table 2's "#100" rows: 100 epochs) and reports before/after
-   test accuracy (Table 5's effect).
+   Adam, cosine; Table 2's "#100" rows: 100 epochs; on the whole training set,
+   held-out split included, as the public code's `train_single.py`) and
+   reports before/after test accuracy (Table 5's effect).
 """
 
 import functools
@@ -564,6 +565,9 @@ def deploy(config, space, info, mesh, state, result, calib: Calibration, evaluat
       ft.num_train_steps = config.deploy.get("finetune_steps", 0)
       ft.optimizer = config.deploy.optimizer
       ft.label_smoothing = 0.0
+      if config.deploy.get("finetune_with_holdout"):  # the whole training set
+        ft.data.holdout_fraction = 0.0
+        ft.data.holdout_per_class = 0
     sub_dir = os.path.join(workdir, name)
     before = supervised.evaluate_variables(ft, variables, mesh, info, "test")["accuracy"]
     compact = binary_export.export(ft.model.blocks, variables,
