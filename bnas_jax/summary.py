@@ -8,9 +8,9 @@ plus per-layer rows. Counts come from `cost_model.count_costs`, which runs the
 same module definitions that train.
 
 `--arch` is passed to the config's architecture resolver (`config.arch_resolver`,
-a module in `bnas_jax` exposing `resolve(config, arch) -> model_config`, or
-`build_model(config, arch, num_classes) -> module`) for configs whose model is
-chosen from a search space; fixed-network configs reject it.
+a module of `bnas_jax.models` exposing `build_model(config, arch, num_classes) ->
+module` and `space_counts(config)`) for configs whose model is chosen from a
+search space; fixed-network configs reject it.
 `--space` prints the resolver's exact architecture counts (`space_counts(config)`).
 """
 
@@ -70,11 +70,7 @@ def summarize(config, arch=None, batch: int = 1) -> cost_model.CostReport:
           "this config's networks are chosen from its search space; pass --arch=NAME_OR_SPEC "
           "(see the config file's docstring) or --space.") from None
   else:
-    resolver = _resolver(config, f"--arch={arch!r}")
-    if hasattr(resolver, "build_model"):  # the resolver builds the network itself
-      model = resolver.build_model(config, arch, num_classes)
-    else:
-      model = build_model(resolver.resolve(config, arch), num_classes)
+    model = _resolver(config, f"--arch={arch!r}").build_model(config, arch, num_classes)
   return cost_model.count_costs(model, (batch, *image_shape), train=False,
                                 real_param_bits=config.get("cost", {}).get("real_param_bits", 32))
 

@@ -75,6 +75,12 @@ def resolve(config: Any, arch: str) -> ml_collections.ConfigDict:
                                         binary_weights=True))
 
 
+def build_model(config: Any, arch: str, num_classes: int) -> Any:
+  """`summary --arch`: the network of architecture `arch`."""
+  from bnas_jax.models import build_model as build  # pylint: disable=g-import-not-at-top
+  return build(resolve(config, arch), num_classes)
+
+
 def space_counts(config: Any) -> dict[str, Any]:
   """`summary --space`: the DMS space per slot is every width >= ceil(0.3 c); unbounded."""
   family = _family(config)

@@ -78,6 +78,12 @@ def resolve(config: Any, arch_spec: str) -> ml_collections.ConfigDict:
   return model_config(space, nasbnn.resolve(space, arch_spec), config.get("model"))
 
 
+def build_model(config: Any, arch_spec: str, num_classes: int) -> Any:
+  """`summary --arch`: the standalone network of `arch_spec` (see `resolve`)."""
+  from bnas_jax.models import build_model as build  # pylint: disable=g-import-not-at-top
+  return build(resolve(config, arch_spec), num_classes)
+
+
 def space_counts(config: Any) -> dict[str, int]:
   """`summary --space`: exact numbers of architectures with and without ND (Eq. 3)."""
   space = space_from_config(config)
