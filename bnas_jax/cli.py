@@ -92,7 +92,11 @@ def _parse_flags(argv: list[str], flag_values: Optional[flags.FlagValues] = None
     # Config files raise UserInputError (a ValueError) for unknown presets;
     # absl wraps it together with the config loader's traceback.
     fail(f"{_last_error_line(str(e)).rstrip('. ')}; see --helpfull for the accepted flags.")
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
+  except IndexError as e:
+    # `--config.model.blocks[0]=...`: ml_collections cannot set one item of a tuple.
+    fail(f"Bad config override: {_last_error_line(str(e))}. Tuple fields are overridden "
+         "whole, e.g. --config.model.blocks='((16, 1, 3, 1), (32, 2, 3, 1))'.")
+  except (AttributeError, LookupError, TypeError, ValueError, ArithmeticError) as e:
     # ml_collections raises these for --config.KEY overrides naming no field
     # or giving a value of the wrong type.
     fail(f"Bad config override: {_last_error_line(str(e)).strip(chr(34) + chr(39))} is not a "

@@ -147,6 +147,7 @@ def read_json(path: str, what: str, *, max_bytes: int = MAX_TEXT_BYTES,
 
 
 MAX_SPEC_CHARS = 1 << 16  # an inline architecture string or JSON
+MAX_ARCH_INT = 1 << 16  # widths, kernels, groups, node indices of any architecture
 
 
 def check_spec(spec: str, what: str) -> None:
@@ -170,7 +171,25 @@ def check_spec(spec: str, what: str) -> None:
     _check_characters(spec, what, ascii_only=True)
     text, where = spec, what
   if text.lstrip()[:1] in ("{", "["):
-    parse_json(text, where)
+    too_large = _first_int_above(parse_json(text, where), MAX_ARCH_INT)
+    if too_large is not None:
+      raise UserInputError(
+          f"{where} holds the number {too_large:,}; no width, kernel, group count or index "
+          f"of an architecture exceeds {MAX_ARCH_INT:,}.")
+
+
+def _first_int_above(value: Any, limit: int) -> Optional[int]:
+  """The first integer in nested JSON data whose magnitude exceeds `limit` (iteratively)."""
+  stack = [value]
+  while stack:
+    v = stack.pop()
+    if isinstance(v, dict):
+      stack.extend(v.values())
+    elif isinstance(v, list):
+      stack.extend(v)
+    elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > limit:
+      return v
+  return None
 
 
 def split_config_spec(spec: str) -> tuple[str, Optional[str]]:

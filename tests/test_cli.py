@@ -28,6 +28,7 @@ def _run(module, *args, timeout=300):
     (["--config=configs/nope.py"], "'configs/nope.py' does not exist"),
     (["--config=configs"], "is not a Python config file"),
     (["--config=configs/reactnet.py:"], "names no preset"),
+    (["--config=configs/reactnet.py", "--config.model.blocks[0]=1"], "model.blocks[0]"),
     (["--config=configs/reactnet.py", "--config.optimizer.learning_rate=0"],
      "config.optimizer.learning_rate=0.0 must be a finite number in (0, 1]"),
 ])

@@ -79,6 +79,10 @@ def test_check_spec_reads_files_and_inline_strings(tmp_path):
   path.write_text("[" * 50 + "]" * 50)
   assert "deeper than 32" in _error(user_files.check_spec, str(path), "--arch")
   assert "non-ASCII" in _error(user_files.check_spec, "c１６[MB3(6)]", "--arch")
+  assert "the number 1,000,000,000; no width" in _error(
+      user_files.check_spec, "[16, 1000000000]", "--arch")
+  path.write_text('{"widths": [16, 70000]}')
+  assert "70,000" in _error(user_files.check_spec, str(path), "--arch")
 
 
 @pytest.mark.parametrize("source,expected", [
