@@ -4,12 +4,17 @@ r"""Command-line entry point; intentionally short, the logic lives in trainers.
       [--config.field=value ...]
 
 `config.trainer` names the module in `bnas_jax.trainers` whose
-`train_and_evaluate(config, workdir)` runs the job. Bad input (unknown config
-keys or presets, datasets, impossible shapes, batch sizes, an unwritable
-workdir or one holding a run of another config) prints one paragraph and
-exits with status 2 before any compute. SIGTERM checkpoints the current step
-and exits 0; the same command resumes. Multi-process flags: see
-`bnas_jax/distributed.py` and the README's "Multi-host and launch".
+`train_and_evaluate(config, workdir)` runs the job. `prepare` checks the
+launch first: every config field against its declared rule
+(`bnas_jax/config_validation.py`), the run directory, then the trainer's own
+`validate`. Bad input (a broken config file, unknown keys or presets,
+out-of-range values, datasets, impossible shapes, batch sizes, an unwritable
+workdir or one holding a run of another config) prints one paragraph, and
+nothing else, and exits with status 2 before any compute; nothing is written.
+Library log lines (absl, JAX, orbax, XLA) go to WORKDIR/log.txt (`--verbose`:
+to the console). SIGTERM checkpoints the current step and exits 0; the same
+command resumes. Multi-process flags: see `bnas_jax/distributed.py` and the
+README's "Multi-host and launch".
 """
 
 import dataclasses
