@@ -98,3 +98,42 @@ def test_console_shows_the_run_and_library_lines_go_to_log_txt(tmp_path):
   log = (workdir / "log.txt").read_text()
   assert "process 0/1, devices: [CpuDevice" in log  # main's own INFO line
   assert "checkpoint_manager.py" in log  # orbax's chatter
+
+
+LIBRARY_LOGS_SCRIPT = r"""
+import logging, os, sys
+from absl import app
+from bnas_jax import cli
+
+def main(argv):
+  logs = cli.LibraryLogs(verbose=sys.argv[-1] == "verbose")
+  os.write(2, b"held C++ line: Very slow compile?\n")  # what XLA's alarm does
+  logging.info("held library line")
+  logs.to_file(sys.argv[1], 0)
+  os.write(2, b"later C++ line\n")
+  logging.info("later library line")
+  logging.error("an error line")
+  print("the run's own line", flush=True)
+
+app.run(main)
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_library_logs_go_to_log_txt_unless_verbose(tmp_path, verbose):
+  env = dict(os.environ, PYTHONPATH=REPO)
+  proc = subprocess.run([sys.executable, "-c", LIBRARY_LOGS_SCRIPT, str(tmp_path),
+                         "verbose" if verbose else "quiet"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout == "the run's own line\n"
+  library = ("held C++ line: Very slow compile?", "held library line", "later C++ line",
+             "later library line")
+  if verbose:
+    assert all(line in proc.stderr for line in library)
+    assert not (tmp_path / "log.txt").exists()
+  else:
+    assert not any(line in proc.stderr for line in library), proc.stderr
+    assert "an error line" in proc.stderr  # errors stay visible
+    log = (tmp_path / "log.txt").read_text()
+    assert all(line in log for line in library), log
