@@ -133,9 +133,9 @@ def run(net: Mapping[str, Any], shape: tuple[int, ...], *, benchmark: bool = Fal
     "binary_share" and "binary_macs_per_s".
   """
   x = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
-  packed_apply = binary_export.jit_network(binary_export.apply_packed, binary_export.pack(net))
-  float_apply = binary_export.jit_network(binary_export.apply_exported,
-                                          binary_export.float_twin(net))
+  packed_apply = binary_export.blockwise_network(binary_export.pack(net), packed_convs=True)
+  float_apply = binary_export.blockwise_network(binary_export.float_twin(net),
+                                                packed_convs=False)
   packed_logits, float_logits = np.asarray(packed_apply(x)), np.asarray(float_apply(x))
   out: dict[str, Any] = {
       "max_abs_logit_diff": float(np.abs(packed_logits - float_logits).max()),
