@@ -84,11 +84,14 @@ def make_classification_train_step(
 
 
 def make_classification_eval_step(model: Any, num_classes: int) -> Callable[..., dict]:
-  """Sums of correct predictions, loss and examples over a masked batch."""
+  """`(variables, batch) ->` sums of correct predictions, loss and examples over a masked batch.
 
-  def eval_step(params: Any, batch_stats: Any, batch: dict) -> dict:
-    logits = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
-                         train=False)
+  `variables` holds every collection the model reads (params, batch_stats, and
+  e.g. a supernet's "arch").
+  """
+
+  def eval_step(variables: dict, batch: dict) -> dict:
+    logits = model.apply(variables, batch["image"], train=False)
     mask = batch["mask"]
     loss = cross_entropy(logits, batch["label"], num_classes)
     return {"correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),

@@ -78,6 +78,26 @@ def open_phase(config: Any, workdir: str, mesh: jax.sharding.Mesh,
   return state, ckpt, ckpt.latest_step() is not None
 
 
+def evaluate(eval_step: Callable[[dict, dict], dict], variables: dict, data_config: Any,
+             split: str, batch_size: int, mesh: jax.sharding.Mesh,
+             max_examples: int = 0) -> dict[str, float]:
+  """Accuracy, mean loss and example count of `variables` on a split, every process's rows.
+
+  `eval_step` is a jitted `train_state.make_classification_eval_step` (or any
+  step returning the sums "correct", "loss", "count" of a masked batch).
+  """
+  totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
+  for local in input_pipeline.make_eval_batches(
+      data_config, split, batch_size, process_index=jax.process_index(),
+      process_count=jax.process_count(), max_examples=max_examples or None):
+    out = eval_step(variables, sharding.global_batch(local, mesh))
+    for k in totals:
+      totals[k] += float(out[k])
+  n = max(totals["count"], 1.0)
+  return {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n,
+          "count": int(totals["count"])}
+
+
 def intervals(config: Any, steps_per_epoch: int) -> dict[str, int]:
   """`run_steps`' log/checkpoint intervals from the config (0 = once per epoch)."""
   return {"log_every": max(1, config.get("log_every_steps", 50)),

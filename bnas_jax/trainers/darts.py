@@ -178,30 +178,6 @@ def _steps(cfg: Any, steps_per_epoch: int) -> int:
   return int(cfg.get("num_train_steps") or round(cfg.num_epochs * steps_per_epoch))
 
 
-def _evaluate(eval_fn, variables, data_cfg, split: str, batch_size: int, mesh,
-              max_examples: int = 0) -> dict[str, float]:
-  totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
-  for local in input_pipeline.make_eval_batches(
-      data_cfg, split, batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count(), max_examples=max_examples or None):
-    out = eval_fn(variables, sharding.global_batch(local, mesh))
-    for k in totals:
-      totals[k] += float(out[k])
-  n = max(totals["count"], 1.0)
-  return {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n,
-          "count": int(totals["count"])}
-
-
-def _make_eval_fn(model, num_classes: int):
-  def eval_fn(variables, batch):
-    logits = model.apply(variables, batch["image"], train=False)
-    loss = train_state_lib.cross_entropy(logits, batch["label"], num_classes)
-    mask = batch["mask"]
-    return {"correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
-            "loss": jnp.sum(loss * mask), "count": jnp.sum(mask)}
-  return jax.jit(eval_fn)
-
-
 def _write_json(path: str, obj: Any) -> None:
   if jax.process_index() == 0:  # one writer: processes share the workdir
     atomic_files.write_json(path, obj)
@@ -243,7 +219,7 @@ def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
       temperature=sc.temperature, second_order=sc.second_order,
       weight_decay=sc.optimizer.weight_decay, noise=noise)
   step_fn = jax.jit(bilevel.make_search_step(model, step_cfg, schedule), donate_argnums=(0,))
-  eval_fn = _make_eval_fn(model, info.num_classes)
+  eval_fn = jax.jit(train_state_lib.make_classification_eval_step(model, info.num_classes))
   reporter = reporting.Reporter(workdir, total_steps, int(state.step),
                                 progress_bar=config.get("progress_bar", True), desc="search")
 
@@ -265,8 +241,8 @@ def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
     if sc.eval_holdout:
       variables = {"params": state.params["weights"], "arch": state.params["arch"],
                    "batch_stats": state.batch_stats}
-      ev = _evaluate(eval_fn, variables, config.data, "holdout", config.eval_batch_size, mesh,
-                     config.get("max_eval_examples", 0))
+      ev = training_loop.evaluate(eval_fn, variables, config.data, "holdout",
+                                  config.eval_batch_size, mesh, config.get("max_eval_examples", 0))
       entry.update(holdout_accuracy=ev["accuracy"], holdout_loss=ev["loss"])
     best = max((h.get("holdout_accuracy", -1.0) for h in history), default=-1.0)
     history.append(entry)
@@ -361,9 +337,10 @@ def train_final(config: Any, workdir: str, mesh, space: Any, genotype: Any,
         phase_name=phase_name, schedule=schedule)
   finally:
     train_iter.close()
-  eval_fn = _make_eval_fn(model, info.num_classes)
-  test = _evaluate(eval_fn, {"params": state.params, "batch_stats": state.batch_stats}, data,
-                   "test", config.eval_batch_size, mesh, config.get("max_eval_examples", 0))
+  eval_fn = jax.jit(train_state_lib.make_classification_eval_step(model, info.num_classes))
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  test = training_loop.evaluate(eval_fn, variables, data, "test", config.eval_batch_size, mesh,
+                                config.get("max_eval_examples", 0))
   costs = darts_arch.cost_summary(space, model, info.image_shape)
   results = {"phase": phase_name, "genotype": genotype.to_dict(), "steps": total_steps,
              "test_accuracy": test["accuracy"], "test_loss": test["loss"],

@@ -59,24 +59,16 @@ def validate(config: Any, mesh: jax.sharding.Mesh) -> input_pipeline.DatasetInfo
   return info
 
 
-def _evaluate(eval_step, params, batch_stats, config, split: str, mesh) -> dict[str, float]:
-  totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
-  batches = input_pipeline.make_eval_batches(
-      config.data, split, config.eval_batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count(), max_examples=config.get("max_eval_examples") or None)
-  for local in batches:
-    out = eval_step(params, batch_stats, sharding.global_batch(local, mesh))
-    for k in totals:
-      totals[k] += float(out[k])
-  n = max(totals["count"], 1.0)
-  return {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n, "count": totals["count"]}
+def _evaluate(eval_step, variables: dict, config: Any, split: str, mesh) -> dict[str, float]:
+  return training_loop.evaluate(eval_step, variables, config.data, split, config.eval_batch_size,
+                                mesh, config.get("max_eval_examples") or 0)
 
 
 def evaluate_variables(config: Any, variables: dict, mesh, info, split: str) -> dict[str, float]:
   """Accuracy/loss of `config.model` with the given variables on a split."""
   model = build_model(config.model, info.num_classes)
   eval_step = jax.jit(train_state_lib.make_classification_eval_step(model, info.num_classes))
-  return _evaluate(eval_step, variables["params"], variables["batch_stats"], config, split, mesh)
+  return _evaluate(eval_step, variables, config, split, mesh)
 
 
 def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay: float,
@@ -141,7 +133,8 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
   def periodic_eval(step, state):
     if eval_every and step % eval_every == 0 and step != total_steps:
       split = "holdout" if info.num_examples.get("holdout") else "test"
-      ev = _evaluate(eval_step, state.params, state.batch_stats, config, split, mesh)
+      variables = {"params": state.params, "batch_stats": state.batch_stats}
+      ev = _evaluate(eval_step, variables, config, split, mesh)
       reporter.scalars(step, {f"{split}_accuracy": ev["accuracy"], f"{split}_loss": ev["loss"]})
 
   state = training_loop.run_steps(
@@ -151,7 +144,8 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
       phase_name=phase_name, schedule=optimizers.make_schedule(opt_cfg, total_steps, steps_per_epoch),
       after_step=periodic_eval)
 
-  test = _evaluate(eval_step, state.params, state.batch_stats, config, "test", mesh)
+  test = _evaluate(eval_step, {"params": state.params, "batch_stats": state.batch_stats}, config,
+                   "test", mesh)
   reporter.scalars(total_steps, {"test_accuracy": test["accuracy"], "test_loss": test["loss"]})
   cost = cost_model.count_costs(model, (1, *info.image_shape), train=False)
   results = {"phase": phase_name, "steps": total_steps, "test_accuracy": test["accuracy"],
