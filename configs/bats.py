@@ -60,14 +60,15 @@ def get_config(arg=None):
     c.search.num_epochs = 25  # NAS-BNN Table 2
     c.search.arch_optimizer.learning_rate = 3e-4
     c.search.optimizer.learning_rate = 1e-3
-    c.final.update(dict(num_cells=20, channels=36, num_epochs=75, batch_size=256))
+    c.final.update(dict(num_cells=20, channels=36, num_epochs=75, batch_size=256,
+                        random_baseline=False))
     c.final.optimizer.learning_rate = 1e-3
     c.eval_batch_size = 500
   elif preset == "imagenet":
     c.data = presets.data_config(name="imagenet2012", image_size=224, holdout_fraction=0.0)
     c.model.groups = 12
     c.final.update(dict(num_cells=14, channels=48, stem="imagenet", num_epochs=75,
-                        batch_size=256, label_smoothing=0.1))
+                        batch_size=256, label_smoothing=0.1, random_baseline=False))
     c.final.optimizer.learning_rate = 1e-3
     c.eval_batch_size = 500
   return c

@@ -27,7 +27,7 @@ Binary MBConv space (supp. Sec. 1, 4, 5; `search_spaces/mbconv.py`,
                    derive the choice list (WORKDIR/genotype.json) and train it.
                    Train a given choice list without searching:
                    --config.genotype_file='c16[MB3(6)] c24[MB5(3)] c32[MB3(1)]' (or a JSON file).
-                   Random choice list at the same budget: --config.final.random_baseline=True.
+                   A random choice list at the same OPs is trained too (final.random_baseline).
   mbconv_cifar100  CIFAR-100 at 32x32, 12 layers in 4 stages; paper-scale search and
                    training budgets (see `_mbconv_cifar100`).
   The reduction-block shortcut filler: --config.model.shortcut=partially_duplicate (paper's
@@ -106,7 +106,7 @@ def _mbconv_cifar100(c: ml_collections.ConfigDict) -> None:
       stem_width=48, stem_stride=1,
       stages=((2, 1, (48, 56, 64)), (3, 2, (64, 80, 96)), (4, 2, (96, 112, 128)),
               (3, 2, (128, 160, 192)))))
-  c.final.update(dict(num_epochs=256, batch_size=256))
+  c.final.update(dict(num_epochs=256, batch_size=256, random_baseline=False))
   c.final.optimizer.update(dict(learning_rate=5e-4, schedule="linear"))
   c.eval_batch_size = 500
   c.log_every_steps = 50
@@ -122,7 +122,7 @@ def get_config(arg=None):
     c.data.name = "cifar100"
     bnas_config.apply_paper_search(c)
     c.final.update(dict(num_cells=20, channels=32, num_epochs=600, batch_size=256,
-                        drop_path_prob=0.2))
+                        drop_path_prob=0.2, random_baseline=False))
     c.final.optimizer.update(dict(learning_rate=0.05, weight_decay=3e-6))
     c.eval_batch_size = 500
     c.log_every_steps = 50

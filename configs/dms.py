@@ -103,6 +103,9 @@ def get_config(arg=None):
       num_epochs=15,
       num_train_steps=0,
       fp_pretrain_epochs=0,  # ResNet-18: FP model first, BNN initialised from it
+      # Also train random widths at the searched network's model size the same
+      # way (the baseline a search has to beat; off in the paper presets).
+      random_baseline=True,
       optimizer=ml_collections.ConfigDict(dict(
           name="sgd", learning_rate=0.05, schedule="cosine", momentum=0.9, weight_decay=1e-4,
           grad_clip_norm=ml_collections.FieldReference(None, float))),
@@ -121,6 +124,7 @@ def get_config(arg=None):
     # SGD 0.05 -> 0.01 cosine per block, Adam 2e-3 (VGG) / 1e-3 (ResNet), lambda 0.01,
     # sigma 1 -> 0.3; App. B.2.2: 300 epochs of SGD lr 0.1, wd 1e-4 (A) / 2e-4 (B).
     c.data.name = "cifar10"
+    c.eval.random_baseline = False
     c.search.num_blocks = 50
     c.search.block_epochs = 5
     c.search.arch_optimizer.learning_rate = 2e-3
@@ -162,4 +166,5 @@ FIELD_RULES = {
     "search.best_effort_init": cv.flag(), "search.width_bucket": cv.COUNT,
     "search.shrink_buffers": cv.flag(),
     "eval.arch": cv.arch_spec(optional=True, meaning="None = search"),
+    "eval.random_baseline": cv.flag(),
 }

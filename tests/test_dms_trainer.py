@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bnas_jax import input_pipeline
+from bnas_jax.models import dms_nets
 from bnas_jax.trainers import dms as dms_trainer
 from configs import dms as dms_config
 
@@ -60,8 +61,11 @@ def test_resume_mid_search_gives_the_uninterrupted_result(tmp_path, monkeypatch)
   config.eval.num_train_steps = 2
   straight = dms_trainer.train_and_evaluate(config, str(tmp_path / "straight"))
   for name in ("dms_widths.json", "dms_widths.png", "report.json", "search/trajectory.json",
-               "search/trajectory.png", "eval/results.json"):
+               "search/trajectory.png", "eval/results.json", "random/eval/results.json"):
     assert (tmp_path / "straight" / name).exists(), name
+  baseline = straight["random_baseline"]  # random widths, the searched size at most
+  assert baseline["model_size_mb"] <= straight["model_size_mb"] and baseline["widths"] != straight[
+      "widths"]
   widths = _read(tmp_path / "straight", "dms_widths.json")
   assert widths["widths"] == straight["widths"]
   assert len(_read(tmp_path / "straight", "search/trajectory.json")["mu"]) == 3
@@ -117,3 +121,20 @@ def test_larger_penalty_gives_a_smaller_model_within_the_memory_target(tmp_path)
   assert held["model_size_mb"] < free["model_size_mb"]
   # Tolerance: 10% of the target (integer widths and the candidates' spread around mu).
   assert held["model_size_mb"] <= target * 1.10
+
+
+def test_random_widths_fill_the_searched_size_with_a_random_shape():
+  """The baseline: another distribution of widths over the layers, the same model size."""
+  c = dms_config.get_config()
+  info = input_pipeline.get_dataset_info(c.data)
+  size = lambda w: dms_trainer._model_size(c.model.name, w, info.num_classes,
+                                           tuple(info.image_shape))
+  base = dms_nets.base_widths_of(c.model)
+  target = size(dms_nets.uniform_widths(c.model.name, 2.0, base))
+  got = [dms_trainer.random_widths_at_size(c, info, target, np.random.default_rng(s))
+         for s in (0, 1)]
+  for w in got:
+    assert 0.97 * target <= size(w) <= target
+  assert got[0] != got[1]
+  ratios = np.asarray(got[0]) / np.asarray(base)
+  assert ratios.max() / ratios.min() > 1.5  # not a uniform widening

@@ -487,6 +487,33 @@ def _model_size(family: str, widths, num_classes: int, image_shape, binary=True)
   return cost_model.count_costs(model, (1, *image_shape), train=False).model_size_bytes
 
 
+def random_widths_at_size(config: Any, info, target_bytes: float,
+                          rng: np.random.Generator) -> tuple[int, ...]:
+  """A random width vector of the DMS space whose binary network is the largest at or under
+  `target_bytes` along its random direction: the baseline at the searched network's size.
+
+  Per slot a random ratio r_i ~ U(0.5, 2) of the base width gives the shape; one global
+  scale s (bisection, 40 steps) makes widths max(ceil(min_ratio c_i), round(s r_i c_i))
+  just fit the budget, so only the distribution of widths over layers is random.
+  """
+  family = config.model.name
+  base = np.asarray(dms_nets.base_widths_of(config.model), np.float64)
+  shape = rng.uniform(0.5, 2.0, size=base.size)
+  floor = np.ceil(config.search.min_ratio * base)
+
+  def widths(scale: float) -> tuple[int, ...]:
+    return tuple(int(w) for w in np.maximum(floor, np.maximum(1, np.round(scale * shape * base))))
+
+  size = lambda s: _model_size(family, widths(s), info.num_classes, tuple(info.image_shape))
+  lo, hi = 0.0, 1.0
+  while size(hi) <= target_bytes and hi < 1e3:
+    lo, hi = hi, 2 * hi
+  for _ in range(40):
+    mid = (lo + hi) / 2
+    lo, hi = (mid, hi) if size(mid) <= target_bytes else (lo, mid)
+  return widths(lo)
+
+
 def widths_summary(config: Any, search_state: Optional[dict], widths, info) -> dict:
   """The `dms_widths.json` record: searched widths and Table 1 sizes of all networks."""
   family = config.model.name
@@ -607,6 +634,20 @@ def evaluate(config: Any, workdir: str, model_config: Any, info, mesh) -> dict:
                                 phase_name="eval")
 
 
+def random_baseline(config: Any, workdir: str, summary: dict, info, mesh) -> dict:
+  """Random widths at the searched network's model size, trained and tested the same way."""
+  target = summary["model_size_mb"] * MB
+  widths = random_widths_at_size(config, info, target, np.random.default_rng([config.seed, 7]))
+  model_config = ml_collections.ConfigDict(dict(name=config.model.name, widths=widths,
+                                                binary=True, binary_weights=True))
+  size_mb = _model_size(config.model.name, widths, info.num_classes, tuple(info.image_shape)) / MB
+  print(f"[dms] random baseline: widths {list(widths)}, model size {size_mb:.4f} MB (searched "
+        f"{summary['model_size_mb']:.4f} MB)", flush=True)
+  results = evaluate(config, os.path.join(workdir, "random"), model_config, info, mesh)
+  return {"widths": list(widths), "model_size_mb": size_mb,
+          "test_accuracy": results["test_accuracy"]}
+
+
 def train_and_evaluate(config: Any, workdir: str) -> dict:
   """Search (unless `config.eval.arch` is set), then train and test the found widths."""
   mesh = sharding.make_mesh(config.get("num_devices", 0))
@@ -637,6 +678,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     results = evaluate(config, workdir, model_config, info, mesh)
     report.update(test_accuracy=results["test_accuracy"], params=results["params"],
                   eval_seconds=time.perf_counter() - t1)
+    if config.eval.get("random_baseline") and search_state is not None:
+      report["random_baseline"] = random_baseline(config, workdir, summary, info, mesh)
   if search_state is not None:
     report["mu"] = search_state["mu"]
     report["compile_seconds_per_block"] = [h["compile_seconds"] for h in search_state["history"]]
@@ -645,4 +688,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
               else "not trained (config.eval.num_epochs = 0)")
   print(f"[dms] widths {list(widths)}: model size {summary['model_size_mb']:.4f} MB, {accuracy}",
         flush=True)
+  if "random_baseline" in report:
+    print(f"[dms] random widths at the same size: test accuracy "
+          f"{report['random_baseline']['test_accuracy']:.4f}", flush=True)
   return report
