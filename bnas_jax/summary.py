@@ -12,6 +12,8 @@ a module of `bnas_jax.models` exposing `build_model(config, arch, num_classes) -
 module` and `space_counts(config)`) for configs whose model is chosen from a
 search space; fixed-network configs reject it.
 `--space` prints the resolver's exact architecture counts (`space_counts(config)`).
+Library log lines are dropped (`--verbose` shows them); bad input prints one
+paragraph on stderr and exits with status 2.
 """
 
 import importlib
@@ -42,6 +44,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
   flags.DEFINE_bool("json", False, "Print one JSON object as the last line.", **fv)
   flags.DEFINE_bool("space", False, "Count the architectures of the config's search space "
                     "instead.", **fv)
+  flags.DEFINE_bool("verbose", False, "Show library log lines (absl, JAX, XLA) on stderr.",
+                    **fv)
   flags.DEFINE_integer("batch", 1, "Batch size of the counted input.", lower_bound=1,
                        upper_bound=4096, **fv)
   config_flags.DEFINE_config_file("config", None, "Config file, optionally with :preset.",
@@ -97,6 +101,12 @@ def main(argv: list[str], fv: Optional[flags.FlagValues] = None) -> None:
   sys.stdout.flush()
 
 
+def _main_without_library_logs(argv: list[str]) -> None:
+  """`main` with library log lines dropped (a summary has no run directory to keep them)."""
+  cli.LibraryLogs(verbose=flags.FLAGS.verbose)
+  main(argv)
+
+
 if __name__ == "__main__":
   define_flags()
-  cli.run(main)
+  cli.run(_main_without_library_logs)

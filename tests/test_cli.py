@@ -35,6 +35,7 @@ def _run(module, *args, timeout=300):
 def test_summary_rejects_bad_input_with_status_2(args, expected):
   proc = _run("bnas_jax.summary", *args)
   assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.startswith("error: ") and "\n\n" not in proc.stderr.strip()  # only it
   assert expected in " ".join(proc.stderr.split())
   assert "Traceback" not in proc.stderr
 
