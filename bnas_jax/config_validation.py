@@ -196,8 +196,9 @@ def min_map_size(image_field: str, fields: tuple[str, ...], total_stride: Callab
   """The input is at least as large as the network's total stride (a >= 1x1 final map).
 
   With 'SAME' padding a stride-2 layer on a 1x1 map still outputs 1x1, so shapes
-  alone never fail; the layers below 1x1 only see padding (NaN at step 1 in
-  BatchNorm of a batch-1 map), so such a layout is rejected here.
+  alone never fail, but the layers past that point only see padding (six
+  stride-2 blocks at 16x16 gave NaN at step 1, issue 18), so such a layout is
+  rejected here.
   """
 
   def explain(c):
@@ -211,12 +212,12 @@ def min_map_size(image_field: str, fields: tuple[str, ...], total_stride: Callab
 
 def some_training(epochs_field: str, steps_field: str) -> Relation:
   """A phase that must train: epochs > 0 or steps > 0."""
-
   return Relation(
       (epochs_field, steps_field),
       lambda c: field(c, epochs_field) > 0 or field(c, steps_field) > 0,
       lambda c: (f"config.{epochs_field} and config.{steps_field} are both 0: the phase "
                  "would not train at all; set one of them > 0"))
+
 
 # Fields shared across configs, by name (see the module docstring).
 COMMON_RULES: dict[str, Rule] = {
