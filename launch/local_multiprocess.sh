@@ -13,6 +13,9 @@
 #   LOG_DIR    if set, process i writes its output to LOG_DIR/process_i.log and
 #              its pid to LOG_DIR/process_i.pid; otherwise process 0 prints to
 #              this terminal and the others log to a temporary directory
+#              (their console output: the run's own lines; library log lines
+#              go to WORKDIR/log.txt and WORKDIR/log.process_i.txt, or here
+#              with --verbose)
 #   PYTHON     interpreter (default: python3)
 # Any other variable (e.g. BNAS_HEARTBEAT_TIMEOUT_SECONDS) reaches every process.
 #
@@ -22,7 +25,7 @@
 set -euo pipefail
 
 if [[ $# -lt 2 || ! $1 =~ ^[1-9][0-9]*$ || ! $2 =~ ^[1-9][0-9]*$ ]]; then
-  sed -n '2,22p' "$0" >&2
+  sed -n '2,25p' "$0" >&2
   exit 2
 fi
 num_processes=$1
