@@ -25,7 +25,7 @@
 set -euo pipefail
 
 if [[ $# -lt 2 || ! $1 =~ ^[1-9][0-9]*$ || ! $2 =~ ^[1-9][0-9]*$ ]]; then
-  sed -n '2,25p' "$0" >&2
+  sed -n '2,24p' "$0" >&2
   exit 2
 fi
 num_processes=$1
