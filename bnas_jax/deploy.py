@@ -67,10 +67,11 @@ def input_shape(net: Mapping[str, Any], info: Mapping[str, Any], batch: int,
     jax.eval_shape(lambda x: binary_export.apply_exported(net, x),
                    jax.ShapeDtypeStruct(shape, jnp.float32))
   except (TypeError, ValueError) as e:
+    reason = str(e).splitlines()[0].rstrip(". ")
     raise UserInputError(
         f"--image_size={size} does not fit this network (a stride-2 block needs even feature "
-        f"maps on both its conv and its 2x2-pooled shortcut): {str(e).splitlines()[0].rstrip('. ')}. Pick a "
-        f"size the network's strides divide, e.g. the one it was trained at.") from e
+        f"maps on both its conv and its 2x2-pooled shortcut): {reason}. Pick a size the "
+        "network's strides divide, e.g. the one it was trained at.") from e
   return shape
 
 
