@@ -1,7 +1,9 @@
 r"""NAS-BNN supernet speed: sandwich step, eval forwards, compile time, recompiles.
 
   python benchmarks/nasbnn_supernet.py [--steps=N] [--rounds=N] [--devices=N]
-      [--image_size=64] [--batch=16] [--num_classes=100]
+      [--preset=imagenet|digits] [--image_size=64] [--batch=16] [--num_classes=100]
+      [--compile_cache=off|DIR] [--compile_only | --relaunch_check]
+      [--devices=2 --compare=subnet_parallel]
       [--conv_forward=lax|im2col|split|auto] [--reference=official.json] [--json]
 
 Issue 3 Sec. 8: the imagenet space of Table 1 (`configs/nasbnn.py:imagenet`),
@@ -10,8 +12,8 @@ own code: `NasBnnSupernet` and the trainer's `make_sandwich_step` (Bi-Teacher
 FWBA with label smoothing + the smallest and two random students with KD, one
 Adam update), state built as the trainer builds it. Measured in one run:
 
-* compile time (`jit(...).lower(...).compile()`, no execution) of the sandwich
-  step and of the eval forward (`apply(..., train=False)` with a traced
+* compile time (`jit(...).lower(...).compile()`, no execution: tracing and
+  lowering, then XLA) of the sandwich step and of the eval forward (`apply(..., train=False)` with a traced
   architecture);
 * sandwich step time: median over `--steps` steps after one warm-up, each step
   with new students sampled as the trainer samples them (seed 0, step s); steps
@@ -31,11 +33,21 @@ running `benchmarks/official_nasbnn_step.py` in the same time window (its
 report has the same rows), or pass its `--json` output file as `--reference`
 to print official / ours per row (above 1: bnas_jax is faster). Data are
 random images and labels; no dataset is read.
+
+`--relaunch_check` measures issue 12 Sec. 2 instead: the sandwich step's
+compile in a first process and in a second one that finds the first's
+persistent compilation cache (`bnas_jax.compile_cache`; a new temporary
+directory, deleted afterwards), and their ratio. `--compare=VARIANT` times
+the current sandwich step on one device and a variant of it alternately,
+step by step, in one process (the ratio is what counts on a shared machine),
+and checks that both give the same losses.
 """
 
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Optional
 
@@ -54,9 +66,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bnas_jax import compile_cache
 from bnas_jax import optimizers
 from bnas_jax import sharding
 from bnas_jax import train_state as train_state_lib
+from bnas_jax.models import nasbnn_subnet
 from bnas_jax.models import nasbnn_supernet
 from bnas_jax.search_spaces import nasbnn
 from bnas_jax.trainers import nasbnn as nasbnn_trainer
@@ -66,9 +80,23 @@ from configs import nasbnn as nasbnn_config
 flags.DEFINE_integer("steps", 5, "Timed sandwich steps (after one warm-up step).")
 flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds of the eval forwards.")
 flags.DEFINE_integer("devices", 0, "XLA host devices (0 = one per CPU core, as main.py).")
-flags.DEFINE_integer("image_size", 64, "Input side.")
-flags.DEFINE_integer("batch", 16, "Global batch size.")
-flags.DEFINE_integer("num_classes", 100, "Classifier width.")
+flags.DEFINE_enum("preset", "imagenet", ["imagenet", "digits"],
+                  "imagenet: Table 1's space at --image_size (the issue's setting); digits: "
+                  "the space, input size and batch of configs/nasbnn.py's default run.")
+flags.DEFINE_integer("image_size", 64, "Input side (imagenet preset).")
+flags.DEFINE_integer("batch", 16, "Global batch size (imagenet preset).")
+flags.DEFINE_integer("num_classes", 100, "Classifier width (imagenet preset).")
+flags.DEFINE_string("compile_cache", "off",
+                    "Persistent compilation cache directory (`bnas_jax.compile_cache`); 'off' "
+                    "(default) measures real compiles.")
+flags.DEFINE_enum("compare", None, ["subnet_parallel"],
+                  "Instead of the report: time the current sandwich step (one device) and this "
+                  "variant alternately in one process; needs --devices=2. subnet_parallel: "
+                  "teacher + smallest on device 0, the random students on device 1.")
+flags.DEFINE_bool("compile_only", False, "Only compile the sandwich step; report its time.")
+flags.DEFINE_bool("relaunch_check", False,
+                  "Compile the sandwich step in two fresh processes sharing a new, empty cache "
+                  "directory: first launch vs relaunch (issue 12 Sec. 2).")
 flags.DEFINE_enum("conv_forward", "lax", ["lax", "im2col", "split", "auto"],
                   "Forward of the binary k x k convs (`convolution.conv2d`).")
 flags.DEFINE_bool("json", False, "Print one JSON object with all numbers as the last line.")
@@ -85,23 +113,118 @@ def _seconds(fn: Callable[[], Any]) -> float:
   return time.perf_counter() - start
 
 
-def benchmark() -> dict[str, Any]:
-  """Runs every measurement of the module docstring; returns the numbers."""
-  mesh = sharding.make_mesh(FLAGS.devices if FLAGS.devices else 0)
-  sharding.check_batch_size(FLAGS.batch, mesh, "--batch")
+def _setting():
+  """(config, space, image side, batch, classes) of `--preset`."""
+  if FLAGS.preset == "digits":
+    config = nasbnn_config.get_config()
+    space = nasbnn_subnet.space_from_config(config)
+    return config, space, space.resolution, config.batch_size, 10
   config = nasbnn_config.get_config("imagenet")
   space = nasbnn.SearchSpace.imagenet(num_classes=FLAGS.num_classes)
-  model = nasbnn_supernet.NasBnnSupernet(space, FLAGS.num_classes,
-                                         conv_forward=FLAGS.conv_forward)
+  return config, space, FLAGS.image_size, FLAGS.batch, FLAGS.num_classes
+
+
+def relaunch_check() -> dict[str, Any]:
+  """First-launch vs relaunch compile of the sandwich step, one fresh cache directory."""
+  with tempfile.TemporaryDirectory(prefix="bnas_jax_xla_") as cache:
+    times = []
+    for _ in range(2):
+      argv = [sys.executable, os.path.abspath(__file__), "--compile_only", "--json",
+              f"--compile_cache={cache}", f"--preset={FLAGS.preset}",
+              f"--devices={FLAGS.devices}", f"--image_size={FLAGS.image_size}",
+              f"--batch={FLAGS.batch}", f"--num_classes={FLAGS.num_classes}",
+              f"--conv_forward={FLAGS.conv_forward}"]
+      out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+      times.append(json.loads(out.strip().splitlines()[-1]))
+  first, second = (t["compile_sandwich"] for t in times)
+  return {"preset": FLAGS.preset, "compile_first_launch": first, "compile_relaunch": second,
+          "relaunch_over_first": second / first,
+          # tracing + lowering to StableHLO is Python work no cache skips
+          "trace_lower_first": times[0]["trace_lower"], "trace_lower_relaunch":
+          times[1]["trace_lower"], "xla_first": times[0]["xla_compile_or_load"],
+          "xla_relaunch": times[1]["xla_compile_or_load"],
+          "relaunch_cache_hits": times[1]["cache_hits"],
+          "load_average": times[0]["load_average"] + times[1]["load_average"]}
+
+
+def compare_variant() -> dict[str, Any]:
+  """`--compare`: the current step vs a variant, alternating steps; their ratio."""
+  compile_cache.configure(FLAGS.compile_cache)
+  config, space, image_size, batch_size, num_classes = _setting()
+  model = nasbnn_supernet.NasBnnSupernet(space, num_classes, conv_forward=FLAGS.conv_forward)
   rng = np.random.default_rng(0)
-  images = rng.standard_normal((FLAGS.batch, FLAGS.image_size, FLAGS.image_size, 3), np.float32)
-  labels = rng.integers(0, FLAGS.num_classes, FLAGS.batch).astype(np.int32)
+  images = rng.standard_normal((batch_size, image_size, image_size, 3), np.float32)
+  labels = rng.integers(0, num_classes, batch_size).astype(np.int32)
+  biggest = nasbnn.encode(space, nasbnn.biggest(space))
+  total_steps = FLAGS.steps + 1
+
+  def init_state(key):
+    variables = model.init(key, jnp.zeros((1, image_size, image_size, 3)), biggest)
+    tx = optimizers.make_optimizer(config.supernet.optimizer, variables["params"], total_steps, 1)
+    return train_state_lib.TrainState.create(
+        params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
+        rng=jax.random.key_data(key))
+
+  meshes = {"current": sharding.make_mesh(1), FLAGS.compare: sharding.make_mesh(2)}
+  options = {"current": {}, "subnet_parallel": {"subnet_parallel_mesh": meshes[FLAGS.compare]}}
+  load = [os.getloadavg()[0]]
+  runs = {}
+  for name, mesh in meshes.items():
+    step = jax.jit(nasbnn_trainer.make_sandwich_step(
+        model, num_classes, biggest, label_smoothing=0.1, teacher_mode="fwba", distill=True,
+        **options[name]), donate_argnums=(0,))
+    runs[name] = {"step": step, "state": sharding.init_replicated(init_state, mesh,
+                                                                  jax.random.key(0)),
+                  "batch": sharding.global_batch({"image": images, "label": labels}, mesh),
+                  "times": [], "metrics": []}
+  students = [nasbnn_trainer.sandwich_archs(space, 0, s, "uniform_depths")
+              for s in range(total_steps)]
+  compile_times = {}
+  for name, r in runs.items():
+    start = time.perf_counter()
+    r["step"].lower(r["state"], r["batch"], students[0]).compile()
+    compile_times[name] = time.perf_counter() - start
+  load.append(os.getloadavg()[0])
+  for s in range(total_steps):  # step 0 is the warm-up
+    for name, r in runs.items():
+      start = time.perf_counter()
+      r["state"], metrics = r["step"](r["state"], r["batch"], students[s])
+      jax.block_until_ready(metrics)
+      if s:
+        r["times"].append(time.perf_counter() - start)
+      r["metrics"].append({k: float(v) for k, v in metrics.items()})
+  load.append(os.getloadavg()[0])
+  current, variant = runs["current"], runs[FLAGS.compare]
+  return {
+      "preset": FLAGS.preset, "variant": FLAGS.compare,
+      "current_step": float(np.median(current["times"])),
+      "variant_step": float(np.median(variant["times"])),
+      "current_over_variant": float(np.median(current["times"]) / np.median(variant["times"])),
+      "compile_current": compile_times["current"], "compile_variant": compile_times[FLAGS.compare],
+      # the same steps from the same state: losses must agree to float rounding
+      "max_loss_relative_difference": max(
+          abs(a[k] - b[k]) / max(abs(a[k]), 1e-12)
+          for a, b in zip(current["metrics"], variant["metrics"]) for k in ("loss", "grad_norm")),
+      "load_average": load,
+  }
+
+
+def benchmark() -> dict[str, Any]:
+  """Runs every measurement of the module docstring; returns the numbers."""
+  compile_cache.configure(FLAGS.compile_cache)
+  mesh = sharding.make_mesh(FLAGS.devices if FLAGS.devices else 0)
+  config, space, image_size, batch_size, num_classes = _setting()
+  sharding.check_batch_size(batch_size, mesh, "the batch")
+  model = nasbnn_supernet.NasBnnSupernet(space, num_classes, conv_forward=FLAGS.conv_forward)
+  rng = np.random.default_rng(0)
+  images = rng.standard_normal((batch_size, image_size, image_size, 3), np.float32)
+  labels = rng.integers(0, num_classes, batch_size).astype(np.int32)
   batch = sharding.global_batch({"image": images, "label": labels}, mesh)
   biggest = nasbnn.encode(space, nasbnn.biggest(space))
   total_steps = FLAGS.steps + 2
 
   def init_state(key):
-    variables = model.init(key, jnp.zeros((1, FLAGS.image_size, FLAGS.image_size, 3)), biggest)
+    variables = model.init(key, jnp.zeros((1, image_size, image_size, 3)), biggest)
     tx = optimizers.make_optimizer(config.supernet.optimizer, variables["params"], total_steps, 1)
     return train_state_lib.TrainState.create(
         params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
@@ -120,14 +243,24 @@ def benchmark() -> dict[str, Any]:
     return wrapped
 
   step_fn = jax.jit(counted("sandwich", nasbnn_trainer.make_sandwich_step(
-      model, FLAGS.num_classes, biggest, label_smoothing=0.1, teacher_mode="fwba",
+      model, num_classes, biggest, label_smoothing=0.1, teacher_mode="fwba",
       distill=True)), donate_argnums=(0,))
   students = [nasbnn_trainer.sandwich_archs(space, 0, s, "uniform_depths")
               for s in range(total_steps)]
+  cache_events = []
+  jax.monitoring.register_event_listener(
+      lambda name, **_: cache_events.append(name) if "compilation_cache/cache_" in name else None)
   start = time.perf_counter()
-  step_fn.lower(state, batch, students[0]).compile()
+  lowered = step_fn.lower(state, batch, students[0])
+  trace_lower = time.perf_counter() - start
+  lowered.compile()
   compile_sandwich = time.perf_counter() - start
   load.append(os.getloadavg()[0])
+  if FLAGS.compile_only:
+    return {"preset": FLAGS.preset, "compile_sandwich": compile_sandwich,
+            "trace_lower": trace_lower, "xla_compile_or_load": compile_sandwich - trace_lower,
+            "cache_hits": sum(e.endswith("cache_hits") for e in cache_events),
+            "load_average": load}
 
   start = time.perf_counter()
   state, metrics = step_fn(state, batch, students[0])  # warm-up
@@ -162,8 +295,8 @@ def benchmark() -> dict[str, Any]:
       eval_times[name].append(_seconds(lambda enc=enc: forward(variables, batch["image"], enc)))
 
   result = {
-      "devices": mesh.size, "batch": FLAGS.batch, "image_size": FLAGS.image_size,
-      "num_classes": FLAGS.num_classes, "conv_forward": FLAGS.conv_forward,
+      "preset": FLAGS.preset, "devices": mesh.size, "batch": batch_size,
+      "image_size": image_size, "num_classes": num_classes, "conv_forward": FLAGS.conv_forward,
       "sandwich_step": float(np.median(times)), "sandwich_step_min": float(np.min(times)),
       "compile_sandwich": compile_sandwich, "compile_eval": compile_eval,
       "startup": startup, "first_step": first_step,
@@ -215,6 +348,14 @@ def format_report(r: dict[str, Any], reference: Optional[dict[str, Any]] = None)
 
 def main(argv):
   del argv
+  if FLAGS.relaunch_check or FLAGS.compile_only or FLAGS.compare:
+    result = (relaunch_check() if FLAGS.relaunch_check else
+              compare_variant() if FLAGS.compare else benchmark())
+    print(", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
+                    for k, v in result.items()))
+    if FLAGS.json:
+      print(json.dumps(result))
+    return
   reference = _reference(FLAGS.reference) if FLAGS.reference else None
   result = benchmark()
   print(format_report(result, reference))

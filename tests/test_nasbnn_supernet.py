@@ -1,16 +1,24 @@
 """The NAS-BNN supernet: one program for every subnet, equal to the extracted subnet."""
 
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from bnas_jax import sharding
+from bnas_jax import train_state as train_state_lib
+from bnas_jax.errors import UserInputError
 from bnas_jax.models import build_model
 from bnas_jax.models import nasbnn_subnet
 from bnas_jax.models import nasbnn_supernet
 from bnas_jax.search_spaces import nasbnn
+from bnas_jax.trainers import nasbnn as nasbnn_trainer
 
 # A two-stage space with every kind of choice (depth, width, kernel {3, 5},
 # groups with g_min > 1, a strided stage) compiles in seconds.
@@ -177,3 +185,135 @@ def test_zero_initialised_classifier_starts_at_uniform_predictions():
     logits = model.apply(v, X, arch, train=False)
     ce = -jnp.mean(jax.nn.log_softmax(logits)[:, 3])
     assert bool(jnp.isclose(ce, np.log(10.0), atol=1e-6)) == uniform
+
+
+# The sandwich step (NAS-BNN Eq. 4) on the tiny space: teacher CE + students' KD.
+_LABELS = jnp.array([1, 7])
+_GRAD_SCALE = 1e3  # the step's "optimizer" adds 1e3 x the gradient: params move, grads readable
+
+
+def _sandwich_state():
+  variables = _variables()
+  return train_state_lib.TrainState.create(
+      params=variables["params"], batch_stats=variables["batch_stats"],
+      tx=optax.scale(_GRAD_SCALE), rng=jax.random.key_data(jax.random.key(0)))
+
+
+def _sandwich_step(**kw):
+  return nasbnn_trainer.make_sandwich_step(
+      MODEL, 10, nasbnn.encode(SPACE, nasbnn.biggest(SPACE)), label_smoothing=0.1,
+      teacher_mode="fwba", distill=True, **kw)
+
+
+def _reference_sandwich(variables, students, s_weight):
+  """Eq. 4 one subnet at a time: each loss differentiated alone, gradients
+  summed, BN statistics passed from subnet to subnet in sandwich order."""
+  apply = functools.partial(MODEL.apply, train=True, mutable=["batch_stats"])
+  params = variables["params"]
+
+  def teacher(p):
+    logits, upd = apply({"params": p, "batch_stats": variables["batch_stats"]}, X,
+                        nasbnn.encode(SPACE, nasbnn.biggest(SPACE)), weight_mode="fp")
+    targets = optax.smooth_labels(jax.nn.one_hot(_LABELS, 10), 0.1)
+    return optax.softmax_cross_entropy(logits, targets).mean(), (logits, upd["batch_stats"])
+
+  (t_loss, (t_logits, stats)), grads = jax.value_and_grad(teacher, has_aux=True)(params)
+  soft = jax.nn.softmax(t_logits)
+  s_losses = []
+  for i in range(students["active"].shape[0]):
+    arch = jax.tree.map(lambda a, i=i: a[i], students)
+
+    def student(p, stats=stats, arch=arch):
+      logits, upd = apply({"params": p, "batch_stats": stats}, X, arch)
+      return -jnp.mean(jnp.sum(soft * jax.nn.log_softmax(logits), -1)), upd["batch_stats"]
+
+    (loss, stats), g = jax.value_and_grad(student, has_aux=True)(params)
+    grads = jax.tree.map(lambda a, b: a + s_weight * b, grads, g)
+    s_losses.append(loss)
+  return grads, stats, t_loss, sum(s_losses)
+
+
+def _check_step_against_reference(step, state, students, s_weight):
+  batch = {"image": X, "label": _LABELS}
+  new, metrics = step(state, batch, students, np.float32(s_weight))
+  grads, stats, t_loss, s_loss = jax.jit(_reference_sandwich)(
+      {"params": state.params, "batch_stats": state.batch_stats}, students, s_weight)
+  tol = dict(rtol=2e-3, atol=1e-6)
+  jax.tree.map(lambda a, b, g: np.testing.assert_allclose((a - b) / _GRAD_SCALE, g, **tol),
+               new.params, state.params, grads)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               new.batch_stats, stats)
+  np.testing.assert_allclose(metrics["teacher_loss"], t_loss, rtol=1e-5)
+  np.testing.assert_allclose(metrics["student_loss"], s_loss, rtol=1e-5)
+  np.testing.assert_allclose(metrics["loss"], t_loss + s_weight * s_loss, rtol=1e-5)
+
+
+SANDWICH_TRACES = []
+
+
+@functools.lru_cache(maxsize=None)
+def _counted_sandwich_step():
+  """One jitted step shared by the tests below; SANDWICH_TRACES grows once per trace."""
+  step = _sandwich_step()
+
+  def counted(*args):
+    SANDWICH_TRACES.append(1)
+    return step(*args)
+
+  return jax.jit(counted)
+
+
+@pytest.mark.slow  # compiles the step and a reference (about a minute on 2 quiet cores)
+def test_sandwich_step_equals_the_per_subnet_reference():
+  students = nasbnn_trainer.sandwich_archs(SPACE, 0, 3, "uniform_depths")
+  _check_step_against_reference(_counted_sandwich_step(), _sandwich_state(), students, 0.5)
+
+
+@pytest.mark.slow  # shares the compiled step with the test above when both run
+def test_sandwich_step_compiles_once_for_50_student_draws():
+  step = _counted_sandwich_step()
+  batch = {"image": X, "label": _LABELS}
+  draws = [nasbnn_trainer.sandwich_archs(SPACE, 1, s, "uniform_depths") for s in range(51)]
+  assert len({tuple(np.concatenate([v.ravel() for v in d.values()])) for d in draws}) > 40
+  # Warm-up: the state then arrives as the training loop carries it (a step's output).
+  state, _ = step(_sandwich_state(), batch, draws[0], np.float32(1.0))
+  traces = len(SANDWICH_TRACES)
+  for students in draws[1:]:
+    state, _ = step(state, batch, students, np.float32(1.0))
+  assert len(SANDWICH_TRACES) == traces  # 50 draws of 3 students: not one new trace
+
+
+_SUBNET_PARALLEL = """
+import sys
+sys.path.insert(0, {tests!r})
+import jax, numpy as np
+jax.config.update("jax_disable_most_optimizations", True)  # as tests/conftest.py
+import test_nasbnn_supernet as t
+from bnas_jax import sharding
+from bnas_jax.trainers import nasbnn as nasbnn_trainer
+assert jax.device_count() == 2
+mesh = sharding.make_mesh()
+step = jax.jit(t._sandwich_step(subnet_parallel_mesh=mesh))
+for s in range(2):
+  t._check_step_against_reference(step, t._sandwich_state(),
+                                  nasbnn_trainer.sandwich_archs(t.SPACE, 2, s, "uniform_depths"),
+                                  0.5 + s)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_subnet_parallel_step_on_two_devices_equals_the_reference():
+  # Teacher + smallest on device 0, the random students on device 1 (own
+  # process: this one has a single host device).
+  tests = os.path.dirname(os.path.abspath(__file__))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             PYTHONPATH=os.path.dirname(tests), TF_CPP_MIN_LOG_LEVEL="3")
+  out = subprocess.run([sys.executable, "-c", _SUBNET_PARALLEL.format(tests=tests)], env=env,
+                       capture_output=True, text=True)
+  assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_subnet_parallel_step_needs_two_devices():
+  with pytest.raises(UserInputError, match="exactly 2"):
+    _sandwich_step(subnet_parallel_mesh=sharding.make_mesh(1))
