@@ -81,7 +81,7 @@ CONFIGS = {
          "--config.search.population_size=4", "--config.search.generations=2",
          "--config.search.num_mutations=2", "--config.search.num_crossovers=1",
          "--config.search.calibration_batches=1", "--config.search.sweep_chunk=4",
-         "--config.deploy.num_archs=0"), "--config.supernet.num_train_steps",
+         "--config.deploy.ops_targets=()"), "--config.supernet.num_train_steps",
         events_dir="supernet", printed_by_process_0=r"^Search generation 2/2",
         decisions=r"^ +[\d.]+ +[\d.]+ +stem\S+$"),  # the printed Pareto front
     # BNAS cell search on 8x8 digits, one cell, no final network; every process
