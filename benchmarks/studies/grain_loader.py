@@ -19,15 +19,17 @@ grain pipelines:
                  of every global batch, per-example rng from (seed, split,
                  epoch, position).  Elements are rows, grain batches them.
   grain-batches  the same contract with one grain record per *local batch*:
-                 the sampler hands out batch numbers, the transform loads and
+                 the sampler hands out batch numbers, a data source loads and
                  augments the rows of that batch.
 
 and reports (1) whether the first batches equal ours bit for bit, (2) whether
 a restore from `get_state()` continues bit-exactly, also into a fresh
 iterator with another worker count or process count, (3) whether the rows of
 process_count=2 concatenate to the process_count=1 batch, and (4) batches/s,
-measured in interleaved rounds in this one run with the `uptime` load shown.
-The machine this was written on is shared, so only the ratios mean anything.
+measured in interleaved rounds in this one run with the `uptime` load shown,
+and the CPU time per batch (this process and grain's workers). The machine
+this was written on is shared: wall-clock ratios swing between runs, the CPU
+time per batch much less. Findings: benchmarks/studies/README.md.
 """
 
 from __future__ import annotations
@@ -42,8 +44,12 @@ import sys
 import time
 
 import numpy as np
-import grain.python as grain
 from absl import flags
+
+try:
+  import grain.python as grain
+except ImportError as e:
+  raise SystemExit('This study needs grain: pip install grain==0.2.18') from e
 
 from bnas_jax import input_pipeline
 from bnas_jax.data.preprocessing import Preprocessor
@@ -460,7 +466,8 @@ def main(argv=None):
   print("  ('-' = not run: implied by the w=0 row or too slow to start workers for)")
   for name, row in result['checks'].items():
     if 'w2_batches_0_1_are_even_odd_records_of_w0' in row:
-      print(f'  {name}: batches 0 and 1 are the even and odd records of w=0 batches 0-1: '
+      print(f'  {name}: batches 0, 1 = even, odd records of its w=0 batches 0-1 '
+            '(workers split records): '
             f"{cell(row['w2_batches_0_1_are_even_odd_records_of_w0'])}")
   print('\nepoch structure:', result['epoch_structure'])
   print('grain seed overlap:', result['grain_seed_overlap'])
@@ -469,7 +476,8 @@ def main(argv=None):
   for name, row in result['throughput'].items():
     print(f"{name:<30}{row['batches_per_s']:>11}{row['ratio_to_ours']:>9}{row['best']:>10}"
           f"{row['best_ratio']:>9}{row['cpu_ms_per_batch']:>14}  {row['rounds']}")
-  print(f"uptime after: {result['uptime_after']}  (shared machine: compare ratios only)")
+  print(f"uptime after: {result['uptime_after']}")
+  print('(shared machine: wall-clock ratios swing between runs, CPU ms/batch much less)')
   if args.json:
     print(json.dumps(result))
 
