@@ -33,6 +33,7 @@ from bnas_jax import convolution
 from bnas_jax import layers
 from bnas_jax import packed
 from bnas_jax import quantizers
+from bnas_jax import user_files
 from bnas_jax.errors import UserInputError
 
 Array = jax.Array
@@ -332,8 +333,8 @@ def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
       if "spec" in keys:
         try:
-          spec = json.loads(bytes(f["spec"]).decode())
-        except (ValueError, UnicodeDecodeError) as e:
+          spec = user_files.parse_json(bytes(f["spec"]).decode("utf-8"), f"export {path}")
+        except (UserInputError, UnicodeDecodeError) as e:
           raise _bad(path, "its spec is not JSON") from e
         _check_spec(path, spec)
         missing = {"binary_bits", "stem_weight", "float32"} - keys

@@ -14,12 +14,12 @@ An architecture of `configs/dms.py` is a width vector of the config's family
 Used as `config.arch_resolver` by `configs/dms.py`.
 """
 
-import json
 import os
 from typing import Any
 
 import ml_collections
 
+from bnas_jax import user_files
 from bnas_jax.errors import UserInputError
 from bnas_jax.models import dms_nets
 
@@ -38,11 +38,10 @@ def _family(config: Any) -> str:
 def _parse_widths(family: str, arch: str) -> tuple[int, ...]:
   text = arch
   if not arch.lstrip().startswith("[") and os.path.isfile(arch):
-    with open(arch) as f:
-      text = f.read()
+    text = user_files.read_text(arch, "--arch file", ascii_only=True)
   try:
-    value = json.loads(text)
-  except json.JSONDecodeError:
+    value = user_files.parse_json(text, f"--arch={arch!r}")
+  except UserInputError:
     raise UserInputError(
         f"--arch={arch!r} is neither a known architecture ({', '.join(NAMES)}), nor a JSON "
         f"list of {len(dms_nets.base_widths(family))} integer widths, nor a file holding one.")
@@ -50,7 +49,8 @@ def _parse_widths(family: str, arch: str) -> tuple[int, ...]:
     value = value.get("widths")
   n = len(dms_nets.base_widths(family))
   if (not isinstance(value, list) or len(value) != n
-      or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
+      or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1 << 16
+             for v in value)):
     raise UserInputError(
         f"--arch={arch!r}: {family} needs a list of {n} positive integer widths, one per slot "
         f"({', '.join(dms_nets.slot_names(family))}); got {value!r}.")

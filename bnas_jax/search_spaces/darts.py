@@ -42,6 +42,7 @@ from typing import Any, Optional
 import numpy as np
 
 from bnas_jax import atomic_files
+from bnas_jax import user_files
 from bnas_jax.errors import UserInputError
 from bnas_jax.search_spaces import mbconv
 
@@ -254,11 +255,7 @@ def validate(genotype: Genotype) -> Genotype:
 
 
 def from_json(text: str, where: str = "genotype") -> Genotype:
-  try:
-    d = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise UserInputError(f"{where} is not valid JSON: {e}.") from e
-  return from_dict(d, where)
+  return from_dict(user_files.parse_json(text, where), where)
 
 
 def load(path: str) -> Genotype:
@@ -266,8 +263,8 @@ def load(path: str) -> Genotype:
   if not os.path.isfile(path):
     raise UserInputError(f"Genotype file {path!r} does not exist; pass a JSON file written by a "
                          "search (e.g. WORKDIR/search/genotype_best.json).")
-  with open(path) as f:
-    return from_json(f.read(), where=f"genotype file {path!r}")
+  return from_json(user_files.read_text(path, "genotype file", ascii_only=True),
+                   where=f"genotype file {path!r}")
 
 
 def save(genotype: Genotype, path: str) -> None:

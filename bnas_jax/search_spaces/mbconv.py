@@ -51,6 +51,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from bnas_jax import atomic_files
+from bnas_jax import user_files
 from bnas_jax.errors import UserInputError
 
 NAME = "mbconv"
@@ -313,8 +314,8 @@ def from_dict(d: Any, space: MBConvSpace, where: str = "choice list") -> ChoiceL
   return validate(ChoiceList(tuple(widths), tuple(layers)), space, where)
 
 
-_STAGE_RE = re.compile(r"c(\d+)\[([^\]]*)\]")
-_OP_RE = re.compile(r"MB(\d+)\((\d+)\)")
+_STAGE_RE = re.compile(r"c(\d+)\[([^\]]*)\]", re.ASCII)
+_OP_RE = re.compile(r"MB(\d+)\((\d+)\)", re.ASCII)
 
 
 def from_string(text: str, space: MBConvSpace, where: str = "choice list") -> ChoiceList:
@@ -342,18 +343,13 @@ def from_string(text: str, space: MBConvSpace, where: str = "choice list") -> Ch
 
 
 def from_json(text: str, space: MBConvSpace, where: str = "choice list") -> ChoiceList:
-  try:
-    d = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise UserInputError(f"{where} is not valid JSON: {e}.") from e
-  return from_dict(d, space, where)
+  return from_dict(user_files.parse_json(text, where), space, where)
 
 
 def load(path_or_string: str, space: MBConvSpace) -> ChoiceList:
   """A choice list from a JSON file, a file holding the string form, or the string itself."""
   if isinstance(path_or_string, str) and os.path.isfile(path_or_string):
-    with open(path_or_string) as f:
-      text = f.read()
+    text = user_files.read_text(path_or_string, "choice-list file", ascii_only=True)
     where = f"choice-list file {path_or_string!r}"
     if text.lstrip().startswith("{"):
       return from_json(text, space, where)

@@ -85,6 +85,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Seque
 
 import numpy as np
 
+from bnas_jax import user_files
 from bnas_jax.errors import InfeasibleRangeError
 from bnas_jax.errors import UserInputError
 
@@ -512,9 +513,9 @@ class Architecture:
 
 
 _WS_RE = re.compile(r"\s+")
-_STEM_RE = re.compile(r"stem:?(\d{1,9})")
-_STAGE_RE = re.compile(r"s(\d{1,9}):(.*)")
-_BLOCK_RE = re.compile(r"c?(\d{1,9})_?k(\d{1,9})_?g(\d{1,9})(?:\*(\d{1,9}))?")
+_STEM_RE = re.compile(r"stem:?(\d{1,9})", re.ASCII)
+_STAGE_RE = re.compile(r"s(\d{1,9}):(.*)", re.ASCII)
+_BLOCK_RE = re.compile(r"c?(\d{1,9})_?k(\d{1,9})_?g(\d{1,9})(?:\*(\d{1,9}))?", re.ASCII)
 _GRAMMAR_HINT = (
     "Expected e.g. 'stem24|s1:48k3g1*2|s2:96k3g2,128k5g2|...': 'stem' and the stem "
     "width, then one '|s<i>:' part per stage (i = 1, 2, ... in order) holding "
@@ -565,12 +566,8 @@ def _parse_json(data: Any) -> Architecture:
   example = ('{"stem_width": 24, "stages": [[{"width": 48, "kernel": 3, "groups": 1}, '
              '...], ...]}')
   if isinstance(data, (str, bytes, bytearray)):
-    try:
-      obj = json.loads(data)
-    except ValueError as e:
-      raise UserInputError(
-          f"Architecture JSON {_short(str(data))!r} is not valid JSON ({e}). "
-          f"Expected an object like {example}.") from None
+    text = data if isinstance(data, str) else bytes(data).decode("utf-8", "replace")
+    obj = user_files.parse_json(text, f"Architecture JSON (expected an object like {example})")
   else:
     obj = data
 
