@@ -102,19 +102,24 @@ def make_optimizer(cfg: Any, params: Any, total_steps: int, steps_per_epoch: int
     # NAS-BNN's public code clamps every LSQ step size to eps before each
     # forward, i.e. after each update (`layers.QuantConv.lsq_min_scale` floors
     # it inside the forward as well).
-    tx = optax.chain(tx, optax.masked(floor_params(float(jnp.finfo(jnp.float32).eps)),
-                                      step_sizes))
+    tx = floor_params(tx, float(jnp.finfo(jnp.float32).eps), step_sizes)
   clip = cfg.get("grad_clip_norm", None)
   return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx
 
 
-def floor_params(minimum: float) -> optax.GradientTransformation:
-  """Updates that leave each parameter at >= `minimum` once applied (others pass unchanged)."""
+def floor_params(tx: optax.GradientTransformation, minimum: float,
+                 mask: Any) -> optax.GradientTransformation:
+  """`tx` whose updates leave the `mask`ed parameters at >= `minimum` once applied.
+
+  The optimizer state is `tx`'s own (no extra chain element), so checkpoints
+  of a run started before the floor existed still restore.
+  """
 
   def update(updates, state, params=None):
     if params is None:
       raise ValueError("floor_params needs the params to floor them.")
-    return jax.tree.map(lambda u, p: jnp.where(p + u < minimum, minimum - p, u),
-                        updates, params), state
+    updates, state = tx.update(updates, state, params)
+    floor = lambda u, p, m: jnp.where(p + u < minimum, minimum - p, u) if m else u
+    return jax.tree.map(floor, updates, params, mask), state
 
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+  return optax.GradientTransformation(tx.init, update)

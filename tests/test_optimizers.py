@@ -65,7 +65,7 @@ def test_multistep_schedule_decays_at_epoch_boundaries():
                              [0.1, 0.1, 0.05, 0.05, 0.025, 0.025], rtol=1e-6)
 
 
-def test_lsq_step_sizes_never_fall_below_eps_after_an_update():
+def test_lsq_step_sizes_never_fall_below_eps_after_an_update(monkeypatch):
   """The public NAS-BNN code clamps LSQ step sizes to eps before each forward."""
   eps = float(jnp.finfo(jnp.float32).eps)
   params = {"stem": {"kernel": jnp.ones((3, 3, 3, 2)), "kernel_scale": jnp.array([1e-3, 0.5])}}
@@ -78,6 +78,10 @@ def test_lsq_step_sizes_never_fall_below_eps_after_an_update():
   # Plain SGD: 1e-3 - 0.1 < 0 is floored at eps; 0.5 - 0.1 and the kernel are untouched.
   np.testing.assert_array_equal(new["stem"]["kernel_scale"], np.float32([eps, 0.5 - 0.1]))
   np.testing.assert_array_equal(new["stem"]["kernel"], np.full((3, 3, 3, 2), 1.0 - 0.2, np.float32))
+  # The floor adds no optimizer state: checkpoints from before it still restore.
+  monkeypatch.setattr(optimizers, "LSQ_STEP_SIZE", "no_such_parameter")
+  unfloored = optimizers.make_optimizer(cfg, params, 10, 10)
+  assert jax.tree.structure(tx.init(params)) == jax.tree.structure(unfloored.init(params))
 
 
 def test_one_cycle_is_bnas_onecyclelr():
