@@ -25,6 +25,7 @@ import types
 from typing import Optional
 
 from bnas_jax import cli
+from bnas_jax import compile_cache
 from bnas_jax import config_validation
 from bnas_jax import distributed
 from bnas_jax import preemption
@@ -110,6 +111,7 @@ def main(argv: list[str], fv: Optional[flags.FlagValues] = None) -> None:
                jax.process_count(), jax.devices())
   with cli.user_errors_exit():
     launch = prepare(fv)
+    compile_cache.configure(fv.config.get("compile_cache"))
   # Validation passed: only now does the run leave anything on disk.
   run_directory.create(fv.workdir)
   run_directory.record(launch.snapshot)

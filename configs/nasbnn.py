@@ -116,7 +116,11 @@ def get_config(arg=None):
       bucket_step=ml_collections.FieldReference(None, float),
       max_tries=1000, calibration_batches=4, calibration_batch_size=128,
       calibration_augment=True, calibration_reshuffle=True, calibration_pool_batches=8,
-      sweep_chunk=8))
+      sweep_chunk=8,
+      # Initial population: 'per_bucket' fills every OPs bucket round-robin
+      # (neither official sampler draws a Table 1 subnet under ~44 M OPs);
+      # 'uniform' = the public code's rejection sampling.
+      init_sampling="per_bucket"))
   # Deployment (Sec. 3.4): one subnet per OPs target (M OPs), the most
   # accurate front member at or under it (a target whose choice repeats an
   # earlier one is skipped, and the run says so). Pipeline 1 extracts and
@@ -137,6 +141,9 @@ def get_config(arg=None):
       optimizer=ml_collections.ConfigDict(dict(
           name="adam", learning_rate=1e-3, schedule="cosine", weight_decay=0.0,
           grad_clip_norm=ml_collections.FieldReference(None, float)))))
+  # Model size convention: bits per real-valued parameter (32 = float32 as
+  # stored; the paper presets count 16, Sec. 4.5: NAS-BNN-F = 9.3 MB).
+  c.cost = ml_collections.ConfigDict(dict(real_param_bits=32))
   c.two_step = False
   c.log_every_steps = 20
   c.checkpoint_every_steps = 0
@@ -147,6 +154,7 @@ def get_config(arg=None):
   if preset != "digits":  # Table 1 itself
     c.space.stages = None
     c.space.stem_widths = None
+    c.cost.real_param_bits = 16
   if preset in ("imagenet", "imagenet100"):
     c.space.width_divisor = 1
     c.space.resolution = 224  # and c.data.image_size
@@ -231,6 +239,8 @@ FIELD_RULES = {
     "search.calibration_augment": cv.flag(), "search.calibration_reshuffle": cv.flag(),
     "search.calibration_pool_batches": cv.COUNT, "search.sweep_chunk": cv.COUNT,
     "search.calibration_batch_size": cv.COUNT,
+    "search.init_sampling": cv.one_of("per_bucket", "uniform"),
+    "cost.real_param_bits": cv.one_of(8, 16, 32),
     "supernet.teacher_label_smoothing": cv.PROBABILITY,
     "deploy.ops_targets": cv.sequence_of(cv.POSITIVE, meaning="M OPs; () = no deployment"),
     "deploy.random_baseline": cv.flag(), "deploy.finetune_with_holdout": cv.flag(),

@@ -59,6 +59,9 @@ def test_whole_method_runs_and_reports(tmp_path):
     assert 0.0 <= d["test_accuracy_pipeline1"] <= 1.0
     assert 0.0 <= d["test_accuracy_pipeline2"] <= 1.0
     assert d["export_bytes"] > 0
+  # Pipeline 1 also writes the bit-packed form `python -m bnas_jax.deploy` runs.
+  assert deployed["packed_bytes"] == (tmp_path / "deploy" / "arch0" / "binary_packed.npz").stat(
+  ).st_size
   assert deployed["random_baseline"]["ops_m"] <= deployed["ops_m"]
   (skipped,) = saved["skipped"]
   assert skipped["target_ops_m"] == 1e-6 and "no front member" in skipped["reason"]

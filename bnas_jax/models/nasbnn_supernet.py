@@ -76,7 +76,8 @@ class MaskedBatchNorm(nn.Module):
       var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
       n = x.shape[0] * x.shape[1] * x.shape[2]
       unbiased = var * n / max(n - 1, 1)  # running variance as PyTorch keeps it
-      # Recalibration (NAS-BNN Sec. 3.4) averages these over a few batches.
+      # BN recalibration (the public code's search.py / test.py) averages these
+      # over a few batches.
       self.sow("batch_moments", "mean", mean)
       self.sow("batch_moments", "var", unbiased)
       if not self.is_initializing():
@@ -405,7 +406,7 @@ class NasBnnSupernet(nn.Module):
     # Stem: 8-bit LSQ weights (sliced output filters), BN, RPReLU.
     y = layers.QuantConv(stem_max, kernel_size=space.stem_kernel, strides=space.stem_stride,
                          kernel_quantizer="lsq", kernel_bits=8, input_precision=8,
-                         name="stem_conv")(x)
+                         name="stem_conv")(x, active_features=width)
     y = MaskedBatchNorm(name="stem_bn")(y * stem_mask, stem_mask, train=train)
     x = MaskedRPReLU(name="stem_rprelu")(y, stem_mask)
     common = dict(train=train, binary_weights=weight_mode == "binary",

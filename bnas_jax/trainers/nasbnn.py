@@ -52,6 +52,7 @@ from bnas_jax.models import binary_export
 from bnas_jax.models import nasbnn_subnet
 from bnas_jax.models import nasbnn_supernet
 from bnas_jax.search import evolution
+from bnas_jax.search import random_baseline
 from bnas_jax.search_spaces import nasbnn
 from bnas_jax.trainers import supervised
 
@@ -444,7 +445,7 @@ def _evolution_config(config, space, num_classes) -> evolution.EvolutionConfig:
       population_size=s.population_size, generations=s.generations,
       num_mutations=s.num_mutations, num_crossovers=s.num_crossovers,
       mutation_prob=s.mutation_prob, ops_min=lo, ops_max=hi, bucket_step=step, seed=config.seed,
-      max_tries=s.max_tries)
+      max_tries=s.max_tries, init_sampling=s.get("init_sampling", "per_bucket"))
 
 
 def _eval_batches(config, split: str, mesh) -> dict:
@@ -523,19 +524,16 @@ def select_for_targets(front: Sequence[dict], targets: Sequence[float]) -> list[
 
 def random_arch_at_ops(space: nasbnn.SearchSpace, ops_m: float, cost, seed: int,
                        num_samples: int = 2000) -> nasbnn.Architecture:
-  """A random subnet with OPs as close as possible to `ops_m` without exceeding it.
+  """A uniform random subnet (`uniform_depths`) with OPs the closest to `ops_m` at or under it.
 
-  Draws `num_samples` uniform subnets (seeded, identical on every process)
-  and keeps the closest at or under `ops_m` (the smallest subnet if none is).
+  `search/random_baseline.py` with `num_samples` seeded draws (identical on
+  every process); stops early within 2% under the target. When no draw is at
+  or under it (a target near the smallest subnet), the smallest subnet.
   """
   rng = np.random.default_rng([seed, 0x5EED, int(ops_m * 1e6)])
-  best, best_ops = nasbnn.smallest(space), cost(nasbnn.smallest(space))
-  for _ in range(num_samples):
-    arch = nasbnn.sample_uniform(space, rng, distribution="uniform_depths")
-    c = cost(arch)
-    if best_ops < c <= ops_m:
-      best, best_ops = arch, c
-  return best
+  sample = lambda r: nasbnn.sample_uniform(space, r, distribution="uniform_depths")
+  arch, got = random_baseline.sample_at_cost(sample, cost, ops_m, rng, num_samples=num_samples)
+  return arch if got <= ops_m else nasbnn.smallest(space)
 
 
 def deploy(config, space, info, mesh, state, result, calib: Calibration, evaluate,
@@ -572,14 +570,18 @@ def deploy(config, space, info, mesh, state, result, calib: Calibration, evaluat
     before = supervised.evaluate_variables(ft, variables, mesh, info, "test")["accuracy"]
     compact = binary_export.export(ft.model.blocks, variables,
                                    kernel_norm=ft.model.kernel_norm == "channelwise")
+    packed_bytes = None  # the bit-packed form `python -m bnas_jax.deploy` runs
     if jax.process_index() == 0:
       binary_export.save(os.path.join(sub_dir, "binary_export.npz"), compact)
+      packed_bytes = binary_export.save_packed(os.path.join(sub_dir, binary_export.PACKED_FILE),
+                                               compact, image_size=config.data.image_size)
     after = supervised.train_phase(ft, sub_dir, binary_weights=True,
                                    weight_decay=ft.optimizer.weight_decay,
                                    init_variables=variables, phase_name=f"finetune_{name}")
     return {"arch": arch.to_string(), "ops_m": cost(arch),
             "test_accuracy_pipeline1": before, "test_accuracy_pipeline2": after["test_accuracy"],
-            "export_bytes": binary_export.size_bytes(compact)["total"]}
+            "export_bytes": binary_export.size_bytes(compact)["total"],
+            "packed_bytes": packed_bytes}
 
   selection = select_for_targets(result.front, config.deploy.ops_targets)
   deployed, skipped = [], []
