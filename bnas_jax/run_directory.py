@@ -28,6 +28,7 @@ from etils import epath
 import jax
 from jax.experimental import multihost_utils
 
+from bnas_jax import atomic_files
 from bnas_jax.errors import UserInputError
 
 CONFIG_FILE = "config.json"
@@ -155,6 +156,4 @@ def record(pending: Optional[Snapshot]) -> None:
   snapshot = path / CONFIG_FILE
   if replace and snapshot.exists():
     snapshot.rename(path / f"{CONFIG_FILE}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-  tmp = path / f".{CONFIG_FILE}.tmp"
-  tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-  tmp.rename(snapshot)
+  atomic_files.write_text(snapshot, json.dumps(current, indent=2, sort_keys=True) + "\n")

@@ -22,13 +22,13 @@ supernet) it came from.
 import json
 import math
 import os
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bnas_jax import atomic_files
 from bnas_jax import convolution
 from bnas_jax import layers
 from bnas_jax import packed
@@ -152,12 +152,7 @@ def save(path: str, net: Mapping[str, Any]) -> None:
   """Writes the arrays to one .npz atomically (temp file + rename); weights stay int8."""
   flat = {jax.tree_util.keystr(k): np.asarray(v)
           for k, v in jax.tree_util.tree_leaves_with_path(net)}
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
-  with os.fdopen(fd, "wb") as f:
-    np.savez(f, **flat)
-  os.replace(tmp, path)
+  atomic_files.write_npz(path, flat)
 
 
 # ----------------------------------------------------------------------------
@@ -229,13 +224,9 @@ def save_packed(path: str, net: Mapping[str, Any], *, image_size: int | None = N
   bits = np.packbits(negative, bitorder="little")
   bits = np.pad(bits, (0, -bits.size % 4)).view("<u4")
   floats = np.concatenate([v.reshape(-1) for _, v in _float_leaves(net)])
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
-  with os.fdopen(fd, "wb") as f:
-    np.savez(f, spec=np.frombuffer(json.dumps(spec, separators=(",", ":")).encode(), np.uint8),
-             binary_bits=bits, stem_weight=np.asarray(net["stem"]["weight"]), float32=floats)
-  os.replace(tmp, path)
+  atomic_files.write_npz(path, {
+      "spec": np.frombuffer(json.dumps(spec, separators=(",", ":")).encode(), np.uint8),
+      "binary_bits": bits, "stem_weight": np.asarray(net["stem"]["weight"]), "float32": floats})
   return os.path.getsize(path)
 
 

@@ -29,7 +29,6 @@ state in `workdir`:
 """
 
 import functools
-import json
 import os
 import zlib
 from typing import Any, Sequence
@@ -40,6 +39,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from bnas_jax import atomic_files
 from bnas_jax import input_pipeline
 from bnas_jax import optimizers
 from bnas_jax import preemption
@@ -648,6 +648,5 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
             **family}
   if jax.process_index() == 0:
     print("\n".join(summary_lines(report)))
-    with open(os.path.join(workdir, "report.json"), "w") as f:
-      json.dump(report, f, indent=2)
+    atomic_files.write_json(os.path.join(workdir, "report.json"), report, indent=2)
   return report
