@@ -4,7 +4,7 @@ XLA:CPU runs the weight gradient of a *grouped* `lax.conv_general_dilated`
 17-28x slower than its forward, and any conv gradient inside a
 `lax.switch`/`lax.cond` branch 13-23x slower than outside one; an im2col +
 matmul form of the same conv has neither problem (its gradient is ~2x its
-forward, inside a branch or not). Measured in `benchmarks/supernet_options.py`
+forward, inside a branch or not). Measured in `benchmarks/studies/supernet_options.py`
 (see benchmarks/README.md). `conv2d` therefore runs a chosen forward and always
 takes its gradients from the matmul form; all forms compute the same function.
 

@@ -19,7 +19,7 @@ the public reference's slicing supernet (reference notes Sec. 2-4):
 * weights: channel-wise normalization (Eq. 6), then sign x mean|w| (binary) or
   the normalized real weight (FP teacher modes).
 
-Execution (measured in benchmarks/supernet_options.py): every conv is a
+Execution (measured in benchmarks/studies/supernet_options.py): every conv is a
 `lax.switch` over true-size branches, one per (c_in, k, g) for the k x k conv
 and per (c_in, c_out) for the 1 x 1 conv, each under `jax.checkpoint`, on
 `convolution.conv2d` whose gradients are matmuls. A subnet therefore costs

@@ -1,6 +1,6 @@
 r"""How to run every NAS-BNN subnet through one compiled program: a measurement.
 
-  python benchmarks/supernet_options.py [--quick] [--sizes=4,8] [--rounds=N]
+  python benchmarks/studies/supernet_options.py [--quick] [--sizes=4,8] [--rounds=N]
       [--network [--nolibrary] [--network_rounds=N]] [--dense_lax]
 
 A NAS-BNN block (Lin et al. 2024, Table 1) is a binary k x k conv with g groups
@@ -77,14 +77,8 @@ ran the dense 5 x 5 768 -> 768 conv on a 4 x 4 map in ~10 s (forward) and
 import functools
 import itertools
 import os
-import sys
 import time
 from typing import Any, Callable, Optional, Sequence
-
-# The benchmark measures the checkout it lives in, so its root comes first.
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO_ROOT not in sys.path:
-  sys.path.insert(0, _REPO_ROOT)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
