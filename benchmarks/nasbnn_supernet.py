@@ -147,16 +147,14 @@ def relaunch_check() -> dict[str, Any]:
           "load_average": times[0]["load_average"] + times[1]["load_average"]}
 
 
-def compare_variant() -> dict[str, Any]:
-  """`--compare`: the current step vs a variant, alternating steps; their ratio."""
-  compile_cache.configure(FLAGS.compile_cache)
-  config, space, image_size, batch_size, num_classes = _setting()
+def _model_data_and_init(config, space, image_size, batch_size, num_classes, total_steps):
+  """The supernet, one random batch (host arrays), the biggest subnet, a state builder and
+  the generator that drew the batch (later draws continue its stream)."""
   model = nasbnn_supernet.NasBnnSupernet(space, num_classes, conv_forward=FLAGS.conv_forward)
   rng = np.random.default_rng(0)
   images = rng.standard_normal((batch_size, image_size, image_size, 3), np.float32)
   labels = rng.integers(0, num_classes, batch_size).astype(np.int32)
   biggest = nasbnn.encode(space, nasbnn.biggest(space))
-  total_steps = FLAGS.steps + 1
 
   def init_state(key):
     variables = model.init(key, jnp.zeros((1, image_size, image_size, 3)), biggest)
@@ -164,6 +162,17 @@ def compare_variant() -> dict[str, Any]:
     return train_state_lib.TrainState.create(
         params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
         rng=jax.random.key_data(key))
+
+  return model, images, labels, biggest, init_state, rng
+
+
+def compare_variant() -> dict[str, Any]:
+  """`--compare`: the current step vs a variant, alternating steps; their ratio."""
+  compile_cache.configure(FLAGS.compile_cache)
+  config, space, image_size, batch_size, num_classes = _setting()
+  total_steps = FLAGS.steps + 1
+  model, images, labels, biggest, init_state, _ = _model_data_and_init(
+      config, space, image_size, batch_size, num_classes, total_steps)
 
   meshes = {"current": sharding.make_mesh(1), FLAGS.compare: sharding.make_mesh(2)}
   options = {"current": {}, "subnet_parallel": {"subnet_parallel_mesh": meshes[FLAGS.compare]}}
@@ -215,20 +224,10 @@ def benchmark() -> dict[str, Any]:
   mesh = sharding.make_mesh(FLAGS.devices if FLAGS.devices else 0)
   config, space, image_size, batch_size, num_classes = _setting()
   sharding.check_batch_size(batch_size, mesh, "the batch")
-  model = nasbnn_supernet.NasBnnSupernet(space, num_classes, conv_forward=FLAGS.conv_forward)
-  rng = np.random.default_rng(0)
-  images = rng.standard_normal((batch_size, image_size, image_size, 3), np.float32)
-  labels = rng.integers(0, num_classes, batch_size).astype(np.int32)
-  batch = sharding.global_batch({"image": images, "label": labels}, mesh)
-  biggest = nasbnn.encode(space, nasbnn.biggest(space))
   total_steps = FLAGS.steps + 2
-
-  def init_state(key):
-    variables = model.init(key, jnp.zeros((1, image_size, image_size, 3)), biggest)
-    tx = optimizers.make_optimizer(config.supernet.optimizer, variables["params"], total_steps, 1)
-    return train_state_lib.TrainState.create(
-        params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
-        rng=jax.random.key_data(key))
+  model, images, labels, biggest, init_state, rng = _model_data_and_init(
+      config, space, image_size, batch_size, num_classes, total_steps)
+  batch = sharding.global_batch({"image": images, "label": labels}, mesh)
 
   load = [os.getloadavg()[0]]
   state = sharding.init_replicated(init_state, mesh, jax.random.key(0))

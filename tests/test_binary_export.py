@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import random_variables
 from bnas_jax import cost_model
 from bnas_jax.errors import UserInputError
 from bnas_jax.models import binary_export
@@ -97,7 +98,7 @@ def test_packed_file_holds_one_bit_per_binary_weight_and_round_trips(tmp_path):
 def test_packed_network_equals_float_export_and_size_matches_cost_model(tmp_path, network):
   model, size = network()
   x = jax.random.normal(jax.random.key(3), (4, size, size, 1))
-  net = binary_export.export(model.blocks, _random_variables(model, (1, size, size, 1)))
+  net = binary_export.export(model.blocks, random_variables.trained_like(model, (1, size, size, 1)))
   on_disk = binary_export.save_packed(str(tmp_path / "p.npz"), net, image_size=size)
   # cost_model: binary weights 1 bit, the int8 stem 8 bits, every other param
   # (thresholds, BN scale/bias, LSQ step, RPReLU, classifier) 32 bits. The file
@@ -112,23 +113,6 @@ def test_packed_network_equals_float_export_and_size_matches_cost_model(tmp_path
                                            binary_export.float_twin(net))(x)
   np.testing.assert_array_equal(np.argmax(packed_logits, -1), np.argmax(float_logits, -1))
   np.testing.assert_allclose(packed_logits, float_logits, rtol=1e-5, atol=1e-4)
-
-
-def _random_variables(model, shape, seed=0):
-  """Random values of a "trained" network's variables, without running `model.init`:
-  BN variances in [1, 1.5), thresholds, scales, biases and kernels normal."""
-  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
-  rng = np.random.default_rng(seed)
-
-  def value(path, leaf):
-    name = str(path[-1].key)
-    if name == "var":
-      return 1.0 + 0.5 * rng.random(leaf.shape, np.float32)
-    if name == "kernel_scale":  # LSQ step of the 8-bit stem
-      return np.full(leaf.shape, 0.02, np.float32)
-    return 0.3 * rng.standard_normal(leaf.shape).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(value, abstract)
 
 
 def _write_npz(path, **arrays):
@@ -181,7 +165,7 @@ def test_packed_and_float_exports_classify_every_digits_image_alike():
   x = jnp.asarray(np.kron(images, np.ones((4, 4), np.float32))[..., None] - 0.3)
   model, size = _reactnet_digits()
   assert x.shape[1:] == (size, size, 1)
-  net = binary_export.export(model.blocks, _random_variables(model, (1, size, size, 1), seed=5))
+  net = binary_export.export(model.blocks, random_variables.trained_like(model, (1, size, size, 1), seed=5))
   packed_logits = binary_export.blockwise_network(binary_export.pack(net), packed_convs=True)(x)
   float_logits = binary_export.blockwise_network(binary_export.float_twin(net),
                                                  packed_convs=False)(x)

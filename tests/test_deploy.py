@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import random_variables
 from bnas_jax import deploy
 from bnas_jax.models import binary_export
 from bnas_jax.models import reactnet
@@ -27,18 +27,7 @@ def _run(*args, timeout=300):
 
 def _net(seed=0):
   model = reactnet.ReActNet(num_classes=7, stem_features=6, blocks=BLOCKS)
-  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
-  rng = np.random.default_rng(seed)
-
-  def value(path, leaf):
-    name = str(path[-1].key)
-    if name == "var":
-      return 1.0 + 0.5 * rng.random(leaf.shape, np.float32)
-    if name == "kernel_scale":
-      return np.full(leaf.shape, 0.02, np.float32)
-    return 0.3 * rng.standard_normal(leaf.shape).astype(np.float32)
-
-  return binary_export.export(BLOCKS, jax.tree_util.tree_map_with_path(value, abstract))
+  return binary_export.export(BLOCKS, random_variables.trained_like(model, (1, 16, 16, 3), seed))
 
 
 @pytest.fixture(scope="module")
