@@ -493,7 +493,7 @@ def random_widths_at_size(config: Any, info, target_bytes: float,
   `target_bytes` along its random direction: the baseline at the searched network's size.
 
   Per slot a random ratio r_i ~ U(0.5, 2) of the base width gives the shape; one global
-  scale s (bisection, 40 steps) makes widths max(ceil(min_ratio c_i), round(s r_i c_i))
+  scale s (bisection, at most 40 steps) makes widths max(ceil(min_ratio c_i), round(s r_i c_i))
   just fit the budget, so only the distribution of widths over layers is random.
   """
   family = config.model.name
@@ -509,6 +509,8 @@ def random_widths_at_size(config: Any, info, target_bytes: float,
   while size(hi) <= target_bytes and hi < 1e3:
     lo, hi = hi, 2 * hi
   for _ in range(40):
+    if widths(lo) == widths(hi):  # every scale between gives these widths: done
+      break
     mid = (lo + hi) / 2
     lo, hi = (mid, hi) if size(mid) <= target_bytes else (lo, mid)
   return widths(lo)
