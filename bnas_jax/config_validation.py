@@ -297,11 +297,6 @@ def _well_formed(v: Any) -> bool:
   return True
 
 
-def _quote(v: Any) -> str:
-  r = repr(v)
-  return r if len(r) <= MAX_QUOTE else r[:MAX_QUOTE - 3] + "..."
-
-
 def rule_for(path: str, field_rules: Mapping[str, Rule]) -> Optional[Rule]:
   """The rule of the field at dotted `path`: its path rule, else its name rule."""
   if path in field_rules:
@@ -323,7 +318,7 @@ def violations(config: Any, field_rules: Mapping[str, Rule] = (),
       ok, expect = rule.accepts(value), rule.expect
     if not ok:
       bad_fields.add(path)
-      out.append(f"config.{path}={_quote(value)} must be {expect}")
+      out.append(f"config.{path}={user_files.quote(value, MAX_QUOTE)} must be {expect}")
     elif rule is not None and rule.inspect is not None:
       try:
         rule.inspect(value)

@@ -74,7 +74,8 @@ def summarize(config, arch=None, batch: int = 1) -> cost_model.CostReport:
           "this config's networks are chosen from its search space; pass --arch=NAME_OR_SPEC "
           "(see the config file's docstring) or --space.") from None
   else:
-    model = _resolver(config, f"--arch={arch!r}").build_model(config, arch, num_classes)
+    resolver = _resolver(config, f"--arch={user_files.quote(arch)}")
+    model = resolver.build_model(config, arch, num_classes)
   return cost_model.count_costs(model, (batch, *image_shape), train=False,
                                 real_param_bits=config.get("cost", {}).get("real_param_bits", 32))
 

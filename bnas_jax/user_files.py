@@ -33,12 +33,12 @@ MAX_INT_DIGITS = 18  # < 2**63: every count, width and OPs value fits
 MAX_FRACTION_DIGITS = 40  # digits after a decimal point (float reprs need <= 17)
 
 
-def quote(text: Any, limit: int = MAX_QUOTE) -> str:
-  """`text` as repr, cut to `limit` characters with its total length noted."""
-  s = str(text)
-  if len(s) <= limit:
-    return repr(s)
-  return f"{s[:limit]!r}... ({len(s):,} characters)"
+def quote(value: Any, limit: int = MAX_QUOTE) -> str:
+  """`repr(value)`, cut to `limit` characters with its total length noted."""
+  r = repr(value)
+  if len(r) <= limit:
+    return r
+  return f"{r[:limit]}... ({len(r):,} characters)"
 
 
 def _check_characters(text: str, what: str, ascii_only: bool) -> None:
@@ -227,7 +227,7 @@ def load_config_module(spec: str) -> types.ModuleType:
   except Exception as e:  # pylint: disable=broad-except
     raise UserInputError(
         f"--config={quote(path)} fails while loading: {type(e).__name__}: "
-        f"{quote(e, 160)}.") from None
+        f"{quote(str(e), 160)}.") from None
   if not callable(module.__dict__.get("get_config")):
     raise UserInputError(f"--config={quote(path)} defines no get_config() function.")
   return module
@@ -243,7 +243,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     raise
   except Exception as e:  # pylint: disable=broad-except
     raise UserInputError(
-        f"--config={quote(spec)}: get_config() raised {type(e).__name__}: {quote(e, 160)}.") from None
+        f"--config={quote(spec)}: get_config() raised {type(e).__name__}: "
+        f"{quote(str(e), 160)}.") from None
   if not isinstance(config, ml_collections.ConfigDict):
     raise UserInputError(
         f"--config={quote(spec)}: get_config() returned a {type(config).__name__}, not an "

@@ -118,3 +118,34 @@ def test_load_config_of_a_real_file(monkeypatch):
   monkeypatch.chdir(REPO)
   config = user_files.load_config("configs/reactnet.py:cifar10")
   assert isinstance(config, ml_collections.ConfigDict) and config.data.name == "cifar10"
+
+
+def test_architecture_parsers_quote_at_most_about_200_characters(tmp_path):
+  """Each family's architecture reader, handed a 5,000-character spec inline or in a file."""
+  from bnas_jax.models import dms_arch  # pylint: disable=g-import-not-at-top
+  from bnas_jax.models import nasbnn_subnet  # pylint: disable=g-import-not-at-top
+  from bnas_jax.search_spaces import darts  # pylint: disable=g-import-not-at-top
+  from bnas_jax.search_spaces import mbconv  # pylint: disable=g-import-not-at-top
+  from bnas_jax.search_spaces import nasbnn  # pylint: disable=g-import-not-at-top
+  from configs import bimodal as bimodal_config  # pylint: disable=g-import-not-at-top
+  from configs import dms as dms_config  # pylint: disable=g-import-not-at-top
+  from configs import nasbnn as nasbnn_config  # pylint: disable=g-import-not-at-top
+
+  junk = "s0:" + "x" * 5_000
+  junk_file = tmp_path / ("y" * 200 + ".txt")
+  junk_file.write_text(junk)
+  genotype_file = tmp_path / "g.json"
+  genotype_file.write_text('{"space": "bnas", "normal": [["conv' + "x" * 5_000 + '", 0]]}')
+  nasbnn_space = nasbnn_subnet.space_from_config(nasbnn_config.get_config())
+  mbconv_space = mbconv.space_from_config(bimodal_config.get_config("mbconv").model)
+  readers = [
+      lambda spec: nasbnn.resolve(nasbnn_space, spec),
+      lambda spec: darts.load(spec),
+      lambda spec: mbconv.load(spec, mbconv_space),
+      lambda spec: dms_arch.resolve(dms_config.get_config(), spec),
+  ]
+  for read in readers:
+    for spec in (junk, str(junk_file), str(genotype_file), str(tmp_path / ("z" * 5_000))):
+      message = _error(read, spec)
+      assert len(message) < 800, message
+      assert "x" * 201 not in message and "z" * 201 not in message, message

@@ -40,11 +40,11 @@ def _parse_widths(family: str, arch: str) -> tuple[int, ...]:
   if not arch.lstrip().startswith("[") and os.path.isfile(arch):
     text = user_files.read_text(arch, "--arch file", ascii_only=True)
   try:
-    value = user_files.parse_json(text, f"--arch={arch!r}")
+    value = user_files.parse_json(text, f"--arch={user_files.quote(arch)}")
   except UserInputError:
     raise UserInputError(
-        f"--arch={arch!r} is neither a known architecture ({', '.join(NAMES)}), nor a JSON "
-        f"list of {len(dms_nets.base_widths(family))} integer widths, nor a file holding one.")
+        f"--arch={user_files.quote(arch)} is neither a known architecture ({', '.join(NAMES)}), "
+        f"nor a JSON list of {len(dms_nets.base_widths(family))} integer widths, nor a file holding one.")
   if isinstance(value, dict):
     value = value.get("widths")
   n = len(dms_nets.base_widths(family))
@@ -52,8 +52,9 @@ def _parse_widths(family: str, arch: str) -> tuple[int, ...]:
       or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1 << 16
              for v in value)):
     raise UserInputError(
-        f"--arch={arch!r}: {family} needs a list of {n} positive integer widths, one per slot "
-        f"({', '.join(dms_nets.slot_names(family))}); got {value!r}.")
+        f"--arch={user_files.quote(arch)}: {family} needs a list of {n} positive integer "
+        f"widths, one per slot ({', '.join(dms_nets.slot_names(family))}); "
+        f"got {user_files.quote(value)}.")
   return tuple(value)
 
 
@@ -61,8 +62,8 @@ def resolve(config: Any, arch: str) -> ml_collections.ConfigDict:
   """The `config.model` of architecture `arch` (see the module docstring)."""
   family = _family(config)
   if not isinstance(arch, str) or not arch.strip():
-    raise UserInputError(f"--arch={arch!r} is empty; use one of {', '.join(NAMES)} or a "
-                         "JSON width list.")
+    raise UserInputError(f"--arch={user_files.quote(arch)} is empty; use one of "
+                         f"{', '.join(NAMES)} or a JSON width list.")
   arch = arch.strip()
   base = dms_nets.base_widths_of(config.model)
   if arch == "fp":

@@ -90,8 +90,8 @@ class CellSpace:
     """A genotype JSON file of this space; another space's -> `UserInputError`."""
     genotype = load(path)
     if genotype.space != self.name:
-      raise UserInputError(f"{path!r} is a {genotype.space} architecture but config.space="
-                           f"{self.name!r}.")
+      raise UserInputError(f"{user_files.quote(path)} is a {genotype.space} architecture but "
+                           f"config.space={self.name!r}.")
     return genotype
 
   def derive(self, arch: dict[str, Any]) -> "Genotype":
@@ -202,18 +202,18 @@ def _check_cell(kind: str, pairs: Any, concat: Any, space: CellSpace, where: str
   if not isinstance(pairs, (list, tuple)) or len(pairs) != 2 * NUM_NODES:
     raise UserInputError(
         f"{where}: '{kind}' must list {2 * NUM_NODES} [op, input] pairs (two per intermediate "
-        f"node), got {pairs!r}.")
+        f"node), got {user_files.quote(pairs)}.")
   out = []
   for j, pair in enumerate(pairs):
     node = j // 2
     if (not isinstance(pair, (list, tuple)) or len(pair) != 2 or not isinstance(pair[0], str)
         or isinstance(pair[1], bool) or not isinstance(pair[1], (int, np.integer))):
-      raise UserInputError(f"{where}: '{kind}' entry {j} is {pair!r}, not an [op name, input "
-                           "index] pair.")
+      raise UserInputError(f"{where}: '{kind}' entry {j} is {user_files.quote(pair)}, not an "
+                           "[op name, input index] pair.")
     op, src = pair[0], int(pair[1])
     if op not in space.ops:
-      raise UserInputError(f"{where}: '{kind}' entry {j} uses op {op!r}, which is not in the "
-                           f"{space.name} space ({', '.join(space.ops)}).")
+      raise UserInputError(f"{where}: '{kind}' entry {j} uses op {user_files.quote(op)}, which "
+                           f"is not in the {space.name} space ({', '.join(space.ops)}).")
     if not 0 <= src < node + 2:
       raise UserInputError(
           f"{where}: '{kind}' entry {j} feeds node {node + 2} from input {src}; node {node + 2} "
@@ -261,10 +261,10 @@ def from_json(text: str, where: str = "genotype") -> Genotype:
 def load(path: str) -> Genotype:
   """Reads a genotype JSON file (as written by `save`)."""
   if not os.path.isfile(path):
-    raise UserInputError(f"Genotype file {path!r} does not exist; pass a JSON file written by a "
-                         "search (e.g. WORKDIR/search/genotype_best.json).")
+    raise UserInputError(f"Genotype file {user_files.quote(path)} does not exist; pass a JSON "
+                         "file written by a search (e.g. WORKDIR/search/genotype_best.json).")
   return from_json(user_files.read_text(path, "genotype file", ascii_only=True),
-                   where=f"genotype file {path!r}")
+                   where=f"genotype file {user_files.quote(path)}")
 
 
 def save(genotype: Genotype, path: str) -> None:

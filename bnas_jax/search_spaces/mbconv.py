@@ -325,7 +325,8 @@ def from_string(text: str, space: MBConvSpace, where: str = "choice list") -> Ch
   compact = text.strip()
   stages = list(_STAGE_RE.finditer(compact))
   if not stages or _STAGE_RE.sub("", compact).strip():
-    raise UserInputError(f"{where}: {text!r} is not of the form 'c16[MB3(6) MB5(3)] c24[...]' "
+    raise UserInputError(f"{where}: {user_files.quote(text)} is not of the form "
+                         "'c16[MB3(6) MB5(3)] c24[...]' "
                          "(one cWIDTH[...] per stage, layers as MBkernel(expansion)).")
   widths, layers = [], []
   for s, m in enumerate(stages):
@@ -334,7 +335,8 @@ def from_string(text: str, space: MBConvSpace, where: str = "choice list") -> Ch
     for r, tok in enumerate(body):
       op = _OP_RE.fullmatch(tok)
       if op is None:
-        raise UserInputError(f"{where}: stage {s + 1} layer {r + 1} is {tok!r}, not "
+        raise UserInputError(f"{where}: stage {s + 1} layer {r + 1} is {user_files.quote(tok)}, "
+                             "not "
                              "'MBkernel(expansion)' such as 'MB3(6)'.")
       ops.append((int(op.group(1)), int(op.group(2))))
     widths.append(int(m.group(1)))
@@ -350,14 +352,15 @@ def load(path_or_string: str, space: MBConvSpace) -> ChoiceList:
   """A choice list from a JSON file, a file holding the string form, or the string itself."""
   if isinstance(path_or_string, str) and os.path.isfile(path_or_string):
     text = user_files.read_text(path_or_string, "choice-list file", ascii_only=True)
-    where = f"choice-list file {path_or_string!r}"
+    where = f"choice-list file {user_files.quote(path_or_string)}"
     if text.lstrip().startswith("{"):
       return from_json(text, space, where)
     return from_string(text, space, where)
   if isinstance(path_or_string, str) and "[" in path_or_string:
     return from_string(path_or_string, space, "config.genotype_file (a choice-list string)")
   raise UserInputError(
-      f"config.genotype_file={path_or_string!r} is neither an existing file nor a choice-list "
+      f"config.genotype_file={user_files.quote(path_or_string)} is neither an existing file nor "
+      "a choice-list "
       "string; pass a JSON file written by a search (WORKDIR/genotype.json) or a string such "
       "as 'c16[MB3(6)] c24[MB5(3) MB3(1)]'.")
 

@@ -113,11 +113,6 @@ def _fmt_set(values: Sequence[int]) -> str:
   return "{" + ", ".join(str(v) for v in values) + "}"
 
 
-def _short(text: str, limit: int = 160) -> str:
-  """Clips user text quoted in messages so a message stays one paragraph."""
-  return text if len(text) <= limit else text[:limit] + "..."
-
-
 def _as_int(value: Any, what: str) -> int:
   """Converts an integral value (Python or numpy int) to int; rejects bools."""
   if isinstance(value, (bool, np.bool_)):
@@ -529,12 +524,12 @@ def _parse_string(text: Any) -> Architecture:
 
   def fail(detail: str):
     raise UserInputError(
-        f"Cannot parse architecture string {_short(text)!r}: {detail}. {_GRAMMAR_HINT}")
+        f"Cannot parse architecture string {user_files.quote(text)}: {detail}. {_GRAMMAR_HINT}")
 
   parts = _WS_RE.sub("", text).lower().split("|")
   m = _STEM_RE.fullmatch(parts[0])
   if not m:
-    fail(f"it must start with the stem width like 'stem24', found {_short(parts[0])!r}")
+    fail(f"it must start with the stem width like 'stem24', found {user_files.quote(parts[0])}")
   stem = int(m.group(1))
   if len(parts) == 1:
     fail("it has no stages after the stem")
@@ -542,7 +537,7 @@ def _parse_string(text: Any) -> Architecture:
   for i, part in enumerate(parts[1:], start=1):
     m = _STAGE_RE.fullmatch(part)
     if not m:
-      fail(f"part {i + 1} ({_short(part)!r}) is not a stage like 's{i}:48k3g1,64k3g1'")
+      fail(f"part {i + 1} ({user_files.quote(part)}) is not a stage like 's{i}:48k3g1,64k3g1'")
     if int(m.group(1)) != i:
       fail(f"stages must be numbered s1, s2, ... in order, but part {i + 1} is "
            f"'s{m.group(1)}' where 's{i}' was expected")
@@ -552,7 +547,7 @@ def _parse_string(text: Any) -> Architecture:
     for token in m.group(2).split(","):
       bm = _BLOCK_RE.fullmatch(token)
       if not bm:
-        fail(f"stage s{i} block {_short(token)!r} is not of the form "
+        fail(f"stage s{i} block {user_files.quote(token)} is not of the form "
              f"'<width>k<kernel>g<groups>' such as '48k3g1' (or '48k3g1*2')")
       repeat = int(bm.group(4)) if bm.group(4) else 1
       if not 1 <= repeat <= _MAX_REPEAT:
@@ -590,7 +585,7 @@ def _parse_json(data: Any) -> Architecture:
     for j, b in enumerate(blocks):
       if not isinstance(b, Mapping) or set(b) != {"width", "kernel", "groups"}:
         fail(f"stage {s + 1} block {j + 1} must be an object with exactly the keys "
-             f"'width', 'kernel', 'groups', got {_short(repr(b))}")
+             f"'width', 'kernel', 'groups', got {user_files.quote(b)}")
       for key in ("width", "kernel", "groups"):
         if isinstance(b[key], bool) or not isinstance(b[key], int):
           fail(f"stage {s + 1} block {j + 1} {key} must be an integer, got {b[key]!r}")
@@ -650,13 +645,13 @@ def validate(space: SearchSpace, arch: Architecture) -> None:
   """
   if not isinstance(arch, Architecture):
     raise UserInputError(
-        f"Expected an Architecture, got {type(arch).__name__} {_short(repr(arch))}; "
+        f"Expected an Architecture, got {type(arch).__name__} {user_files.quote(arch)}; "
         f"use resolve(space, spec) to turn names, strings and JSON into one.")
   problems = _problems(space, arch)
   if problems:
     shown = problems[:6] + ([f"and {len(problems) - 6} more"] if len(problems) > 6 else [])
     raise UserInputError(
-        f"Architecture {_short(arch.to_string())!r} is not in search space "
+        f"Architecture {user_files.quote(arch.to_string())} is not in search space "
         f"{space.name!r} (Table 1): " + "; ".join(shown) + ".")
 
 
@@ -1257,7 +1252,7 @@ def resolve(space: SearchSpace,
       arch = _parse_string(text)
     else:
       raise UserInputError(
-          f"Unknown architecture {_short(spec)!r}: use a Table 6 name "
+          f"Unknown architecture {user_files.quote(spec)}: use a Table 6 name "
           f"({', '.join(NAMED)}), 'biggest', 'smallest', an architecture string like "
           f"{NAMED['A']!r}, or a JSON object.")
   else:
