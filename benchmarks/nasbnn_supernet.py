@@ -3,7 +3,6 @@ r"""NAS-BNN supernet speed: sandwich step, eval forwards, compile time, recompil
   python benchmarks/nasbnn_supernet.py [--steps=N] [--rounds=N] [--devices=N]
       [--preset=imagenet|digits] [--image_size=64] [--batch=16] [--num_classes=100]
       [--compile_cache=off|DIR] [--compile_only | --relaunch_check]
-      [--devices=2 --compare=subnet_parallel]
       [--conv_forward=lax|im2col|split|auto] [--reference=official.json] [--json]
 
 Issue 3 Sec. 8: the imagenet space of Table 1 (`configs/nasbnn.py:imagenet`),
@@ -37,10 +36,7 @@ random images and labels; no dataset is read.
 `--relaunch_check` measures issue 12 Sec. 2 instead: the sandwich step's
 compile in a first process and in a second one that finds the first's
 persistent compilation cache (`bnas_jax.compile_cache`; a new temporary
-directory, deleted afterwards), and their ratio. `--compare=VARIANT` times
-the current sandwich step on one device and a variant of it alternately,
-step by step, in one process (the ratio is what counts on a shared machine),
-and checks that both give the same losses.
+directory, deleted afterwards), and their ratio.
 """
 
 import json
@@ -89,10 +85,6 @@ flags.DEFINE_integer("num_classes", 100, "Classifier width (imagenet preset).")
 flags.DEFINE_string("compile_cache", "off",
                     "Persistent compilation cache directory (`bnas_jax.compile_cache`); 'off' "
                     "(default) measures real compiles.")
-flags.DEFINE_enum("compare", None, ["subnet_parallel"],
-                  "Instead of the report: time the current sandwich step (one device) and this "
-                  "variant alternately in one process; needs --devices=2. subnet_parallel: "
-                  "teacher + smallest on device 0, the random students on device 1.")
 flags.DEFINE_bool("compile_only", False, "Only compile the sandwich step; report its time.")
 flags.DEFINE_bool("relaunch_check", False,
                   "Compile the sandwich step in two fresh processes sharing a new, empty cache "
@@ -164,58 +156,6 @@ def _model_data_and_init(config, space, image_size, batch_size, num_classes, tot
         rng=jax.random.key_data(key))
 
   return model, images, labels, biggest, init_state, rng
-
-
-def compare_variant() -> dict[str, Any]:
-  """`--compare`: the current step vs a variant, alternating steps; their ratio."""
-  compile_cache.configure(FLAGS.compile_cache)
-  config, space, image_size, batch_size, num_classes = _setting()
-  total_steps = FLAGS.steps + 1
-  model, images, labels, biggest, init_state, _ = _model_data_and_init(
-      config, space, image_size, batch_size, num_classes, total_steps)
-
-  meshes = {"current": sharding.make_mesh(1), FLAGS.compare: sharding.make_mesh(2)}
-  options = {"current": {}, "subnet_parallel": {"subnet_parallel_mesh": meshes[FLAGS.compare]}}
-  load = [os.getloadavg()[0]]
-  runs = {}
-  for name, mesh in meshes.items():
-    step = jax.jit(nasbnn_trainer.make_sandwich_step(
-        model, num_classes, biggest, label_smoothing=0.1, teacher_mode="fwba", distill=True,
-        **options[name]), donate_argnums=(0,))
-    runs[name] = {"step": step, "state": sharding.init_replicated(init_state, mesh,
-                                                                  jax.random.key(0)),
-                  "batch": sharding.global_batch({"image": images, "label": labels}, mesh),
-                  "times": [], "metrics": []}
-  students = [nasbnn_trainer.sandwich_archs(space, 0, s, "uniform_depths")
-              for s in range(total_steps)]
-  compile_times = {}
-  for name, r in runs.items():
-    start = time.perf_counter()
-    r["step"].lower(r["state"], r["batch"], students[0]).compile()
-    compile_times[name] = time.perf_counter() - start
-  load.append(os.getloadavg()[0])
-  for s in range(total_steps):  # step 0 is the warm-up
-    for name, r in runs.items():
-      start = time.perf_counter()
-      r["state"], metrics = r["step"](r["state"], r["batch"], students[s])
-      jax.block_until_ready(metrics)
-      if s:
-        r["times"].append(time.perf_counter() - start)
-      r["metrics"].append({k: float(v) for k, v in metrics.items()})
-  load.append(os.getloadavg()[0])
-  current, variant = runs["current"], runs[FLAGS.compare]
-  return {
-      "preset": FLAGS.preset, "variant": FLAGS.compare,
-      "current_step": float(np.median(current["times"])),
-      "variant_step": float(np.median(variant["times"])),
-      "current_over_variant": float(np.median(current["times"]) / np.median(variant["times"])),
-      "compile_current": compile_times["current"], "compile_variant": compile_times[FLAGS.compare],
-      # the same steps from the same state: losses must agree to float rounding
-      "max_loss_relative_difference": max(
-          abs(a[k] - b[k]) / max(abs(a[k]), 1e-12)
-          for a, b in zip(current["metrics"], variant["metrics"]) for k in ("loss", "grad_norm")),
-      "load_average": load,
-  }
 
 
 def benchmark() -> dict[str, Any]:
@@ -347,9 +287,8 @@ def format_report(r: dict[str, Any], reference: Optional[dict[str, Any]] = None)
 
 def main(argv):
   del argv
-  if FLAGS.relaunch_check or FLAGS.compile_only or FLAGS.compare:
-    result = (relaunch_check() if FLAGS.relaunch_check else
-              compare_variant() if FLAGS.compare else benchmark())
+  if FLAGS.relaunch_check or FLAGS.compile_only:
+    result = relaunch_check() if FLAGS.relaunch_check else benchmark()
     print(", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
                     for k, v in result.items()))
     if FLAGS.json:

@@ -1,9 +1,6 @@
 """The NAS-BNN supernet: one program for every subnet, equal to the extracted subnet."""
 
 import functools
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,9 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from bnas_jax import sharding
 from bnas_jax import train_state as train_state_lib
-from bnas_jax.errors import UserInputError
 from bnas_jax.models import build_model
 from bnas_jax.models import nasbnn_subnet
 from bnas_jax.models import nasbnn_supernet
@@ -281,39 +276,3 @@ def test_sandwich_step_compiles_once_for_50_student_draws():
   for students in draws[1:]:
     state, _ = step(state, batch, students, np.float32(1.0))
   assert len(SANDWICH_TRACES) == traces  # 50 draws of 3 students: not one new trace
-
-
-_SUBNET_PARALLEL = """
-import sys
-sys.path.insert(0, {tests!r})
-import jax, numpy as np
-jax.config.update("jax_disable_most_optimizations", True)  # as tests/conftest.py
-import test_nasbnn_supernet as t
-from bnas_jax import sharding
-from bnas_jax.trainers import nasbnn as nasbnn_trainer
-assert jax.device_count() == 2
-mesh = sharding.make_mesh()
-step = jax.jit(t._sandwich_step(subnet_parallel_mesh=mesh))
-for s in range(2):
-  t._check_step_against_reference(step, t._sandwich_state(),
-                                  nasbnn_trainer.sandwich_archs(t.SPACE, 2, s, "uniform_depths"),
-                                  0.5 + s)
-print("ok")
-"""
-
-
-@pytest.mark.slow
-def test_subnet_parallel_step_on_two_devices_equals_the_reference():
-  # Teacher + smallest on device 0, the random students on device 1 (own
-  # process: this one has a single host device).
-  tests = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             PYTHONPATH=os.path.dirname(tests), TF_CPP_MIN_LOG_LEVEL="3")
-  out = subprocess.run([sys.executable, "-c", _SUBNET_PARALLEL.format(tests=tests)], env=env,
-                       capture_output=True, text=True)
-  assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
-
-
-def test_subnet_parallel_step_needs_two_devices():
-  with pytest.raises(UserInputError, match="exactly 2"):
-    _sandwich_step(subnet_parallel_mesh=sharding.make_mesh(1))

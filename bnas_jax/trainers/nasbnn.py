@@ -84,17 +84,11 @@ def student_weight(step: int, warmup_steps: int) -> np.float32:
 
 
 def make_sandwich_step(model, num_classes: int, teacher_arch: dict, *, label_smoothing: float,
-                       teacher_mode: str, distill: bool, subnet_parallel_mesh=None):
+                       teacher_mode: str, distill: bool):
   """The jitted-ready sandwich step (Eq. 4): teacher CE + students' KD, one update.
 
   `step(state, batch, students, s_weight)`: `s_weight` scales the students'
   losses (1 in the paper; see `student_weight`).
-
-  `subnet_parallel_mesh`: a 2-device mesh (`sharding.make_mesh`) over which
-  the step is split by subnet instead of by batch (`_subnet_parallel_grads`):
-  on a 2-core CPU each host device then keeps one core busy without the
-  per-BN cross-device reductions of a batch split. Same update up to float
-  summation order; None runs everything as one data-parallel program.
   """
   t_weights, t_acts = TEACHER_MODES[teacher_mode]
   apply = functools.partial(model.apply, train=True, mutable=["batch_stats"])
@@ -129,89 +123,14 @@ def make_sandwich_step(model, num_classes: int, teacher_arch: dict, *, label_smo
     teacher_acc = jnp.mean(jnp.argmax(t_logits, -1) == batch["label"])
     return t_loss + s_weight * s_loss, (stats, t_loss, s_loss, teacher_acc)
 
-  def grads_one_program(params, batch_stats, batch, students, s_weight):
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, batch_stats, batch, students, s_weight)
-    return (loss,) + aux, grads
-
-  if subnet_parallel_mesh is None:
-    compute = grads_one_program
-  else:
-    compute = _subnet_parallel_grads(subnet_parallel_mesh, teacher_loss, student_loss)
-
   def step(state, batch, students, s_weight=np.float32(1.0)):
-    (loss, stats, t_loss, s_loss, t_acc), grads = compute(
+    (loss, (stats, t_loss, s_loss, t_acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, state.batch_stats, batch, students, s_weight)
     metrics = {"loss": loss, "teacher_loss": t_loss, "student_loss": s_loss,
                "teacher_accuracy": t_acc, "grad_norm": optax.tree.norm(grads)}
     return state.apply_gradients(grads, stats), metrics
 
   return step
-
-
-def _subnet_parallel_grads(mesh, teacher_loss, student_loss):
-  """The sandwich step's losses and gradients split by subnet over 2 devices.
-
-  Device 0: the teacher's and the smallest student's forward and backward.
-  Device 1: the teacher's and the smallest student's forwards (for the soft
-  labels and for the BN running statistics, which every subnet updates in
-  turn: teacher, smallest, random 1, random 2), then the random students'
-  forward and backward. Every device holds the whole batch and all
-  parameters (replicated); one `psum` adds the halves' gradients, losses and
-  statistics (device 1's chain; device 0 contributes zeros). On 2 CPU cores
-  the halves run concurrently, one core each.
-  """
-  if mesh.size != 2:
-    raise UserInputError(
-        f"The subnet-parallel sandwich step splits its subnets over exactly 2 devices; the "
-        f"mesh has {mesh.size}. Use the data-parallel step (no subnet-parallel mesh) instead.")
-  axis = mesh.axis_names[0]
-  first = lambda tree: jax.tree.map(lambda a: a[0], tree)
-  rest = lambda tree: jax.tree.map(lambda a: a[1:], tree)
-  zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
-
-  def teacher_and_smallest(params, batch_stats, batch, students, s_weight):
-    (t_loss, (t_logits, stats)), g_t = jax.value_and_grad(teacher_loss, has_aux=True)(
-        params, batch_stats, batch)
-    soft = jax.lax.stop_gradient(jax.nn.softmax(t_logits))
-    (loss0, _), g_0 = jax.value_and_grad(student_loss, has_aux=True)(
-        params, stats, batch, soft, first(students))
-    grads = jax.tree.map(lambda a, b: a + s_weight * b, g_t, g_0)
-    acc = jnp.mean(jnp.argmax(t_logits, -1) == batch["label"])
-    losses = jnp.zeros(students["active"].shape[0] + 1).at[0].set(t_loss).at[1].set(loss0)
-    return grads, zeros(stats), losses, acc
-
-  def random_students(params, batch_stats, batch, students, s_weight):
-    _, (t_logits, stats) = teacher_loss(params, batch_stats, batch)
-    soft = jax.nn.softmax(t_logits)
-    _, stats = student_loss(params, stats, batch, soft, first(students))
-
-    def student(carry, arch):
-      stats, grads = carry
-      (loss, stats), g = jax.value_and_grad(student_loss, has_aux=True)(
-          params, stats, batch, soft, arch)
-      return (stats, jax.tree.map(jnp.add, grads, g)), loss
-
-    (stats, grads), s_losses = jax.lax.scan(student, (stats, zeros(params)), rest(students))
-    grads = jax.tree.map(lambda g: s_weight * g, grads)
-    losses = jnp.concatenate([jnp.zeros(2), s_losses])
-    return grads, stats, losses, jnp.float32(0)
-
-  def per_device(params, batch_stats, batch, students, s_weight):
-    half = jax.lax.switch(jax.lax.axis_index(axis), [teacher_and_smallest, random_students],
-                          params, batch_stats, batch, students, s_weight)
-    return jax.lax.psum(half, axis)
-
-  replicated = jax.sharding.PartitionSpec()
-
-  def compute(params, batch_stats, batch, students, s_weight):
-    grads, stats, losses, acc = jax.shard_map(
-        per_device, mesh=mesh, in_specs=replicated, out_specs=replicated, check_vma=False)(
-            params, batch_stats, batch, students, s_weight)
-    s_loss = jnp.sum(losses[1:])
-    return (losses[0] + s_weight * s_loss, stats, losses[0], s_loss, acc), grads
-
-  return compute
 
 
 def _supernet(config, space, num_classes):
