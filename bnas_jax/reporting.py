@@ -1,7 +1,7 @@
-"""Metrics to TensorBoard event files and the console (clu), and a progress bar.
+"""Metrics to TensorBoard event files and the console (clu), a progress bar, result files.
 
-Only process 0 writes event files and draws the progress bar; the others just
-log. `clu.metric_writers` imports TensorFlow (tensorflow-cpu is a dependency).
+Only process 0 writes event files and result files and draws the progress bar;
+the others just log. `clu.metric_writers` imports TensorFlow (tensorflow-cpu is a dependency).
 """
 
 import logging
@@ -11,6 +11,8 @@ from typing import Any, Mapping
 import jax
 import tqdm
 from clu import metric_writers
+
+from bnas_jax import atomic_files
 
 
 class Reporter:
@@ -57,3 +59,9 @@ def hparams_from_config(config: Any, prefix: str = "") -> dict[str, Any]:
     else:
       out[name] = str(v)
   return out
+
+
+def write_json(path: str, value: Any, indent: int = 1) -> None:
+  """A result file, written atomically and once: by process 0 (processes share the workdir)."""
+  if jax.process_index() == 0:
+    atomic_files.write_json(path, value, indent=indent)

@@ -48,7 +48,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bnas_jax import atomic_files
 from bnas_jax import input_pipeline
 from bnas_jax import optimizers
 from bnas_jax import reporting
@@ -178,11 +177,6 @@ def _steps(cfg: Any, steps_per_epoch: int) -> int:
   return int(cfg.get("num_train_steps") or round(cfg.num_epochs * steps_per_epoch))
 
 
-def _write_json(path: str, obj: Any) -> None:
-  if jax.process_index() == 0:  # one writer: processes share the workdir
-    atomic_files.write_json(path, obj)
-
-
 def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
                noise: bilevel.NoiseConfig) -> tuple[Any, list[dict]]:
   """Bilevel search; returns the best-held-out genotype and the per-epoch history."""
@@ -233,7 +227,7 @@ def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
     epoch = step // steps_per_epoch
     arch = jax.device_get(state.params["arch"])
     geno = space.derive(arch)
-    _write_json(os.path.join(workdir, f"genotype_epoch_{epoch:03d}.json"), geno.to_dict())
+    reporting.write_json(os.path.join(workdir, f"genotype_epoch_{epoch:03d}.json"), geno.to_dict())
     entry = {"epoch": epoch, "step": step, "wall_seconds": round(time.time() - start, 2),
              "genotype": geno.to_dict(),
              "entropy": float(bilevel.mean_entropy(arch, sc.temperature)),
@@ -247,8 +241,8 @@ def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
     best = max((h.get("holdout_accuracy", -1.0) for h in history), default=-1.0)
     history.append(entry)
     if entry.get("holdout_accuracy", 0.0) >= best:
-      _write_json(os.path.join(workdir, "genotype_best.json"), geno.to_dict())
-    _write_json(history_path, history)
+      reporting.write_json(os.path.join(workdir, "genotype_best.json"), geno.to_dict())
+    reporting.write_json(history_path, history)
     reporter.scalars(step, {k: entry[k] for k in ("entropy", "learnable_share",
                                                  "holdout_accuracy") if k in entry})
     reporter.message(f"[search] epoch {epoch}: entropy {entry['entropy']:.4f}, learnable-op "
@@ -353,7 +347,7 @@ def train_final(config: Any, workdir: str, mesh, space: Any, genotype: Any,
       f"OPs {costs['ops'] / 1e6:.3f} M")
   reporter.close()
   ckpt.close()
-  _write_json(os.path.join(workdir, "results.json"), results)
+  reporting.write_json(os.path.join(workdir, "results.json"), results)
   return results
 
 
@@ -393,7 +387,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                                    checked["noise"])
     report["search_history"] = history
   report["genotype"] = genotype.to_dict()
-  _write_json(os.path.join(workdir, "genotype.json"), genotype.to_dict())
+  reporting.write_json(os.path.join(workdir, "genotype.json"), genotype.to_dict())
   if jax.process_index() == 0:
     space.draw(genotype, os.path.join(workdir, "cells.png"), title=str(space.name))
   print(f"genotype: {genotype}", flush=True)
@@ -405,7 +399,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       random_geno = random_at_cost(config, space, final["costs"]["ops"])
       report["random_baseline"] = train_final(config, os.path.join(workdir, "random"), mesh,
                                               space, random_geno, phase_name="random")
-  _write_json(os.path.join(workdir, "report.json"), report)
+  reporting.write_json(os.path.join(workdir, "report.json"), report)
   if final:
     print(f"test accuracy {final['test_accuracy']:.4f}", flush=True)
   return report

@@ -210,11 +210,6 @@ def _state_path(workdir: str) -> str:
   return os.path.join(workdir, "search", "state.json")
 
 
-def _write_json(path: str, value: Any) -> None:
-  if jax.process_index() == 0:  # one writer: processes share the workdir
-    atomic_files.write_json(path, value)
-
-
 def _initial_search_state(config: Any, n: int) -> dict:
   s = config.search
   mu = np.full((n,), s.mu_initial, np.float32)
@@ -474,7 +469,7 @@ def search(config: Any, workdir: str, info, mesh) -> dict:
     if previous is None and block > 0 and config.search.best_effort_init:
       previous = _restore_final_variables(_block_dir(workdir, block - 1))
     state, previous = run_block(config, workdir, block, state, info, mesh, previous, compiled)
-    _write_json(_state_path(workdir), state)
+    reporting.write_json(_state_path(workdir), state)
   return state
 
 
@@ -576,7 +571,7 @@ def write_trajectory(search_state: dict, family: str, directory: str) -> None:
           "valid_ce": [h.get("valid_ce") for h in hist],
           "compile_seconds": [h["compile_seconds"] for h in hist],
           "block_seconds": [h["block_seconds"] for h in hist]}
-  _write_json(os.path.join(directory, "trajectory.json"), traj)
+  reporting.write_json(os.path.join(directory, "trajectory.json"), traj)
   if jax.process_index() != 0:
     return
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -670,7 +665,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   summary = widths_summary(config, search_state, widths, info)
   if not model_config.binary:
     summary["model_size_mb"] = summary["uniform"]["fp"]["model_size_mb"]
-  _write_json(os.path.join(workdir, "dms_widths.json"), summary)
+  reporting.write_json(os.path.join(workdir, "dms_widths.json"), summary)
   if jax.process_index() == 0:
     plot_widths(summary, os.path.join(workdir, "dms_widths.png"))
   t1 = time.perf_counter()
@@ -685,7 +680,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   if search_state is not None:
     report["mu"] = search_state["mu"]
     report["compile_seconds_per_block"] = [h["compile_seconds"] for h in search_state["history"]]
-  _write_json(os.path.join(workdir, "report.json"), report)
+  reporting.write_json(os.path.join(workdir, "report.json"), report)
   accuracy = (f"test accuracy {report['test_accuracy']:.4f}" if "test_accuracy" in report
               else "not trained (config.eval.num_epochs = 0)")
   print(f"[dms] widths {list(widths)}: model size {summary['model_size_mb']:.4f} MB, {accuracy}",

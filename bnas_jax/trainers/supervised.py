@@ -17,7 +17,6 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from bnas_jax import atomic_files
 from bnas_jax import checkpointing
 from bnas_jax import cost_model
 from bnas_jax import input_pipeline
@@ -155,8 +154,7 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
                    f"examples after {total_steps} steps (OPs {cost.ops / 1e6:.3f} M)")
   reporter.close()
   ckpt.close()
-  if jax.process_index() == 0:
-    atomic_files.write_json(os.path.join(workdir, "results.json"), results, indent=2)
+  reporting.write_json(os.path.join(workdir, "results.json"), results, indent=2)
   return results
 
 
