@@ -33,14 +33,6 @@ def op_options(model_config: Any, binary_weights: bool) -> darts_ops.OpOptions:
                              shuffle_groups=model_config.shuffle_groups)
 
 
-def check_positive_ints(prefix: str, cfg: Any, *names: str) -> None:
-  """`UserInputError` unless every `cfg.<name>` is a positive integer."""
-  for name in names:
-    v = cfg.get(name)
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-      raise UserInputError(f"{prefix}.{name}={v!r} must be a positive integer.")
-
-
 def check_network_config(config: Any, space: Any) -> None:
   """The network fields of `config.model` / `config.final` the space family uses."""
   if isinstance(space, mbconv.MBConvSpace):
@@ -48,9 +40,6 @@ def check_network_config(config: Any, space: Any) -> None:
     if config.final.drop_path_prob:
       raise UserInputError("config.final.drop_path_prob must be 0 for config.space='mbconv' "
                            "(the MBConv network has no drop-path).")
-  else:
-    check_positive_ints("config.model", config.model, "channels", "num_cells", "stem_multiplier")
-    check_positive_ints("config.final", config.final, "channels", "num_cells")
 
 
 def search_network(config: Any, space: Any, num_classes: int) -> Any:
