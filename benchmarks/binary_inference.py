@@ -67,9 +67,9 @@ def _words_unrolled(xp, wp, *, cin, k):
   acc = None
   for t in range(k * k):
     dy, dx = divmod(t, k)
-    win = xpad[:, dy:dy + h, dx:dx + w]
+    win = xpad[:, dy : dy + h, dx : dx + w]
     for j in range(words):
-      term = lax.population_count(win[..., j:j + 1] ^ wp[t, :, j, :])
+      term = lax.population_count(win[..., j : j + 1] ^ wp[t, :, j, :])
       acc = term if acc is None else acc + term
   return acc.astype(jnp.int32).reshape(n, h, w, -1)
 
@@ -111,51 +111,89 @@ def layer_rows(batches, repeats):
         words = packed.pack_signs(x, 1, t)
         pad = (k - 1) // 2
         fns = {
-            "float": jax.jit(lambda x: packed.float_sign_conv(x, wf, threshold=t, scale=s,
-                                                              shift=b, groups=1)),
-            "packed": jax.jit(lambda x: packed.sign_conv(
-                x, wp, threshold=t, scale=s, shift=b, in_channels=c, groups=1, kernel_size=k,
-                wsum=wsum)),
-            "packed_unroll1": jax.jit(lambda x: packed.binary_conv(
-                packed.pack_signs(x, 1, t), wp, channels_per_group=c, kernel_size=k, wsum=wsum,
-                unroll=1) * s + b),
-            "packed_words_unrolled": jax.jit(lambda x: _mismatch_variant(_words_unrolled)(
-                x, wp, wsum, t, s, b, cin=c, k=k)),
-            "packed_reduce_words": jax.jit(lambda x: _mismatch_variant(_reduce_words)(
-                x, wp, wsum, t, s, b, cin=c, k=k)),
+          "float": jax.jit(
+            lambda x: packed.float_sign_conv(x, wf, threshold=t, scale=s, shift=b, groups=1)
+          ),
+          "packed": jax.jit(
+            lambda x: packed.sign_conv(
+              x,
+              wp,
+              threshold=t,
+              scale=s,
+              shift=b,
+              in_channels=c,
+              groups=1,
+              kernel_size=k,
+              wsum=wsum,
+            )
+          ),
+          "packed_unroll1": jax.jit(
+            lambda x: (
+              packed.binary_conv(
+                packed.pack_signs(x, 1, t),
+                wp,
+                channels_per_group=c,
+                kernel_size=k,
+                wsum=wsum,
+                unroll=1,
+              )
+              * s
+              + b
+            )
+          ),
+          "packed_words_unrolled": jax.jit(
+            lambda x: _mismatch_variant(_words_unrolled)(x, wp, wsum, t, s, b, cin=c, k=k)
+          ),
+          "packed_reduce_words": jax.jit(
+            lambda x: _mismatch_variant(_reduce_words)(x, wp, wsum, t, s, b, cin=c, k=k)
+          ),
         }
         # The conv alone, on inputs already signed (float) or packed (words).
         # Inputs are arguments, never closed over: XLA would constant-fold the whole conv.
-        float_conv = jax.jit(lambda signs, wf: lax.conv_general_dilated(
-            signs, wf, (1, 1), ((pad, pad), (pad, pad)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC")))
-        packed_conv = jax.jit(lambda words, wp, wsum: packed.binary_conv(
-            words, wp, channels_per_group=c, kernel_size=k, wsum=wsum))
-        conv_only = {"float_conv_only": lambda _: float_conv(signs, wf),
-                     "packed_conv_only": lambda _: packed_conv(words, wp, wsum)}
-        np.testing.assert_array_equal(np.asarray(conv_only["packed_conv_only"](x)),
-                                      np.asarray(conv_only["float_conv_only"](x)))
+        float_conv = jax.jit(
+          lambda signs, wf: lax.conv_general_dilated(
+            signs, wf, (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+          )
+        )
+        packed_conv = jax.jit(
+          lambda words, wp, wsum: packed.binary_conv(
+            words, wp, channels_per_group=c, kernel_size=k, wsum=wsum
+          )
+        )
+        conv_only = {
+          "float_conv_only": lambda _: float_conv(signs, wf),
+          "packed_conv_only": lambda _: packed_conv(words, wp, wsum),
+        }
+        np.testing.assert_array_equal(
+          np.asarray(conv_only["packed_conv_only"](x)), np.asarray(conv_only["float_conv_only"](x))
+        )
         want = np.asarray(fns["float"](x))
         for name, fn in fns.items():
-          np.testing.assert_allclose(np.asarray(fn(x)), want, rtol=1e-5, atol=1e-3,
-                                     err_msg=name)
+          np.testing.assert_allclose(np.asarray(fn(x)), want, rtol=1e-5, atol=1e-3, err_msg=name)
         fns.update(conv_only)
         ms = deploy.median_ms({n: functools.partial(f, x) for n, f in fns.items()}, repeats)
-        row = {"shape": f"{size}x{size}, {c}->{c}, {k}x{k}", "batch": batch,
-               "binary_macs": batch * size * size * c * c * k * k,
-               **{f"{n}_ms": v for n, v in ms.items()},
-               "speedup": ms["float"] / ms["packed"],
-               "conv_only_speedup": ms["float_conv_only"] / ms["packed_conv_only"]}
+        row = {
+          "shape": f"{size}x{size}, {c}->{c}, {k}x{k}",
+          "batch": batch,
+          "binary_macs": batch * size * size * c * c * k * k,
+          **{f"{n}_ms": v for n, v in ms.items()},
+          "speedup": ms["float"] / ms["packed"],
+          "conv_only_speedup": ms["float_conv_only"] / ms["packed_conv_only"],
+        }
         rows.append(row)
-        print(f"[layer] batch {batch:3d} {row['shape']:24s} " + "  ".join(
-            f"{n} {v:.3f}" for n, v in ms.items()) + f"  speed-up {row['speedup']:.1f}x",
-              flush=True)
+        print(
+          f"[layer] batch {batch:3d} {row['shape']:24s} "
+          + "  ".join(f"{n} {v:.3f}" for n, v in ms.items())
+          + f"  speed-up {row['speedup']:.1f}x",
+          flush=True,
+        )
   return rows
 
 
 def _nasbnn_imagenet_config(image_size):
-  spec = importlib.util.spec_from_file_location("nasbnn_config",
-                                                os.path.join(REPO, "configs", "nasbnn.py"))
+  spec = importlib.util.spec_from_file_location(
+    "nasbnn_config", os.path.join(REPO, "configs", "nasbnn.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config("imagenet")
@@ -186,18 +224,34 @@ def network_rows(archs, image_size, repeats):
     shape = (1, image_size, image_size, 3)
     net = _random_export(model, shape)
     result = deploy.run(net, shape, benchmark=True, repeats=repeats)
-    row = {"arch": arch, "image_size": image_size, "batch": 1,
-           **{k: result[k] for k in ("packed_ms", "float_ms", "speedup", "binary_share",
-                                     "binary_macs_per_s", "max_abs_logit_diff",
-                                     "argmax_agreement")},
-           "outside_binary_share": 1.0 - result["binary_share"],
-           "binary_macs": sum(l["bops"] for l in result["layers"])}
+    row = {
+      "arch": arch,
+      "image_size": image_size,
+      "batch": 1,
+      **{
+        k: result[k]
+        for k in (
+          "packed_ms",
+          "float_ms",
+          "speedup",
+          "binary_share",
+          "binary_macs_per_s",
+          "max_abs_logit_diff",
+          "argmax_agreement",
+        )
+      },
+      "outside_binary_share": 1.0 - result["binary_share"],
+      "binary_macs": sum(l["bops"] for l in result["layers"]),
+    }
     rows.append(row)
-    print(f"[network] NAS-BNN-{arch} {image_size}x{image_size} batch 1: packed "
-          f"{row['packed_ms']:.2f} ms, float twin {row['float_ms']:.2f} ms, speed-up "
-          f"{row['speedup']:.2f}x, {row['binary_macs_per_s'] / 1e9:.1f} G binary MACs/s, "
-          f"{row['outside_binary_share']:.0%} of the packed time outside binary layers, "
-          f"max |logit diff| {row['max_abs_logit_diff']:.2g}", flush=True)
+    print(
+      f"[network] NAS-BNN-{arch} {image_size}x{image_size} batch 1: packed "
+      f"{row['packed_ms']:.2f} ms, float twin {row['float_ms']:.2f} ms, speed-up "
+      f"{row['speedup']:.2f}x, {row['binary_macs_per_s'] / 1e9:.1f} G binary MACs/s, "
+      f"{row['outside_binary_share']:.0%} of the packed time outside binary layers, "
+      f"max |logit diff| {row['max_abs_logit_diff']:.2g}",
+      flush=True,
+    )
   return rows
 
 
@@ -213,12 +267,16 @@ def main():
   uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
   print(f"uptime: {uptime}; devices: {jax.devices()}", flush=True)
   layers = layer_rows([int(b) for b in args.batches.split(",")], args.repeats)
-  networks = [] if args.skip_networks else network_rows(args.archs.split(","), args.image_size,
-                                                        args.repeats)
+  networks = (
+    [] if args.skip_networks else network_rows(args.archs.split(","), args.image_size, args.repeats)
+  )
   if args.json:
     end_to_end = next((r for r in networks if r["arch"] == "A"), networks[0] if networks else {})
-    print(json.dumps({"uptime": uptime, "layers": layers, "end_to_end": end_to_end,
-                      "networks": networks}))
+    print(
+      json.dumps(
+        {"uptime": uptime, "layers": layers, "end_to_end": end_to_end, "networks": networks}
+      )
+    )
 
 
 if __name__ == "__main__":

@@ -49,12 +49,16 @@ import torch  # pylint: disable=g-import-not-at-top
 def _load_reference(reference_dir: str):
   """The official `models` package and `utils/loss.py`, imported from the checkout."""
   if not os.path.isfile(os.path.join(reference_dir, "models", "superbnn.py")):
-    sys.exit(f"--reference_dir={reference_dir!r} is not a checkout of the NAS-BNN repository "
-             "(models/superbnn.py is missing).")
+    sys.exit(
+      f"--reference_dir={reference_dir!r} is not a checkout of the NAS-BNN repository "
+      "(models/superbnn.py is missing)."
+    )
   sys.path.insert(0, reference_dir)
   import models  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
   spec = importlib.util.spec_from_file_location(
-      "nasbnn_reference_loss", os.path.join(reference_dir, "utils", "loss.py"))
+    "nasbnn_reference_loss", os.path.join(reference_dir, "utils", "loss.py")
+  )
   loss = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(loss)
   return models, loss
@@ -62,19 +66,24 @@ def _load_reference(reference_dir: str):
 
 def _optimizer(model, lr: float, weight_decay: float):
   """Adam with the official parameter groups (decay on conv/fc weights only)."""
-  weights = [p for name, p in model.named_parameters()
-             if (p.ndimension() == 4 and "conv" in name)
-             or (p.ndimension() == 2 and ("linear" in name or "fc" in name))]
+  weights = [
+    p
+    for name, p in model.named_parameters()
+    if (p.ndimension() == 4 and "conv" in name)
+    or (p.ndimension() == 2 and ("linear" in name or "fc" in name))
+  ]
   ids = {id(p) for p in weights}
   others = [p for p in model.parameters() if id(p) not in ids]
-  return torch.optim.Adam([{"params": others}, {"params": weights, "weight_decay": weight_decay}],
-                          lr=lr)
+  return torch.optim.Adam(
+    [{"params": others}, {"params": weights, "weight_decay": weight_decay}], lr=lr
+  )
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-  parser.add_argument("--reference_dir", required=True,
-                      help="checkout of the official NAS-BNN repository")
+  parser.add_argument(
+    "--reference_dir", required=True, help="checkout of the official NAS-BNN repository"
+  )
   parser.add_argument("--steps", type=int, default=3, help="timed sandwich steps")
   parser.add_argument("--rounds", type=int, default=3, help="interleaved eval rounds")
   parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -97,7 +106,8 @@ def main() -> None:
   optimizer = _optimizer(model, 2.5e-3, 0.0)
   rng = np.random.default_rng(args.seed)
   images = torch.from_numpy(
-      rng.standard_normal((args.batch, 3, args.image_size, args.image_size), np.float32))
+    rng.standard_normal((args.batch, 3, args.image_size, args.image_size), np.float32)
+  )
   target = torch.from_numpy(rng.integers(0, 100, args.batch).astype(np.int64))
   startup = time.perf_counter() - _START
 
@@ -132,8 +142,11 @@ def main() -> None:
 
   model.eval()
   model.set_bin_weight()
-  cands = {"biggest": model.biggest_cand, "smallest": model.smallest_cand,
-           "random": model.get_random_cand()}
+  cands = {
+    "biggest": model.biggest_cand,
+    "smallest": model.smallest_cand,
+    "random": model.get_random_cand(),
+  }
   eval_times = {name: [] for name in cands}
   with torch.no_grad():
     for cand in cands.values():
@@ -145,24 +158,41 @@ def main() -> None:
         eval_times[name].append(time.perf_counter() - start)
   load.append(os.getloadavg()[0])
   result = {
-      "torch": torch.__version__, "threads": torch.get_num_threads(),
-      "batch": args.batch, "image_size": args.image_size, "num_classes": 100,
-      "startup": startup, "first_step": first_step,
-      "sandwich_step": statistics.median(times), "sandwich_step_min": min(times),
-      "students_mean_mops": float(np.mean(student_ops)),
-      "random_eval_mops": float(model.get_ops(cands["random"])[2]),
-      "load_average": load,
+    "torch": torch.__version__,
+    "threads": torch.get_num_threads(),
+    "batch": args.batch,
+    "image_size": args.image_size,
+    "num_classes": 100,
+    "startup": startup,
+    "first_step": first_step,
+    "sandwich_step": statistics.median(times),
+    "sandwich_step_min": min(times),
+    "students_mean_mops": float(np.mean(student_ops)),
+    "random_eval_mops": float(model.get_ops(cands["random"])[2]),
+    "load_average": load,
   }
   for name, ts in eval_times.items():
     result[f"eval_{name}"] = statistics.median(ts)
   result["first_100_steps_estimate"] = startup + first_step + 99 * result["sandwich_step"]
-  print(f"official NAS-BNN (PyTorch {result['torch']}, {result['threads']} threads), "
-        f"{args.image_size}x{args.image_size}, batch {args.batch}, 100 classes")
-  for key in ("startup", "first_step", "sandwich_step", "sandwich_step_min", "eval_biggest",
-              "eval_smallest", "eval_random", "first_100_steps_estimate"):
+  print(
+    f"official NAS-BNN (PyTorch {result['torch']}, {result['threads']} threads), "
+    f"{args.image_size}x{args.image_size}, batch {args.batch}, 100 classes"
+  )
+  for key in (
+    "startup",
+    "first_step",
+    "sandwich_step",
+    "sandwich_step_min",
+    "eval_biggest",
+    "eval_smallest",
+    "eval_random",
+    "first_100_steps_estimate",
+  ):
     print(f"{key:<28}{result[key]:>10.3f} s")
-  print(f"random students: {result['students_mean_mops']:.2f} M OPs on average; random eval "
-        f"subnet {result['random_eval_mops']:.2f} M OPs")
+  print(
+    f"random students: {result['students_mean_mops']:.2f} M OPs on average; random eval "
+    f"subnet {result['random_eval_mops']:.2f} M OPs"
+  )
   print("load average (start, end): " + ", ".join(f"{a:.2f}" for a in load))
   if args.json:
     print(json.dumps(result))

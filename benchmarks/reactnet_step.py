@@ -54,6 +54,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # pylint: disable=g-import-not-at-top
 from absl import flags
+
 # Importing JAX does not start its backends; `main` sets the host device count
 # before the first call that does.
 import jax
@@ -71,17 +72,24 @@ from bnas_jax.models import build_model
 from configs import reactnet as reactnet_config
 # pylint: enable=g-import-not-at-top
 
-flags.DEFINE_enum("preset", "digits", ["digits", "cifar10", "imagenet"],
-                  "Preset of configs/reactnet.py.")
+flags.DEFINE_enum(
+  "preset", "digits", ["digits", "cifar10", "imagenet"], "Preset of configs/reactnet.py."
+)
 flags.DEFINE_integer("batch", 0, "Global batch size; 0 = the preset's batch_size.")
 flags.DEFINE_integer("image_size", 0, "Image side; 0 = the preset's data.image_size.")
 flags.DEFINE_integer("steps", 50, "Timed train steps (after 2 warm-up steps).")
-flags.DEFINE_integer("async_steps", 20,
-                     "Steps of the fully async queue measurement (0 skips it). Deep queues on "
-                     "several CPU devices can deadlock XLA's all-reduce and abort the run.")
-flags.DEFINE_integer("devices", 0,
-                     "Number of devices; on CPU forces that many XLA host devices. "
-                     "0 = one host device per CPU core (or all accelerators).")
+flags.DEFINE_integer(
+  "async_steps",
+  20,
+  "Steps of the fully async queue measurement (0 skips it). Deep queues on "
+  "several CPU devices can deadlock XLA's all-reduce and abort the run.",
+)
+flags.DEFINE_integer(
+  "devices",
+  0,
+  "Number of devices; on CPU forces that many XLA host devices. "
+  "0 = one host device per CPU core (or all accelerators).",
+)
 flags.DEFINE_bool("json", False, "Print one JSON object as the last line.")
 FLAGS = flags.FLAGS
 
@@ -129,18 +137,27 @@ def _matmul_flops_per_s(mesh: Any) -> dict[str, float]:
   rng = np.random.default_rng(1)
   a = jax.device_put(rng.standard_normal((d * n, n), np.float32), sharding.batch_sharded(mesh))
   b = jax.device_put(rng.standard_normal((n, n), np.float32), sharding.replicated(mesh))
-  matmul = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST),
-                   out_shardings=sharding.batch_sharded(mesh))
+  matmul = jax.jit(
+    lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST),
+    out_shardings=sharding.batch_sharded(mesh),
+  )
   _blocking_time(lambda: matmul(a, b))  # compile
   times = [_blocking_time(lambda: matmul(a, b))[0] for _ in range(MATMUL_RUNS)]
   median = float(np.median(times))
   flops = 2.0 * d * n**3
-  return {"n": n, "per_device_products": 1, "runs": MATMUL_RUNS, "median_s": median,
-          "flops": flops, "flops_per_s": flops / median}
+  return {
+    "n": n,
+    "per_device_products": 1,
+    "runs": MATMUL_RUNS,
+    "median_s": median,
+    "flops": flops,
+    "flops_per_s": flops / median,
+  }
 
 
-def benchmark(preset: str, batch: int, image_size: int, steps: int, devices: int
-              ) -> tuple[Callable[[int], float], dict[str, Any]]:
+def benchmark(
+  preset: str, batch: int, image_size: int, steps: int, devices: int
+) -> tuple[Callable[[int], float], dict[str, Any]]:
   """Runs the measurements of the module docstring except the async queue.
 
   Returns:
@@ -156,8 +173,9 @@ def benchmark(preset: str, batch: int, image_size: int, steps: int, devices: int
     # The flag only works before the CPU backend starts; say so instead of
     # silently benchmarking another device count.
     raise UserInputError(
-        f"--devices={devices} but {jax.device_count()} CPU devices are visible; the CPU backend "
-        "was started before XLA_FLAGS could be set.")
+      f"--devices={devices} but {jax.device_count()} CPU devices are visible; the CPU backend "
+      "was started before XLA_FLAGS could be set."
+    )
   mesh = sharding.make_mesh(devices)
   sharding.check_batch_size(config.batch_size, mesh, "--batch")
   num_classes, image_shape = input_pipeline.model_input_spec(config.data)
@@ -177,8 +195,11 @@ def benchmark(preset: str, batch: int, image_size: int, steps: int, devices: int
     variables = model.init(key, jnp.zeros((1, *image_shape)), train=False)
     tx = optimizers.make_optimizer(opt_cfg, variables["params"], total_steps, total_steps)
     return train_state_lib.TrainState.create(
-        params=variables["params"], batch_stats=variables.get("batch_stats", {}), tx=tx,
-        rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+      params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),
+      tx=tx,
+      rng=jax.random.key_data(jax.random.fold_in(key, 1)),
+    )
 
   state = sharding.init_replicated(init_state, mesh, jax.random.key(config.seed))
 
@@ -186,22 +207,34 @@ def benchmark(preset: str, batch: int, image_size: int, steps: int, devices: int
   # step, not host-side random number generation or host-to-device copies.
   rng = np.random.default_rng(0)
   local_rows = global_batch_size // jax.process_count()
-  batches = [sharding.global_batch(
-      {"image": rng.standard_normal((local_rows, *image_shape), np.float32),
-       "label": rng.integers(0, num_classes, (local_rows,), np.int32)}, mesh)
-             for _ in range(2)]
+  batches = [
+    sharding.global_batch(
+      {
+        "image": rng.standard_normal((local_rows, *image_shape), np.float32),
+        "label": rng.integers(0, num_classes, (local_rows,), np.int32),
+      },
+      mesh,
+    )
+    for _ in range(2)
+  ]
 
   train_step = jax.jit(
-      train_state_lib.make_classification_train_step(model, num_classes,
-                                                     config.get("label_smoothing", 0.0)),
-      donate_argnums=(0,))
-  eval_forward = jax.jit(lambda params, batch_stats, images: model.apply(
-      {"params": params, "batch_stats": batch_stats}, images, train=False))
+    train_state_lib.make_classification_train_step(
+      model, num_classes, config.get("label_smoothing", 0.0)
+    ),
+    donate_argnums=(0,),
+  )
+  eval_forward = jax.jit(
+    lambda params, batch_stats, images: model.apply(
+      {"params": params, "batch_stats": batch_stats}, images, train=False
+    )
+  )
 
   # Compile times: first calls, blocking. Each includes one execution.
   compile_train_s, (state, metrics) = _blocking_time(lambda: train_step(state, batches[0]))
   compile_eval_s, _ = _blocking_time(
-      lambda: eval_forward(state.params, state.batch_stats, batches[0]["image"]))
+    lambda: eval_forward(state.params, state.batch_stats, batches[0]["image"])
+  )
 
   for s in range(WARMUP_STEPS):
     state, metrics = jax.block_until_ready(train_step(state, batches[s % 2]))
@@ -245,31 +278,36 @@ def benchmark(preset: str, batch: int, image_size: int, steps: int, devices: int
     return (time.perf_counter() - start) / async_steps
 
   return measure_async, {
-      "preset": preset,
-      "platform": device.platform,
-      "device_kind": device.device_kind,
-      "num_devices": mesh.size,
-      "cpu_count": os.cpu_count(),
-      "jax_version": jax.__version__,
-      "batch": global_batch_size,
-      "per_device_batch": global_batch_size // mesh.size,
-      "image_shape": list(image_shape),
-      "num_classes": num_classes,
-      "steps": steps,
-      "warmup_steps": WARMUP_STEPS,
-      "compile_train_s": compile_train_s,
-      "compile_eval_s": compile_eval_s,
-      "step_time_median_s": median_s,
-      "step_time_p90_s": p90_s,
-      "step_time_min_s": float(np.min(step_times)),
-      "examples_per_s": global_batch_size / median_s,
-      "final_loss": final_loss,
-      "cost_at_batch_1": {"flops": cost.flops, "int8_ops": cost.int8_ops, "bops": cost.bops,
-                          "ops": cost.ops, "macs": forward_macs},
-      "train_flops_per_example": train_flops_per_example,
-      "model_flops_per_s": model_flops_per_s,
-      "matmul": matmul,
-      "model_over_matmul": model_flops_per_s / matmul["flops_per_s"],
+    "preset": preset,
+    "platform": device.platform,
+    "device_kind": device.device_kind,
+    "num_devices": mesh.size,
+    "cpu_count": os.cpu_count(),
+    "jax_version": jax.__version__,
+    "batch": global_batch_size,
+    "per_device_batch": global_batch_size // mesh.size,
+    "image_shape": list(image_shape),
+    "num_classes": num_classes,
+    "steps": steps,
+    "warmup_steps": WARMUP_STEPS,
+    "compile_train_s": compile_train_s,
+    "compile_eval_s": compile_eval_s,
+    "step_time_median_s": median_s,
+    "step_time_p90_s": p90_s,
+    "step_time_min_s": float(np.min(step_times)),
+    "examples_per_s": global_batch_size / median_s,
+    "final_loss": final_loss,
+    "cost_at_batch_1": {
+      "flops": cost.flops,
+      "int8_ops": cost.int8_ops,
+      "bops": cost.bops,
+      "ops": cost.ops,
+      "macs": forward_macs,
+    },
+    "train_flops_per_example": train_flops_per_example,
+    "model_flops_per_s": model_flops_per_s,
+    "matmul": matmul,
+    "model_over_matmul": model_flops_per_s / matmul["flops_per_s"],
   }
 
 
@@ -285,7 +323,8 @@ def format_report(r: dict) -> str:
   c = r["cost_at_batch_1"]
   m = r["matmul"]
   h, w, ch = r["image_shape"]
-  return "\n".join([
+  return "\n".join(
+    [
       f"ReActNet preset={r['preset']}  input {h}x{w}x{ch}  {r['num_classes']} classes  "
       f"batch {r['batch']} ({r['per_device_batch']}/device)",
       f"devices: {r['num_devices']} x {r['platform']} ({r['device_kind']}), "
@@ -304,7 +343,8 @@ def format_report(r: dict) -> str:
       f"(float32 {m['n']}x{m['n']} @ {m['n']}x{m['n']} per device, median "
       f"{m['median_s'] * 1e3:.1f} ms of {m['runs']})",
       f"model / matmul FLOP/s: {r['model_over_matmul']:.3f}",
-  ])
+    ]
+  )
 
 
 def main(argv):
@@ -319,17 +359,23 @@ def main(argv):
   with cli.user_errors_exit():
     if FLAGS.async_steps < 0:
       raise UserInputError(f"--async_steps={FLAGS.async_steps} must be >= 0 (0 skips it).")
-    measure_async, result = benchmark(FLAGS.preset, FLAGS.batch, FLAGS.image_size,
-                                      FLAGS.steps, FLAGS.devices)
+    measure_async, result = benchmark(
+      FLAGS.preset, FLAGS.batch, FLAGS.image_size, FLAGS.steps, FLAGS.devices
+    )
   print(format_report(result), flush=True)
   # Last, and after the report is out: on several host devices a deep queue can
   # stall XLA:CPU's all-reduce rendezvous, which aborts the process after 40 s.
   if FLAGS.async_steps:
     async_s = measure_async(FLAGS.async_steps)
-    result.update(async_steps=FLAGS.async_steps, async_queued_step_s=async_s,
-                  async_over_lag1=async_s / result["step_time_median_s"])
-    print(f"fully async queue of {FLAGS.async_steps} steps: {async_s * 1e3:.1f} ms/step "
-          f"({result['async_over_lag1']:.2f}x the lag-1 median; not the step time)")
+    result.update(
+      async_steps=FLAGS.async_steps,
+      async_queued_step_s=async_s,
+      async_over_lag1=async_s / result["step_time_median_s"],
+    )
+    print(
+      f"fully async queue of {FLAGS.async_steps} steps: {async_s * 1e3:.1f} ms/step "
+      f"({result['async_over_lag1']:.2f}x the lag-1 median; not the step time)"
+    )
   if FLAGS.json:
     print(json.dumps(result))
   sys.stdout.flush()

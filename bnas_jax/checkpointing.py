@@ -56,8 +56,11 @@ def checksums(state: Any, data_state: dict, meta: dict) -> dict:
     return _crc(f"{a.dtype.str}{a.shape}".encode() + a.tobytes())
 
   leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-  return {"state": {jax.tree_util.keystr(path): leaf(x) for path, x in leaves},
-          "data": json_checksum(data_state), "meta": json_checksum(meta)}
+  return {
+    "state": {jax.tree_util.keystr(path): leaf(x) for path, x in leaves},
+    "data": json_checksum(data_state),
+    "meta": json_checksum(meta),
+  }
 
 
 def verify(expected: dict, state: Any, data_state: dict, meta: dict) -> None:
@@ -76,17 +79,25 @@ def verify(expected: dict, state: Any, data_state: dict, meta: dict) -> None:
 class Checkpointer:
   """Periodic, keep-N checkpoints of (state, data iterator state, JSON extras)."""
 
-  def __init__(self, directory: str, *, max_to_keep: int = 3, save_interval_steps: int = 1,
-               async_save: bool = True):
+  def __init__(
+    self,
+    directory: str,
+    *,
+    max_to_keep: int = 3,
+    save_interval_steps: int = 1,
+    async_save: bool = True,
+  ):
     self.directory = os.path.abspath(directory) if "://" not in directory else directory
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=save_interval_steps,
-        preservation_policy=checkpoint_managers.LatestN(max_to_keep),
-        enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,
-        create=True)
+      save_interval_steps=save_interval_steps,
+      preservation_policy=checkpoint_managers.LatestN(max_to_keep),
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True,
+      create=True,
+    )
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "data", "meta", "checksums"))
+      self.directory, options=options, item_names=("state", "data", "meta", "checksums")
+    )
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -94,7 +105,9 @@ class Checkpointer:
   def path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
-  def save(self, step: int, state: Any, data_state: dict, meta: dict, *, force: bool = False) -> bool:
+  def save(
+    self, step: int, state: Any, data_state: dict, meta: dict, *, force: bool = False
+  ) -> bool:
     """Saves if the interval policy (or `force`) says so; returns whether it saved.
 
     The checksums of the three items are computed from the values handed in
@@ -103,17 +116,23 @@ class Checkpointer:
     if not (force or self._manager.should_save(step)):
       return False
     return self._manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                data=ocp.args.JsonSave(data_state),
-                                meta=ocp.args.JsonSave(meta),
-                                checksums=ocp.args.JsonSave(checksums(state, data_state, meta))),
-        force=force)
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave(meta),
+        checksums=ocp.args.JsonSave(checksums(state, data_state, meta)),
+      ),
+      force=force,
+    )
 
   def _restore_step(self, abstract_state: Any, step: int) -> tuple[Any, dict, dict]:
     """Restores `step` and verifies its checksums (checkpoints written before they existed: none)."""
-    items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
-                 meta=ocp.args.JsonRestore())
+    items = dict(
+      state=ocp.args.StandardRestore(abstract_state),
+      data=ocp.args.JsonRestore(),
+      meta=ocp.args.JsonRestore(),
+    )
     has_checksums = (epath.Path(self.path(step)) / "checksums").exists()
     if has_checksums:
       items["checksums"] = ocp.args.JsonRestore()
@@ -126,7 +145,9 @@ class Checkpointer:
       verify(restored["checksums"], restored["state"], restored["data"], restored["meta"])
     return restored["state"], restored["data"], restored["meta"]
 
-  def restore(self, abstract_state: Any, step: Optional[int] = None) -> Optional[tuple[Any, dict, dict]]:
+  def restore(
+    self, abstract_state: Any, step: Optional[int] = None
+  ) -> Optional[tuple[Any, dict, dict]]:
     """(state, data_state, meta) of `step` (default: latest readable), or None.
 
     `abstract_state` carries shapes, dtypes and shardings (e.g. from
@@ -154,21 +175,30 @@ class Checkpointer:
       return restored
     if failed:
       raise UserInputError(
-          f"No checkpoint in {self.directory} can be restored into this run's train state "
-          f"(tried steps {[s for s, _ in failed]}; newest error: {failed[0][1]}). If the model "
-          "or optimizer config changed, use a new --workdir; if the files are damaged, move "
-          "the step directories away to start from scratch.")
+        f"No checkpoint in {self.directory} can be restored into this run's train state "
+        f"(tried steps {[s for s, _ in failed]}; newest error: {failed[0][1]}). If the model "
+        "or optimizer config changed, use a new --workdir; if the files are damaged, move "
+        "the step directories away to start from scratch."
+      )
     return None
 
   def _set_aside(self, failed: list[tuple[int, str]], used: int) -> None:
     """Reports unreadable checkpoints and moves them out of the manager's way."""
     aside = epath.Path(str(self.directory).rstrip("/") + "_unreadable")
     for step, error in failed:
-      logging.warning("Checkpoint %s is unreadable (%s); moved to %s, resuming from step %d.",
-                      self.path(step), error, aside / str(step), used)
+      logging.warning(
+        "Checkpoint %s is unreadable (%s); moved to %s, resuming from step %d.",
+        self.path(step),
+        error,
+        aside / str(step),
+        used,
+      )
       if jax.process_index() == 0:
-        print(f"warning: checkpoint {self.path(step)} is unreadable ({error}); it was moved to "
-              f"{aside / str(step)} and training resumes from step {used}.", flush=True)
+        print(
+          f"warning: checkpoint {self.path(step)} is unreadable ({error}); it was moved to "
+          f"{aside / str(step)} and training resumes from step {used}.",
+          flush=True,
+        )
         aside.mkdir(parents=True, exist_ok=True)
         target = aside / str(step)
         if target.exists():
@@ -177,9 +207,10 @@ class Checkpointer:
           epath.Path(self.path(step)).rename(target)
         except Exception as e:  # e.g. object stores without directory renames
           raise UserInputError(
-              f"Checkpoint {self.path(step)} is unreadable ({error}) and could not be moved to "
-              f"{target} ({e}); move or delete it by hand (e.g. `gcloud storage mv`) and "
-              f"launch again to resume from step {used}.") from None
+            f"Checkpoint {self.path(step)} is unreadable ({error}) and could not be moved to "
+            f"{target} ({e}); move or delete it by hand (e.g. `gcloud storage mv`) and "
+            f"launch again to resume from step {used}."
+          ) from None
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("bnas_checkpoint_set_aside")
     self._manager.reload()
@@ -194,12 +225,14 @@ class Checkpointer:
     if "://" in self.directory:
       return
     needed = metadata_bytes + sum(
-        int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+      int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state)
+    )
     free = shutil.disk_usage(self.directory).free
     if free < needed:
       raise UserInputError(
-          f"The disk of {self.directory} has {free / 2**20:.1f} MiB free but a checkpoint of this "
-          f"run needs up to {needed / 2**20:.1f} MiB; free space or choose another --workdir.")
+        f"The disk of {self.directory} has {free / 2**20:.1f} MiB free but a checkpoint of this "
+        f"run needs up to {needed / 2**20:.1f} MiB; free space or choose another --workdir."
+      )
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -212,4 +245,5 @@ class Checkpointer:
 def abstract_with_sharding(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings) of a pytree of arrays, for `restore`."""
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+  )

@@ -73,7 +73,7 @@ def _config_specs(argv: list[str]) -> list[str]:
   specs = []
   for i, arg in enumerate(argv[1:], start=1):
     if arg.startswith("--config="):
-      specs.append(arg[len("--config="):])
+      specs.append(arg[len("--config=") :])
     elif arg == "--config" and i + 1 < len(argv):
       specs.append(argv[i + 1])
   return specs
@@ -94,14 +94,18 @@ def _parse_flags(argv: list[str], flag_values: Optional[flags.FlagValues] = None
     fail(f"{_last_error_line(str(e)).rstrip('. ')}; see --helpfull for the accepted flags.")
   except IndexError as e:
     # `--config.model.blocks[0]=...`: ml_collections cannot set one item of a tuple.
-    fail(f"Bad config override: {_last_error_line(str(e))}. Tuple fields are overridden "
-         "whole, e.g. --config.model.blocks='((16, 1, 3, 1), (32, 2, 3, 1))'.")
+    fail(
+      f"Bad config override: {_last_error_line(str(e))}. Tuple fields are overridden "
+      "whole, e.g. --config.model.blocks='((16, 1, 3, 1), (32, 2, 3, 1))'."
+    )
   except (AttributeError, LookupError, TypeError, ValueError, ArithmeticError) as e:
     # ml_collections raises these for --config.KEY overrides naming no field
     # or giving a value of the wrong type.
-    fail(f"Bad config override: {_last_error_line(str(e)).strip(chr(34) + chr(39))} is not a "
-         "field of the config or has the wrong type; --config.KEY=VALUE must name an existing "
-         "field (see the config file) with a value of that field's type.")
+    fail(
+      f"Bad config override: {_last_error_line(str(e)).strip(chr(34) + chr(39))} is not a "
+      "field of the config or has the wrong type; --config.KEY=VALUE must name an existing "
+      "field (see the config file) with a value of that field's type."
+    )
 
 
 def run(main: Callable[[list[str]], None]) -> None:

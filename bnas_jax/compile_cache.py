@@ -59,9 +59,10 @@ def configure(location: Optional[str] = None) -> Optional[str]:
   except OSError as e:
     if explicit:
       raise UserInputError(
-          f"The compilation cache directory {path!r} cannot be used ({e}). Point "
-          f"{ENV} (or the config's cache location) at a writable directory, or set it to "
-          "'off' to compile every program afresh.") from e
+        f"The compilation cache directory {path!r} cannot be used ({e}). Point "
+        f"{ENV} (or the config's cache location) at a writable directory, or set it to "
+        "'off' to compile every program afresh."
+      ) from e
     logging.warning("Compilation cache off: %s (%s).", path, e)
     jax.config.update("jax_enable_compilation_cache", False)
     return None

@@ -38,6 +38,7 @@ MAX_QUOTE = 60  # characters of a value quoted in the message
 @dataclasses.dataclass(frozen=True)
 class Rule:
   """What a field accepts: `accepts(value)` and the phrase `expect` for the message."""
+
   accepts: Callable[[Any], bool]
   expect: str
   # Further checks of an accepted value that explain themselves (raise UserInputError).
@@ -47,6 +48,7 @@ class Rule:
 @dataclasses.dataclass(frozen=True)
 class Relation:
   """A condition between fields: `holds(config)`, else the message `explain(config)`."""
+
   fields: tuple[str, ...]
   holds: Callable[[Any], bool]
   explain: Callable[[Any], str]
@@ -70,9 +72,16 @@ def _interval(lo, hi, lo_open, hi_open) -> str:
   return ""
 
 
-def number(lo: Optional[float] = None, hi: Optional[float] = None, *, lo_open: bool = False,
-           hi_open: bool = False, integer: bool = False, optional: bool = False,
-           meaning: str = "") -> Rule:
+def number(
+  lo: Optional[float] = None,
+  hi: Optional[float] = None,
+  *,
+  lo_open: bool = False,
+  hi_open: bool = False,
+  integer: bool = False,
+  optional: bool = False,
+  meaning: str = "",
+) -> Rule:
   """A finite number (an int if `integer`) in the interval; None too if `optional`."""
 
   def accepts(v):
@@ -119,8 +128,11 @@ def text(*, optional: bool = False, meaning: str = "") -> Rule:
   def accepts(v):
     if v is None:
       return optional
-    return (isinstance(v, str) and len(v) <= MAX_TEXT
-            and not any(ord(ch) < 32 or ord(ch) == 127 for ch in v))
+    return (
+      isinstance(v, str)
+      and len(v) <= MAX_TEXT
+      and not any(ord(ch) < 32 or ord(ch) == 127 for ch in v)
+    )
 
   expect = f"a string of at most {MAX_TEXT} printable characters"
   if optional:
@@ -128,15 +140,19 @@ def text(*, optional: bool = False, meaning: str = "") -> Rule:
   return Rule(accepts, expect + (f" ({meaning})" if meaning else ""))
 
 
-def sequence_of(item: Rule, *, min_len: int = 0, max_len: int = 10_000,
-                optional: bool = False, meaning: str = "") -> Rule:
+def sequence_of(
+  item: Rule, *, min_len: int = 0, max_len: int = 10_000, optional: bool = False, meaning: str = ""
+) -> Rule:
   """A tuple/list of `min_len`..`max_len` items, each accepted by `item`."""
 
   def accepts(v):
     if v is None:
       return optional
-    return (isinstance(v, (tuple, list)) and min_len <= len(v) <= max_len
-            and all(item.accepts(x) for x in v))
+    return (
+      isinstance(v, (tuple, list))
+      and min_len <= len(v) <= max_len
+      and all(item.accepts(x) for x in v)
+    )
 
   length = f"{min_len} or more" if max_len >= 10_000 else f"{min_len} to {max_len}"
   expect = f"a tuple of {length} items, each {item.expect}"
@@ -149,8 +165,11 @@ def record(*items: Rule, meaning: str = "") -> Rule:
   """A fixed-length tuple whose i-th item is accepted by `items[i]`."""
 
   def accepts(v):
-    return (isinstance(v, (tuple, list)) and len(v) == len(items)
-            and all(r.accepts(x) for r, x in zip(items, v)))
+    return (
+      isinstance(v, (tuple, list))
+      and len(v) == len(items)
+      and all(r.accepts(x) for r, x in zip(items, v))
+    )
 
   expect = "a tuple (" + "; ".join(r.expect for r in items) + ")"
   return Rule(accepts, expect + (f" ({meaning})" if meaning else ""))
@@ -180,8 +199,10 @@ PROBABILITY = number(0, 1)
 LEARNING_RATE = number(0, 1, lo_open=True, meaning="the optimizer's step size")
 WIDTH = number(1, 1 << 16, integer=True)  # channels: >= 1, and allocatable
 STRIDE = one_of(1, 2)
-KERNEL = Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 15
-              and v % 2 == 1, "an odd integer in [1, 15]")
+KERNEL = Rule(
+  lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 15 and v % 2 == 1,
+  "an odd integer in [1, 15]",
+)
 
 
 def field(config: Any, path: str) -> Any:
@@ -191,8 +212,9 @@ def field(config: Any, path: str) -> Any:
   return config
 
 
-def min_map_size(image_field: str, fields: tuple[str, ...], total_stride: Callable[[Any], int],
-                 what: str) -> Relation:
+def min_map_size(
+  image_field: str, fields: tuple[str, ...], total_stride: Callable[[Any], int], what: str
+) -> Relation:
   """The input is at least as large as the network's total stride (a >= 1x1 final map).
 
   With 'SAME' padding a stride-2 layer on a 1x1 map still outputs 1x1, so shapes
@@ -202,72 +224,98 @@ def min_map_size(image_field: str, fields: tuple[str, ...], total_stride: Callab
   """
 
   def explain(c):
-    return (f"config.{image_field}={field(c, image_field)!r} is smaller than the total stride "
-            f"{total_stride(c)} of {what}: the last layers would see less than one pixel; "
-            "use a larger image or fewer stride-2 blocks")
+    return (
+      f"config.{image_field}={field(c, image_field)!r} is smaller than the total stride "
+      f"{total_stride(c)} of {what}: the last layers would see less than one pixel; "
+      "use a larger image or fewer stride-2 blocks"
+    )
 
-  return Relation((image_field,) + fields,
-                  lambda c: field(c, image_field) >= total_stride(c), explain)
+  return Relation(
+    (image_field,) + fields, lambda c: field(c, image_field) >= total_stride(c), explain
+  )
 
 
 def some_training(epochs_field: str, steps_field: str) -> Relation:
   """A phase that must train: epochs > 0 or steps > 0."""
   return Relation(
-      (epochs_field, steps_field),
-      lambda c: field(c, epochs_field) > 0 or field(c, steps_field) > 0,
-      lambda c: (f"config.{epochs_field} and config.{steps_field} are both 0: the phase "
-                 "would not train at all; set one of them > 0"))
+    (epochs_field, steps_field),
+    lambda c: field(c, epochs_field) > 0 or field(c, steps_field) > 0,
+    lambda c: (
+      f"config.{epochs_field} and config.{steps_field} are both 0: the phase "
+      "would not train at all; set one of them > 0"
+    ),
+  )
 
 
 # Fields shared across configs, by name (see the module docstring).
 COMMON_RULES: dict[str, Rule] = {
-    # Run.
-    "trainer": one_of("supervised", "darts", "dms", "nasbnn", meaning="bnas_jax/trainers/"),
-    "arch_resolver": one_of("bnas_jax.models.darts_arch", "bnas_jax.models.dms_arch",
-                            "bnas_jax.models.nasbnn_subnet"),
-    "seed": seed(), "split_seed": seed(),
-    "num_devices": number(0, integer=True, meaning="0 = all visible devices"),
-    "progress_bar": flag(), "two_step": flag(),
-    "log_every_steps": COUNT,
-    "checkpoint_every_steps": number(0, integer=True, meaning="0 = once per epoch"),
-    "keep_checkpoints": number(1, integer=True, meaning="checkpoints kept for resuming"),
-    "eval_every_epochs": number(0, meaning="0 = only at the end"),
-    "max_eval_examples": number(0, integer=True, meaning="0 = the whole split"),
-    # Durations.
-    "num_epochs": NON_NEGATIVE, "num_train_steps": OPTIONAL_COUNT,
-    "finetune_epochs": NON_NEGATIVE, "finetune_steps": OPTIONAL_COUNT,
-    "warmup_epochs": NON_NEGATIVE, "student_warmup_epochs": NON_NEGATIVE,
-    "fp_pretrain_epochs": NON_NEGATIVE, "restart_epochs": POSITIVE,
-    "boundaries_epochs": sequence_of(NON_NEGATIVE),
-    # Batches.
-    "batch_size": COUNT, "eval_batch_size": COUNT, "calibration_batch_size": COUNT,
-    # Data (presets.data_config).
-    "name": text(),
-    "image_size": number(1, 1024, integer=True, meaning="pixels per side"),
-    "data_dir": text(optional=True), "cache_dir": text(optional=True),
-    "holdout_per_class": number(0, integer=True),
-    "holdout_fraction": FRACTION,
-    "class_subset": sequence_of(number(0, integer=True), min_len=2, optional=True),
-    # Optimizers and losses.
-    "learning_rate": LEARNING_RATE,
-    "min_lr": NON_NEGATIVE,
-    "schedule": text(),
-    "b1": FRACTION, "b2": FRACTION, "momentum": FRACTION,
-    "weight_decay": NON_NEGATIVE, "step1_weight_decay": NON_NEGATIVE,
-    "grad_clip_norm": number(0, lo_open=True, optional=True, meaning="None = no clipping"),
-    "div_factor": number(1), "final_div_factor": number(1),
-    "decay_factor": number(0, 1, lo_open=True),
-    "label_smoothing": FRACTION, "teacher_label_smoothing": FRACTION,
-    "drop_path_prob": FRACTION,
-    # Models.
-    "binary_weights": flag(), "binary": flag(),
-    "kernel_norm": one_of("channelwise", None, meaning="NAS-BNN Eq. 6, or None"),
-    "stem_weight_bits": one_of(8, None, meaning="8-bit LSQ stem, or None = full precision"),
-    "width_multiplier": number(0, 16, lo_open=True),
-    "stem_features": WIDTH, "stem_width": WIDTH, "stem_multiplier": number(1, 16, integer=True),
-    "channels": WIDTH, "num_cells": number(1, 1024, integer=True), "groups": COUNT,
-    "shuffle_groups": COUNT,
-    "random_baseline": flag(),
+  # Run.
+  "trainer": one_of("supervised", "darts", "dms", "nasbnn", meaning="bnas_jax/trainers/"),
+  "arch_resolver": one_of(
+    "bnas_jax.models.darts_arch", "bnas_jax.models.dms_arch", "bnas_jax.models.nasbnn_subnet"
+  ),
+  "seed": seed(),
+  "split_seed": seed(),
+  "num_devices": number(0, integer=True, meaning="0 = all visible devices"),
+  "progress_bar": flag(),
+  "two_step": flag(),
+  "log_every_steps": COUNT,
+  "checkpoint_every_steps": number(0, integer=True, meaning="0 = once per epoch"),
+  "keep_checkpoints": number(1, integer=True, meaning="checkpoints kept for resuming"),
+  "eval_every_epochs": number(0, meaning="0 = only at the end"),
+  "max_eval_examples": number(0, integer=True, meaning="0 = the whole split"),
+  # Durations.
+  "num_epochs": NON_NEGATIVE,
+  "num_train_steps": OPTIONAL_COUNT,
+  "finetune_epochs": NON_NEGATIVE,
+  "finetune_steps": OPTIONAL_COUNT,
+  "warmup_epochs": NON_NEGATIVE,
+  "student_warmup_epochs": NON_NEGATIVE,
+  "fp_pretrain_epochs": NON_NEGATIVE,
+  "restart_epochs": POSITIVE,
+  "boundaries_epochs": sequence_of(NON_NEGATIVE),
+  # Batches.
+  "batch_size": COUNT,
+  "eval_batch_size": COUNT,
+  "calibration_batch_size": COUNT,
+  # Data (presets.data_config).
+  "name": text(),
+  "image_size": number(1, 1024, integer=True, meaning="pixels per side"),
+  "data_dir": text(optional=True),
+  "cache_dir": text(optional=True),
+  "holdout_per_class": number(0, integer=True),
+  "holdout_fraction": FRACTION,
+  "class_subset": sequence_of(number(0, integer=True), min_len=2, optional=True),
+  # Optimizers and losses.
+  "learning_rate": LEARNING_RATE,
+  "min_lr": NON_NEGATIVE,
+  "schedule": text(),
+  "b1": FRACTION,
+  "b2": FRACTION,
+  "momentum": FRACTION,
+  "weight_decay": NON_NEGATIVE,
+  "step1_weight_decay": NON_NEGATIVE,
+  "grad_clip_norm": number(0, lo_open=True, optional=True, meaning="None = no clipping"),
+  "div_factor": number(1),
+  "final_div_factor": number(1),
+  "decay_factor": number(0, 1, lo_open=True),
+  "label_smoothing": FRACTION,
+  "teacher_label_smoothing": FRACTION,
+  "drop_path_prob": FRACTION,
+  # Models.
+  "binary_weights": flag(),
+  "binary": flag(),
+  "kernel_norm": one_of("channelwise", None, meaning="NAS-BNN Eq. 6, or None"),
+  "stem_weight_bits": one_of(8, None, meaning="8-bit LSQ stem, or None = full precision"),
+  "width_multiplier": number(0, 16, lo_open=True),
+  "stem_features": WIDTH,
+  "stem_width": WIDTH,
+  "stem_multiplier": number(1, 16, integer=True),
+  "channels": WIDTH,
+  "num_cells": number(1, 1024, integer=True),
+  "groups": COUNT,
+  "shuffle_groups": COUNT,
+  "random_baseline": flag(),
 }
 
 
@@ -304,8 +352,9 @@ def rule_for(path: str, field_rules: Mapping[str, Rule]) -> Optional[Rule]:
   return COMMON_RULES.get(path.rsplit(".", 1)[-1])
 
 
-def violations(config: Any, field_rules: Mapping[str, Rule] = (),
-               relations: Sequence[Relation] = ()) -> list[str]:
+def violations(
+  config: Any, field_rules: Mapping[str, Rule] = (), relations: Sequence[Relation] = ()
+) -> list[str]:
   """One `config.PATH=VALUE must be ...` phrase per field or relation that fails."""
   field_rules = dict(field_rules)
   out = []
@@ -337,8 +386,9 @@ def violations(config: Any, field_rules: Mapping[str, Rule] = (),
   return out
 
 
-def validate(config: Any, field_rules: Mapping[str, Rule] = (),
-             relations: Sequence[Relation] = ()) -> None:
+def validate(
+  config: Any, field_rules: Mapping[str, Rule] = (), relations: Sequence[Relation] = ()
+) -> None:
   """Raises one `UserInputError` naming every field outside its valid values."""
   found = violations(config, field_rules, relations)
   if not found:
@@ -346,8 +396,9 @@ def validate(config: Any, field_rules: Mapping[str, Rule] = (),
   more = len(found) - MAX_REPORTED
   listed = "; ".join(found[:MAX_REPORTED]) + (f"; and {more} more" if more > 0 else "")
   raise UserInputError(
-      f"The config has values that cannot work: {listed}. Fix them in the config file or "
-      "with --config.FIELD=VALUE; nothing was run.")
+    f"The config has values that cannot work: {listed}. Fix them in the config file or "
+    "with --config.FIELD=VALUE; nothing was run."
+  )
 
 
 def validate_for_file(config: Any, spec: str) -> None:

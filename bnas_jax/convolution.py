@@ -35,9 +35,14 @@ def conv_lax(x: Array, w: Array, groups: int, stride: int = 1) -> Array:
   """The conv as one `lax.conv_general_dilated`."""
   pad = (w.shape[0] - 1) // 2
   return lax.conv_general_dilated(
-      x, w, (stride, stride), ((pad, pad), (pad, pad)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
-      preferred_element_type=jnp.float32)
+    x,
+    w,
+    (stride, stride),
+    ((pad, pad), (pad, pad)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=groups,
+    preferred_element_type=jnp.float32,
+  )
 
 
 def conv_im2col(x: Array, w: Array, groups: int, stride: int = 1) -> Array:
@@ -51,8 +56,11 @@ def conv_im2col(x: Array, w: Array, groups: int, stride: int = 1) -> Array:
     cols = x[:, ::stride, ::stride, :].reshape(n * ho * wo, groups, cg)
   else:
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    taps = [xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
-            for dy in range(k) for dx in range(k)]
+    taps = [
+      xp[:, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride]
+      for dy in range(k)
+      for dx in range(k)
+    ]
     cols = jnp.stack(taps, axis=3).reshape(n * ho * wo, k * k, groups, cg)
     cols = cols.transpose(0, 2, 1, 3).reshape(n * ho * wo, groups, k * k * cg)
   # HWIO with O = groups x og: rows ordered (tap, in-channel) as in `cols`.
@@ -67,8 +75,12 @@ def conv_split(x: Array, w: Array, groups: int, stride: int = 1) -> Array:
     return conv_lax(x, w, 1, stride)
   cg, og = x.shape[-1] // groups, w.shape[-1] // groups
   return jnp.concatenate(
-      [conv_lax(x[..., i * cg:(i + 1) * cg], w[..., i * og:(i + 1) * og], 1, stride)
-       for i in range(groups)], axis=-1)
+    [
+      conv_lax(x[..., i * cg : (i + 1) * cg], w[..., i * og : (i + 1) * og], 1, stride)
+      for i in range(groups)
+    ],
+    axis=-1,
+  )
 
 
 def conv_auto(x: Array, w: Array, groups: int, stride: int = 1) -> Array:

@@ -95,29 +95,33 @@ class CostReport:
   def model_size_bytes(self) -> float:
     """Bytes of all parameters: 1-bit and 8-bit ones at their width, real ones at
     `real_param_bits`."""
-    bits = sum((self.real_param_bits if b == 32 else b) * n
-               for l in self.layers for b, n in l.params.items())
+    bits = sum(
+      (self.real_param_bits if b == 32 else b) * n for l in self.layers for b, n in l.params.items()
+    )
     return bits / 8
 
   def to_dict(self) -> dict[str, Any]:
     return {
-        "flops": self.flops,
-        "int8_ops": self.int8_ops,
-        "bops": self.bops,
-        "ops": self.ops,
-        "params": self.params,
-        "binary_params": self.binary_params,
-        "int8_params": self.int8_params,
-        "fp_params": self.fp_params,
-        "model_size_bytes": self.model_size_bytes,
-        "real_param_bits": self.real_param_bits,
-        "layers": [
-            {"name": l.name, "kind": l.kind, "output_shape": list(l.output_shape),
-             "macs": {PRECISION_NAMES.get(b, f"{b}bit"): n for b, n in sorted(l.macs.items())},
-             "params": {PRECISION_NAMES.get(b, f"{b}bit"): n
-                        for b, n in sorted(l.params.items())}}
-            for l in self.layers
-        ],
+      "flops": self.flops,
+      "int8_ops": self.int8_ops,
+      "bops": self.bops,
+      "ops": self.ops,
+      "params": self.params,
+      "binary_params": self.binary_params,
+      "int8_params": self.int8_params,
+      "fp_params": self.fp_params,
+      "model_size_bytes": self.model_size_bytes,
+      "real_param_bits": self.real_param_bits,
+      "layers": [
+        {
+          "name": l.name,
+          "kind": l.kind,
+          "output_shape": list(l.output_shape),
+          "macs": {PRECISION_NAMES.get(b, f"{b}bit"): n for b, n in sorted(l.macs.items())},
+          "params": {PRECISION_NAMES.get(b, f"{b}bit"): n for b, n in sorted(l.params.items())},
+        }
+        for l in self.layers
+      ],
     }
 
   def to_json(self) -> str:
@@ -128,9 +132,14 @@ def _leaf_count(x: Any) -> int:
   return int(np.prod(x.shape)) if hasattr(x, "shape") else 0
 
 
-def count_costs(model: nn.Module, input_shape: tuple[int, ...], *,
-                method: Optional[Callable[..., Any]] = None, real_param_bits: int = 32,
-                **apply_kwargs: Any) -> CostReport:
+def count_costs(
+  model: nn.Module,
+  input_shape: tuple[int, ...],
+  *,
+  method: Optional[Callable[..., Any]] = None,
+  real_param_bits: int = 32,
+  **apply_kwargs: Any,
+) -> CostReport:
   """Counts the cost of `model` on an input of `input_shape` (batch 1 is usual).
 
   Args:
@@ -185,10 +194,13 @@ def count_costs(model: nn.Module, input_shape: tuple[int, ...], *,
   order = {"/".join(p): i for i, p in enumerate(owners)}
   if real_param_bits not in (8, 16, 32):
     raise UserInputError(
-        f"real_param_bits={real_param_bits!r}: real-valued parameters are counted at 32 bits "
-        "(float32), 16 (NAS-BNN's model sizes) or 8; pass one of these.")
-  return CostReport(sorted(rows.values(), key=lambda r: order.get(r.name, len(order))),
-                    real_param_bits=int(real_param_bits))
+      f"real_param_bits={real_param_bits!r}: real-valued parameters are counted at 32 bits "
+      "(float32), 16 (NAS-BNN's model sizes) or 8; pass one of these."
+    )
+  return CostReport(
+    sorted(rows.values(), key=lambda r: order.get(r.name, len(order))),
+    real_param_bits=int(real_param_bits),
+  )
 
 
 def _si(n: float) -> str:
@@ -208,10 +220,12 @@ def format_table(report: CostReport, title: str = "") -> str:
   rows = []
   for l in report.layers:
     mem_kb = sum(b * n for b, n in l.params.items()) / 8 / 1024
-    rows.append([l.name, l.kind, "x".join(map(str, l.output_shape)) or "-"]
-                + [_si(l.params.get(b, 0)) for b in precisions]
-                + [f"{mem_kb:.2f}"]
-                + [_si(l.macs.get(b, 0)) for b in precisions])
+    rows.append(
+      [l.name, l.kind, "x".join(map(str, l.output_shape)) or "-"]
+      + [_si(l.params.get(b, 0)) for b in precisions]
+      + [f"{mem_kb:.2f}"]
+      + [_si(l.macs.get(b, 0)) for b in precisions]
+    )
   widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
   line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
   fmt = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
@@ -220,15 +234,15 @@ def format_table(report: CostReport, title: str = "") -> str:
   out = [title] if title else []
   out += [line, fmt(header), line] + [fmt(r) for r in rows] + [line]
   out += [
-      f"Total params: {_si(report.params)} (binary {_si(report.binary_params)}, "
-      f"int8 {_si(report.int8_params)}, fp32 {_si(report.fp_params)})",
-      f"Model size: {report.model_size_bytes / 1024**2:.2f} MiB = "
-      f"{report.model_size_bytes / 1e6:.2f} MB (real-valued params at "
-      f"{report.real_param_bits} bits; float-32 equivalent {fp32_size / 1024**2:.2f} MiB, "
-      f"compression {fp32_size / max(report.model_size_bytes, 1):.2f}x)",
-      f"MACs: {_si(total_macs)} (FLOPs {_si(report.flops)}, Int8OPs {_si(report.int8_ops)}, "
-      f"BOPs {_si(report.bops)}; binarized share "
-      f"{report.bops / max(total_macs, 1):.2%})",
-      f"OPs = FLOPs + Int8OPs/8 + BOPs/64 = {_si(report.ops)}",
+    f"Total params: {_si(report.params)} (binary {_si(report.binary_params)}, "
+    f"int8 {_si(report.int8_params)}, fp32 {_si(report.fp_params)})",
+    f"Model size: {report.model_size_bytes / 1024**2:.2f} MiB = "
+    f"{report.model_size_bytes / 1e6:.2f} MB (real-valued params at "
+    f"{report.real_param_bits} bits; float-32 equivalent {fp32_size / 1024**2:.2f} MiB, "
+    f"compression {fp32_size / max(report.model_size_bytes, 1):.2f}x)",
+    f"MACs: {_si(total_macs)} (FLOPs {_si(report.flops)}, Int8OPs {_si(report.int8_ops)}, "
+    f"BOPs {_si(report.bops)}; binarized share "
+    f"{report.bops / max(total_macs, 1):.2%})",
+    f"OPs = FLOPs + Int8OPs/8 + BOPs/64 = {_si(report.ops)}",
   ]
   return "\n".join(out)

@@ -87,5 +87,14 @@ from bnas_jax.data.iterators import TrainIterator
 from bnas_jax.data.settings import DATASET_NAMES
 from bnas_jax.data.settings import SPLITS
 
-__all__ = ("DATASET_NAMES", "SPLITS", "DatasetInfo", "TrainIterator", "get_dataset_info",
-           "make_eval_batches", "make_train_iterator", "model_input_spec", "num_batches_per_epoch")
+__all__ = (
+  "DATASET_NAMES",
+  "SPLITS",
+  "DatasetInfo",
+  "TrainIterator",
+  "get_dataset_info",
+  "make_eval_batches",
+  "make_train_iterator",
+  "model_input_spec",
+  "num_batches_per_epoch",
+)

@@ -90,16 +90,19 @@ class QuantConv(nn.Module):
     g = self.feature_group_count
     if in_features % g or self.features % g:
       raise UserInputError(
-          f"Layer {'/'.join(self.scope.path)}: groups={g} must divide both the input width "
-          f"({in_features}) and the output width ({self.features}) of a grouped convolution; "
-          "choose a group count that divides both channel counts.")
+        f"Layer {'/'.join(self.scope.path)}: groups={g} must divide both the input width "
+        f"({in_features}) and the output width ({self.features}) of a grouped convolution; "
+        "choose a group count that divides both channel counts."
+      )
     if self.kernel_norm not in (None, "channelwise", "standardize"):
       raise UserInputError(
-          f"kernel_norm={self.kernel_norm!r} is not one of None, 'channelwise', 'standardize'.")
+        f"kernel_norm={self.kernel_norm!r} is not one of None, 'channelwise', 'standardize'."
+      )
     if self.lsq_grad_scale not in ("whole_kernel", "per_filter"):
       raise UserInputError(
-          f"lsq_grad_scale={self.lsq_grad_scale!r} is not one of 'whole_kernel' (NAS-BNN's "
-          "public code) or 'per_filter' (the LSQ paper).")
+        f"lsq_grad_scale={self.lsq_grad_scale!r} is not one of 'whole_kernel' (NAS-BNN's "
+        "public code) or 'per_filter' (the LSQ paper)."
+      )
 
   def _lsq_grad_scale(self, kernel: Array, active_features: Optional[Array]) -> Optional[Array]:
     """LSQ's step-size gradient multiplier 1/sqrt(n * Qp) (None: lsq_quantize's per-filter n)."""
@@ -117,11 +120,16 @@ class QuantConv(nn.Module):
     elif self.kernel_norm == "standardize":
       kernel = quantizers.weight_standardization(kernel)
     if self.kernel_quantizer == "lsq":
-      scale = self.param("kernel_scale",
-                         lambda _: quantizers.lsq_init_scale(kernel, self.kernel_bits))
-      return quantizers.lsq_quantize(kernel, scale, bits=self.kernel_bits,
-                                     grad_scale=self._lsq_grad_scale(kernel, active_features),
-                                     min_scale=self.lsq_min_scale)
+      scale = self.param(
+        "kernel_scale", lambda _: quantizers.lsq_init_scale(kernel, self.kernel_bits)
+      )
+      return quantizers.lsq_quantize(
+        kernel,
+        scale,
+        bits=self.kernel_bits,
+        grad_scale=self._lsq_grad_scale(kernel, active_features),
+        min_scale=self.lsq_min_scale,
+      )
     quantize = quantizers.get_quantizer(self.kernel_quantizer)
     return kernel if quantize is None else quantize(kernel)
 
@@ -137,9 +145,12 @@ class QuantConv(nn.Module):
     in_features = x.shape[-1]
     self._check(in_features)
     k = self.kernel_size
-    kernel = self.param("kernel", self.kernel_init,
-                        (k, k, in_features // self.feature_group_count, self.features),
-                        jnp.float32)
+    kernel = self.param(
+      "kernel",
+      self.kernel_init,
+      (k, k, in_features // self.feature_group_count, self.features),
+      jnp.float32,
+    )
     w = self.quantized_kernel(kernel, active_features)
     quantize_input = quantizers.get_quantizer(self.input_quantizer)
     if self.learnable_threshold:
@@ -154,11 +165,15 @@ class QuantConv(nn.Module):
     else:
       padding = ((pad, pad), (pad, pad))
     y = jax.lax.conv_general_dilated(
-        x.astype(jnp.float32), w.astype(jnp.float32),
-        window_strides=(self.strides, self.strides), padding=padding,
-        rhs_dilation=(self.kernel_dilation,) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=self.feature_group_count,
-        preferred_element_type=jnp.float32)
+      x.astype(jnp.float32),
+      w.astype(jnp.float32),
+      window_strides=(self.strides, self.strides),
+      padding=padding,
+      rhs_dilation=(self.kernel_dilation,) * 2,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=self.feature_group_count,
+      preferred_element_type=jnp.float32,
+    )
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     return y
@@ -175,8 +190,11 @@ class QuantConv(nn.Module):
     n, h, w, c = output.shape
     k = self.kernel_size
     per_output = k * k * (x.shape[-1] // self.feature_group_count) + int(self.use_bias)
-    in_bits = (_bits(self.input_quantizer) if self.input_quantizer is not None
-               else (self.input_precision or 32))
+    in_bits = (
+      _bits(self.input_quantizer)
+      if self.input_quantizer is not None
+      else (self.input_precision or 32)
+    )
     return per_output * h * w * c, max(in_bits, self.weight_precision())
 
 
@@ -208,8 +226,11 @@ class QuantDense(nn.Module):
     if self.use_bias:
       fan_in = x.shape[-1]
       uniform = nn.initializers.uniform(2.0 / fan_in**0.5)
-      bias_init = nn.initializers.zeros if self.zero_init else (
-          lambda key, shape: uniform(key, shape) - 1.0 / fan_in**0.5)
+      bias_init = (
+        nn.initializers.zeros
+        if self.zero_init
+        else (lambda key, shape: uniform(key, shape) - 1.0 / fan_in**0.5)
+      )
       bias = self.param("bias", bias_init, (self.features,))
       y = y + bias
     return y
@@ -224,8 +245,9 @@ class QuantDense(nn.Module):
     for d in output.shape[:-1]:
       batch *= d
     per_output = x.shape[-1] + int(self.use_bias)
-    return per_output * self.features * batch, max(_bits(self.input_quantizer),
-                                                   _bits(self.kernel_quantizer))
+    return per_output * self.features * batch, max(
+      _bits(self.input_quantizer), _bits(self.kernel_quantizer)
+    )
 
 
 class LearnableBias(nn.Module):

@@ -40,40 +40,73 @@ import jax
 from ml_collections import config_flags
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
-                 sys_argv: Optional[list[str]] = None) -> None:
+def define_flags(
+  flag_values: flags.FlagValues = flags.FLAGS, sys_argv: Optional[list[str]] = None
+) -> None:
   """This CLI's flags (`sys_argv`: where `--config.KEY` overrides are found; tests)."""
   fv = dict(flag_values=flag_values)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.", **fv)
-  flags.DEFINE_bool("verbose", False,
-                    "Show library log lines (absl, JAX, orbax, XLA) on the console instead of "
-                    "writing them to WORKDIR/log.txt.", **fv)
-  flags.DEFINE_bool("force_resume", False,
-                    "Continue the run in --workdir although its recorded config differs.", **fv)
-  flags.DEFINE_bool("jax_distributed", False,
-                    "Join a multi-process job found by JAX's cluster detection (SLURM, Open "
-                    "MPI, Kubernetes, Cloud TPU; Cloud TPU VMs join automatically). Env: "
-                    f"{distributed.ENV_AUTO}=1.", **fv)
-  flags.DEFINE_string("coordinator_address", None,
-                      "HOST:PORT of process 0 of a multi-process job "
-                      f"(env {distributed.ENV_COORDINATOR}).", **fv)
-  flags.DEFINE_integer("num_processes", None,
-                       f"Number of processes of the job (env {distributed.ENV_NUM_PROCESSES}).",
-                       **fv)
-  flags.DEFINE_integer("process_id", None,
-                       f"This process's id in 0..num_processes-1 "
-                       f"(env {distributed.ENV_PROCESS_ID}).", **fv)
-  flags.DEFINE_integer("heartbeat_timeout_seconds", None,
-                       "A process silent this long is declared dead and the job stops with an "
-                       f"error (default 100; env {distributed.ENV_HEARTBEAT}).", **fv)
-  config_flags.DEFINE_config_file("config", None, "Config file, optionally with :preset.",
-                                  lock_config=True, sys_argv=sys_argv, **fv)
+  flags.DEFINE_bool(
+    "verbose",
+    False,
+    "Show library log lines (absl, JAX, orbax, XLA) on the console instead of "
+    "writing them to WORKDIR/log.txt.",
+    **fv,
+  )
+  flags.DEFINE_bool(
+    "force_resume",
+    False,
+    "Continue the run in --workdir although its recorded config differs.",
+    **fv,
+  )
+  flags.DEFINE_bool(
+    "jax_distributed",
+    False,
+    "Join a multi-process job found by JAX's cluster detection (SLURM, Open "
+    "MPI, Kubernetes, Cloud TPU; Cloud TPU VMs join automatically). Env: "
+    f"{distributed.ENV_AUTO}=1.",
+    **fv,
+  )
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    f"HOST:PORT of process 0 of a multi-process job (env {distributed.ENV_COORDINATOR}).",
+    **fv,
+  )
+  flags.DEFINE_integer(
+    "num_processes",
+    None,
+    f"Number of processes of the job (env {distributed.ENV_NUM_PROCESSES}).",
+    **fv,
+  )
+  flags.DEFINE_integer(
+    "process_id",
+    None,
+    f"This process's id in 0..num_processes-1 (env {distributed.ENV_PROCESS_ID}).",
+    **fv,
+  )
+  flags.DEFINE_integer(
+    "heartbeat_timeout_seconds",
+    None,
+    "A process silent this long is declared dead and the job stops with an "
+    f"error (default 100; env {distributed.ENV_HEARTBEAT}).",
+    **fv,
+  )
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Config file, optionally with :preset.",
+    lock_config=True,
+    sys_argv=sys_argv,
+    **fv,
+  )
   flags.mark_flags_as_required(["config", "workdir"], **fv)
 
 
 @dataclasses.dataclass(frozen=True)
 class Launch:
   """A validated launch: the trainer module to run and the config snapshot to record."""
+
   trainer: types.ModuleType
   snapshot: Optional[run_directory.Snapshot]
 
@@ -102,13 +135,22 @@ def main(argv: list[str], fv: Optional[flags.FlagValues] = None) -> None:
     cli.fail(f"Unexpected positional arguments {argv[1:]!r}; all options are --flags.")
   library_logs = cli.LibraryLogs(verbose=fv.verbose)  # quiet until validation passes
   with cli.user_errors_exit():
-    settings = distributed.resolve(fv.coordinator_address, fv.num_processes,
-                                   fv.process_id, fv.jax_distributed,
-                                   fv.heartbeat_timeout_seconds)
+    settings = distributed.resolve(
+      fv.coordinator_address,
+      fv.num_processes,
+      fv.process_id,
+      fv.jax_distributed,
+      fv.heartbeat_timeout_seconds,
+    )
     distributed.initialize(settings)
   preemption.install_handler()
-  logging.info("JAX %s, process %d/%d, devices: %s", jax.__version__, jax.process_index(),
-               jax.process_count(), jax.devices())
+  logging.info(
+    "JAX %s, process %d/%d, devices: %s",
+    jax.__version__,
+    jax.process_index(),
+    jax.process_count(),
+    jax.devices(),
+  )
   with cli.user_errors_exit():
     launch = prepare(fv)
     compile_cache.configure(fv.config.get("compile_cache"))

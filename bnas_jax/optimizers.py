@@ -15,8 +15,15 @@ import optax
 from bnas_jax import param_policies
 from bnas_jax.errors import UserInputError
 
-SCHEDULES = ("constant", "cosine", "linear", "warmup_cosine", "cosine_restarts",
-             "multistep", "one_cycle")
+SCHEDULES = (
+  "constant",
+  "cosine",
+  "linear",
+  "warmup_cosine",
+  "cosine_restarts",
+  "multistep",
+  "one_cycle",
+)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LSQ_STEP_SIZE = "kernel_scale"  # the name `layers.QuantConv` gives an LSQ step size
 
@@ -49,15 +56,22 @@ def make_schedule(cfg: Any, total_steps: int, steps_per_epoch: int) -> optax.Sch
     cycle = max(1, int(cfg.restart_epochs * steps_per_epoch))
     n = -(-total_steps // cycle)
     return optax.join_schedules(
-        [optax.cosine_decay_schedule(lr, cycle, alpha=cfg.get("min_lr", 0.0) / lr)] * n,
-        [cycle * (i + 1) for i in range(n - 1)])
+      [optax.cosine_decay_schedule(lr, cycle, alpha=cfg.get("min_lr", 0.0) / lr)] * n,
+      [cycle * (i + 1) for i in range(n - 1)],
+    )
   if name == "one_cycle":
     return optax.linear_onecycle_schedule(
-        total_steps, lr, pct_start=0.45, pct_final=0.9, div_factor=cfg.div_factor,
-        final_div_factor=cfg.final_div_factor)
+      total_steps,
+      lr,
+      pct_start=0.45,
+      pct_final=0.9,
+      div_factor=cfg.div_factor,
+      final_div_factor=cfg.final_div_factor,
+    )
   if name == "multistep":
-    boundaries = {int(e * steps_per_epoch): cfg.get("decay_factor", 0.1)
-                  for e in cfg.boundaries_epochs}
+    boundaries = {
+      int(e * steps_per_epoch): cfg.get("decay_factor", 0.1) for e in cfg.boundaries_epochs
+    }
     return optax.piecewise_constant_schedule(lr, boundaries)
   raise UserInputError(f"optimizer.schedule={name!r} is not one of {SCHEDULES}.")
 
@@ -67,22 +81,33 @@ def _base(cfg: Any, schedule: optax.Schedule, weight_decay: float) -> optax.Grad
   if name == "adam":
     # Adam with L2 weight decay added to the gradient, as torch.optim.Adam
     # (NAS-BNN, ReActNet), not decoupled AdamW.
-    return optax.chain(optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
-                       optax.scale_by_adam(b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999)),
-                       optax.scale_by_learning_rate(schedule))
+    return optax.chain(
+      optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
+      optax.scale_by_adam(b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999)),
+      optax.scale_by_learning_rate(schedule),
+    )
   if name == "adamw":
-    return optax.adamw(schedule, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
-                       weight_decay=weight_decay)
+    return optax.adamw(
+      schedule, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), weight_decay=weight_decay
+    )
   if name == "sgd":
-    return optax.chain(optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
-                       optax.sgd(schedule, momentum=cfg.get("momentum", 0.9) or None,
-                                 nesterov=cfg.get("nesterov", False)))
+    return optax.chain(
+      optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
+      optax.sgd(
+        schedule, momentum=cfg.get("momentum", 0.9) or None, nesterov=cfg.get("nesterov", False)
+      ),
+    )
   raise UserInputError(f"optimizer.name={name!r} is not one of {OPTIMIZERS}.")
 
 
-def make_optimizer(cfg: Any, params: Any, total_steps: int, steps_per_epoch: int,
-                   rules: param_policies.Rules = param_policies.WEIGHT_DECAY_ON_KERNELS,
-                   extra: Mapping[str, optax.GradientTransformation] = ()) -> optax.GradientTransformation:
+def make_optimizer(
+  cfg: Any,
+  params: Any,
+  total_steps: int,
+  steps_per_epoch: int,
+  rules: param_policies.Rules = param_policies.WEIGHT_DECAY_ON_KERNELS,
+  extra: Mapping[str, optax.GradientTransformation] = (),
+) -> optax.GradientTransformation:
   """The weight optimizer: `cfg.weight_decay` on "decay" params, none on "no_decay".
 
   Args:
@@ -93,11 +118,15 @@ def make_optimizer(cfg: Any, params: Any, total_steps: int, steps_per_epoch: int
     extra: transformations for further labels (e.g. "arch").
   """
   schedule = make_schedule(cfg, total_steps, steps_per_epoch)
-  transforms = {"decay": _base(cfg, schedule, cfg.get("weight_decay", 0.0)),
-                "no_decay": _base(cfg, schedule, 0.0), **dict(extra)}
+  transforms = {
+    "decay": _base(cfg, schedule, cfg.get("weight_decay", 0.0)),
+    "no_decay": _base(cfg, schedule, 0.0),
+    **dict(extra),
+  }
   tx = optax.partition(transforms, param_policies.label_params(params, rules))
   step_sizes = jax.tree_util.tree_map_with_path(
-      lambda path, _: param_policies.param_name(path).endswith(LSQ_STEP_SIZE), params)
+    lambda path, _: param_policies.param_name(path).endswith(LSQ_STEP_SIZE), params
+  )
   if any(jax.tree.leaves(step_sizes)):
     # NAS-BNN's public code clamps every LSQ step size to eps before each
     # forward, i.e. after each update (`layers.QuantConv.lsq_min_scale` floors
@@ -107,8 +136,9 @@ def make_optimizer(cfg: Any, params: Any, total_steps: int, steps_per_epoch: int
   return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx
 
 
-def floor_params(tx: optax.GradientTransformation, minimum: float,
-                 mask: Any) -> optax.GradientTransformation:
+def floor_params(
+  tx: optax.GradientTransformation, minimum: float, mask: Any
+) -> optax.GradientTransformation:
   """`tx` whose updates leave the `mask`ed parameters at >= `minimum` once applied.
 
   The optimizer state is `tx`'s own (no extra chain element), so checkpoints

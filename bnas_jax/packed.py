@@ -113,8 +113,9 @@ def _outside_tap_mask(size: int, k: int, stride: int, dilation: int, pad: int) -
   return ((pos < 0) | (pos >= size)).astype(np.float32)
 
 
-def im2col_words(x_packed: Array, k: int, stride: int, dilation: int, pad: int,
-                  ho: int, wo: int) -> Array:
+def im2col_words(
+  x_packed: Array, k: int, stride: int, dilation: int, pad: int, ho: int, wo: int
+) -> Array:
   """(N, H, W, G, Wg) packed signs -> (N * Ho * Wo, G, k*k*Wg) words, tap-major.
 
   Padding words are 0 (+1 signs) and corrected by Eq. (2). Packed words are
@@ -130,10 +131,14 @@ def im2col_words(x_packed: Array, k: int, stride: int, dilation: int, pad: int,
   for dy in range(k):
     for dx in range(k):
       y0, x0 = dy * dilation, dx * dilation
-      taps.append(lax.slice(
-          xp, (0, y0, x0, 0, 0),
+      taps.append(
+        lax.slice(
+          xp,
+          (0, y0, x0, 0, 0),
           (n, y0 + stride * (ho - 1) + 1, x0 + stride * (wo - 1) + 1, g, words),
-          (1, stride, stride, 1, 1)))
+          (1, stride, stride, 1, 1),
+        )
+      )
   cols = jnp.stack(taps, axis=3)  # (N, Ho, Wo, T, G, Wg)
   return cols.transpose(0, 1, 2, 4, 3, 5).reshape(n * ho * wo, g, k * k * words)
 
@@ -158,9 +163,17 @@ def popcount_mismatches(cols: Array, w_cols: Array, unroll: int = 4) -> Array:
   return lax.fori_loop(0, k, step, acc, unroll=max(1, min(unroll, k)))
 
 
-def binary_conv(x_packed: Array, w_packed: Array, *, channels_per_group: int, kernel_size: int,
-                stride: int = 1, dilation: int = 1, wsum: Array | None = None,
-                unroll: int = 4) -> Array:
+def binary_conv(
+  x_packed: Array,
+  w_packed: Array,
+  *,
+  channels_per_group: int,
+  kernel_size: int,
+  stride: int = 1,
+  dilation: int = 1,
+  wsum: Array | None = None,
+  unroll: int = 4,
+) -> Array:
   """The exact integer +-1 conv of packed signs with packed weights, Eq. (1)-(2).
 
   Args:
@@ -182,8 +195,9 @@ def binary_conv(x_packed: Array, w_packed: Array, *, channels_per_group: int, ke
   k = kernel_size
   taps, _, _, og = w_packed.shape
   if taps != k * k or w_packed.shape[1:3] != (g, words):
-    raise ValueError(f"packed weight {w_packed.shape} does not fit k={k} and packed input "
-                     f"{x_packed.shape}")
+    raise ValueError(
+      f"packed weight {w_packed.shape} does not fit k={k} and packed input {x_packed.shape}"
+    )
   pad = dilation * (k - 1) // 2
   ho = (h + 2 * pad - dilation * (k - 1) - 1) // stride + 1
   wo = (wd + 2 * pad - dilation * (k - 1) - 1) // stride + 1
@@ -197,8 +211,9 @@ def binary_conv(x_packed: Array, w_packed: Array, *, channels_per_group: int, ke
   return y if correction is None else y - correction
 
 
-def padding_correction(h: int, w: int, k: int, stride: int, dilation: int,
-                       wsum: Array | None) -> Array | None:
+def padding_correction(
+  h: int, w: int, k: int, stride: int, dilation: int, wsum: Array | None
+) -> Array | None:
   """The last term of Eq. (2): (1, H_out, W_out, O) sums of the weights of padded taps.
 
   None when no tap of any output reads the border (k = 1 or no padding).
@@ -230,14 +245,26 @@ def conv_weight_tap_sums(w_packed: Array, channels_per_group: int) -> Array:
 def binary_dense(x_packed: Array, w_packed: Array, *, in_features: int) -> Array:
   """Exact +-1 matrix product: (N, 1, Wg) packed signs times a `pack_dense_weight` kernel."""
   n = x_packed.shape[0]
-  y = binary_conv(x_packed.reshape(n, 1, 1, 1, -1), w_packed,
-                  channels_per_group=in_features, kernel_size=1)
+  y = binary_conv(
+    x_packed.reshape(n, 1, 1, 1, -1), w_packed, channels_per_group=in_features, kernel_size=1
+  )
   return y.reshape(n, -1)
 
 
-def sign_conv(x: Array, w_packed: Array, *, threshold: Array, scale: Array, shift: Array,
-              in_channels: int, groups: int, kernel_size: int, stride: int = 1,
-              dilation: int = 1, wsum: Array | None = None) -> Array:
+def sign_conv(
+  x: Array,
+  w_packed: Array,
+  *,
+  threshold: Array,
+  scale: Array,
+  shift: Array,
+  in_channels: int,
+  groups: int,
+  kernel_size: int,
+  stride: int = 1,
+  dilation: int = 1,
+  wsum: Array | None = None,
+) -> Array:
   """RSign -> packed binary conv -> folded per-channel affine, fused under jit.
 
   `conv(sign(x + threshold), B) * scale + shift`: the RSign threshold (ReActNet
@@ -245,19 +272,41 @@ def sign_conv(x: Array, w_packed: Array, *, threshold: Array, scale: Array, shif
   `shift` (binary_export's form).
   """
   bits = pack_signs(x, groups, threshold)
-  y = binary_conv(bits, w_packed, channels_per_group=in_channels // groups,
-                  kernel_size=kernel_size, stride=stride, dilation=dilation, wsum=wsum)
+  y = binary_conv(
+    bits,
+    w_packed,
+    channels_per_group=in_channels // groups,
+    kernel_size=kernel_size,
+    stride=stride,
+    dilation=dilation,
+    wsum=wsum,
+  )
   return y * scale + shift
 
 
-def float_sign_conv(x: Array, w: Array, *, threshold: Array, scale: Array, shift: Array,
-                    groups: int, stride: int = 1, dilation: int = 1) -> Array:
+def float_sign_conv(
+  x: Array,
+  w: Array,
+  *,
+  threshold: Array,
+  scale: Array,
+  shift: Array,
+  groups: int,
+  stride: int = 1,
+  dilation: int = 1,
+) -> Array:
   """The float twin of `sign_conv`: the same +-1 weights through `lax.conv_general_dilated`."""
   signs = jnp.where(x + threshold >= 0, 1.0, -1.0)
   k = w.shape[0]
   pad = dilation * (k - 1) // 2
   y = lax.conv_general_dilated(
-      signs, jnp.asarray(w, jnp.float32), (stride, stride), ((pad, pad), (pad, pad)),
-      rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      feature_group_count=groups, preferred_element_type=jnp.float32)
+    signs,
+    jnp.asarray(w, jnp.float32),
+    (stride, stride),
+    ((pad, pad), (pad, pad)),
+    rhs_dilation=(dilation, dilation),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=groups,
+    preferred_element_type=jnp.float32,
+  )
   return y * scale + shift

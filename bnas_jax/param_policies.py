@@ -33,12 +33,16 @@ def label_params(params: Any, rules: Rules) -> Any:
       if pattern.fullmatch(name):
         return lab
     raise UserInputError(
-        f"Parameter {name!r} matches none of the parameter rules {[p for p, _ in rules]!r}; "
-        "end the rule list with a catch-all ('.*', label).")
+      f"Parameter {name!r} matches none of the parameter rules {[p for p, _ in rules]!r}; "
+      "end the rule list with a catch-all ('.*', label)."
+    )
 
   return jax.tree_util.tree_map_with_path(label, params)
 
 
 # NAS-BNN / ReActNet: weight decay on conv and classifier kernels only; never on
 # BN, PReLU slopes, learnable biases/thresholds, LSQ scales or kernel transforms.
-WEIGHT_DECAY_ON_KERNELS: Rules = ((r".*(conv[^/]*|classifier)/kernel", "decay"), (r".*", "no_decay"))
+WEIGHT_DECAY_ON_KERNELS: Rules = (
+  (r".*(conv[^/]*|classifier)/kernel", "decay"),
+  (r".*", "no_decay"),
+)

@@ -34,14 +34,16 @@ class Preempted(Exception):
 
   def __init__(self, step: int, checkpoint: str):
     super().__init__(
-        f"Stopped after step {step} on a termination request (SIGTERM); the checkpoint "
-        f"{checkpoint} is complete and the next launch with the same --workdir resumes from it.")
+      f"Stopped after step {step} on a termination request (SIGTERM); the checkpoint "
+      f"{checkpoint} is complete and the next launch with the same --workdir resumes from it."
+    )
     self.step = step
     self.checkpoint = checkpoint
 
 
 def _sync_manager_active() -> bool:
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
+
   state = getattr(distributed, "global_state", None)
   return getattr(state, "preemption_sync_manager", None) is not None
 
@@ -50,8 +52,11 @@ def _on_signal(signum, frame) -> None:
   del frame
   _requested.set()
   # No `logging` here: the handler may interrupt the main thread inside it.
-  os.write(2, f"Received signal {signum}: finishing the current step, then "
-              "checkpointing and exiting.\n".encode())
+  os.write(
+    2,
+    f"Received signal {signum}: finishing the current step, then "
+    "checkpointing and exiting.\n".encode(),
+  )
 
 
 def install_handler() -> bool:
@@ -64,9 +69,11 @@ def install_handler() -> bool:
   """
   if jax.process_count() > 1:
     if not _sync_manager_active():
-      logging.warning("JAX's preemption service is off (jax_enable_preemption_service): SIGTERM "
-                      "stops this run without a final checkpoint; it resumes from the last "
-                      "periodic one.")
+      logging.warning(
+        "JAX's preemption service is off (jax_enable_preemption_service): SIGTERM "
+        "stops this run without a final checkpoint; it resumes from the last "
+        "periodic one."
+      )
     return _sync_manager_active()
   signal.signal(signal.SIGTERM, _on_signal)
   return True

@@ -246,8 +246,9 @@ def swish_sign(x: ArrayLike, beta: ArrayLike = 5.0) -> Array:
   return _swish_sign(x, beta)
 
 
-def magnitude_aware_sign(w: ArrayLike, clip_value: Optional[float] = 1.0,
-                         detach_scale: bool = True) -> Array:
+def magnitude_aware_sign(
+  w: ArrayLike, clip_value: Optional[float] = 1.0, detach_scale: bool = True
+) -> Array:
   """Per-output-channel scaled sign of a kernel.
 
   Forward: `alpha * sign(w)` with `alpha = mean(|w|)` over all axes but the last (one scale per
@@ -305,9 +306,12 @@ def xnor_weight(w: ArrayLike) -> Array:
   return magnitude_aware_sign(w, clip_value=1.0, detach_scale=False)
 
 
-def xnor_activation_scale(x: ArrayLike, kernel_size: Union[int, Sequence[int]],
-                          strides: Union[int, Sequence[int]] = 1,
-                          padding: Union[str, Sequence[Tuple[int, int]]] = "SAME") -> Array:
+def xnor_activation_scale(
+  x: ArrayLike,
+  kernel_size: Union[int, Sequence[int]],
+  strides: Union[int, Sequence[int]] = 1,
+  padding: Union[str, Sequence[Tuple[int, int]]] = "SAME",
+) -> Array:
   """XNOR-Net activation scale map `K = A * k`.
 
   Forward: `A = mean_c |x|` (channel mean, shape `(N, H, W, 1)`) convolved with a
@@ -340,9 +344,14 @@ def xnor_activation_scale(x: ArrayLike, kernel_size: Union[int, Sequence[int]],
   box = jnp.full((kh, kw, 1, 1), 1.0 / (kh * kw), dtype=ct)
   if not isinstance(padding, str):
     padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-  k = lax.conv_general_dilated(a, box, window_strides=(sh, sw), padding=padding,
-                               dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                               precision=lax.Precision.HIGHEST)
+  k = lax.conv_general_dilated(
+    a,
+    box,
+    window_strides=(sh, sw),
+    padding=padding,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    precision=lax.Precision.HIGHEST,
+  )
   return k.astype(x.dtype)
 
 
@@ -442,13 +451,13 @@ def _lsq_bwd(qn, qp, res, dy):
   dx = jnp.where(inside, g, jnp.zeros_like(g))
   # d(scale * round(clip(v)))/d scale with the STE round: round(v) - v inside, the clip bound
   # outside (Esser et al., Eq. 3).
-  dv = jnp.where(v < qn, jnp.asarray(qn, ct),
-                 jnp.where(v > qp, jnp.asarray(qp, ct), jnp.round(v) - v))
+  dv = jnp.where(
+    v < qn, jnp.asarray(qn, ct), jnp.where(v > qp, jnp.asarray(qp, ct), jnp.round(v) - v)
+  )
   dscale = _sum_to_shape(g * dv, scale.shape)
   dscale = dscale * grad_scale.astype(ct)
   # grad_scale only rescales the gradient; it has no forward effect to differentiate.
-  return (dx.astype(x.dtype), dscale.astype(scale.dtype),
-          jnp.zeros_like(grad_scale))
+  return (dx.astype(x.dtype), dscale.astype(scale.dtype), jnp.zeros_like(grad_scale))
 
 
 _lsq.defvjp(_lsq_fwd, _lsq_bwd)
@@ -467,12 +476,14 @@ def _check_broadcast(x: Array, p: Array, name: str) -> None:
   except ValueError:
     shape = None
   if shape != x.shape:
-    raise ValueError(f"{name} of shape {p.shape} must broadcast to the input shape {x.shape} "
-                     "without enlarging it.")
+    raise ValueError(
+      f"{name} of shape {p.shape} must broadcast to the input shape {x.shape} without enlarging it."
+    )
 
 
-def unsigned_activation_quantizer(x: ArrayLike, alpha: ArrayLike,
-                                  grad_scale: ArrayLike = 1.0) -> Array:
+def unsigned_activation_quantizer(
+  x: ArrayLike, alpha: ArrayLike, grad_scale: ArrayLike = 1.0
+) -> Array:
   """DMS 1-bit unsigned activation quantizer `alpha * round(clip(x/alpha, 0, 1))`.
 
   Forward: with `v = x/alpha`, `alpha * round(clip(v, 0, 1))`, so the output is `0` or `alpha`.
@@ -505,9 +516,13 @@ def unsigned_activation_quantizer(x: ArrayLike, alpha: ArrayLike,
   return _lsq(x, alpha, grad_scale, 0, 1)
 
 
-def lsq_quantize(w: ArrayLike, scale: ArrayLike, bits: int = 8,
-                 grad_scale: Optional[ArrayLike] = None,
-                 min_scale: Optional[float] = None) -> Array:
+def lsq_quantize(
+  w: ArrayLike,
+  scale: ArrayLike,
+  bits: int = 8,
+  grad_scale: Optional[ArrayLike] = None,
+  min_scale: Optional[float] = None,
+) -> Array:
   """LSQ signed fake quantization of weights (NAS-BNN's 8-bit stem).
 
   Forward: with `s = max(scale, min_scale)` (`s = scale` when `min_scale` is None),
@@ -595,8 +610,9 @@ def lsq_init_scale(w: ArrayLike, bits: int = 8) -> Array:
 # --------------------------------------------------------------------------------------------
 
 
-def rsign(x: ArrayLike, threshold: ArrayLike,
-          sign_fn: Union[str, Quantizer] = approx_sign) -> Array:
+def rsign(
+  x: ArrayLike, threshold: ArrayLike, sign_fn: Union[str, Quantizer] = approx_sign
+) -> Array:
   """ReActNet RSign: a sign with a learnable per-channel threshold.
 
   Forward: `sign_fn(x + threshold)`, i.e. `+1` where `x >= -threshold`. `threshold` is a
@@ -660,8 +676,9 @@ def _spatial_linear(kernel: Array, matrix: Array) -> Array:
   if kernel.ndim != 4 or kernel.shape[1] != k:
     raise ValueError(f"Expected a square HWIO kernel (k, k, cin, cout); got {kernel.shape}.")
   if matrix.shape != (k * k, k * k):
-    raise ValueError(f"Expected a ({k * k}, {k * k}) matrix for a {k}x{k} kernel; got "
-                     f"{matrix.shape}.")
+    raise ValueError(
+      f"Expected a ({k * k}, {k * k}) matrix for a {k}x{k} kernel; got {matrix.shape}."
+    )
   ct = _compute_dtype(kernel.dtype, matrix.dtype)
   # Row-major (kh, kw) flattening, the same order as PyTorch's (out, in, kh, kw).view(-1, k*k),
   # so matrices learned by the reference code mean the same thing here.
@@ -700,10 +717,11 @@ def ofa_kernel_transform(kernel: ArrayLike, kernel_size: int, matrix: ArrayLike)
   big = kernel.shape[0]
   k = int(kernel_size)
   if k < 1 or k > big or (big - k) % 2:
-    raise ValueError(f"kernel_size {k} must be <= {big} with the same parity to centre-crop a "
-                     f"{big}x{big} kernel.")
+    raise ValueError(
+      f"kernel_size {k} must be <= {big} with the same parity to centre-crop a {big}x{big} kernel."
+    )
   start = (big - k) // 2
-  crop = kernel[start:start + k, start:start + k]
+  crop = kernel[start : start + k, start : start + k]
   return _spatial_linear(crop, matrix)
 
 
@@ -740,12 +758,12 @@ def bi_transformation(kernel: ArrayLike, matrix: ArrayLike) -> Array:
 # --------------------------------------------------------------------------------------------
 
 _QUANTIZERS = {
-    "ste_sign": ste_sign,
-    "approx_sign": approx_sign,
-    "swish_sign": swish_sign,
-    "identity_sign": identity_sign,
-    "magnitude_aware_sign": magnitude_aware_sign,
-    "xnor_weight": xnor_weight,
+  "ste_sign": ste_sign,
+  "approx_sign": approx_sign,
+  "swish_sign": swish_sign,
+  "identity_sign": identity_sign,
+  "magnitude_aware_sign": magnitude_aware_sign,
+  "xnor_weight": xnor_weight,
 }
 
 

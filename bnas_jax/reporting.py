@@ -18,13 +18,26 @@ from bnas_jax import atomic_files
 class Reporter:
   """Scalars to `workdir` (TensorBoard + console) and a tqdm bar with ETA."""
 
-  def __init__(self, workdir: str, total_steps: int, initial_step: int = 0, *,
-               progress_bar: bool = True, desc: str = "train"):
+  def __init__(
+    self,
+    workdir: str,
+    total_steps: int,
+    initial_step: int = 0,
+    *,
+    progress_bar: bool = True,
+    desc: str = "train",
+  ):
     self._main = jax.process_index() == 0
     self.writer = metric_writers.create_default_writer(workdir, just_logging=not self._main)
-    self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, desc=desc, dynamic_ncols=True,
-                          disable=not (self._main and progress_bar), file=sys.stderr,
-                          mininterval=1.0)
+    self._bar = tqdm.tqdm(
+      total=total_steps,
+      initial=initial_step,
+      desc=desc,
+      dynamic_ncols=True,
+      disable=not (self._main and progress_bar),
+      file=sys.stderr,
+      mininterval=1.0,
+    )
 
   def advance(self, steps: int = 1) -> None:
     self._bar.update(steps)

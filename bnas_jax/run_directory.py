@@ -34,15 +34,22 @@ from bnas_jax.errors import UserInputError
 CONFIG_FILE = "config.json"
 
 # Fields that change how a run is watched or where it runs, not what it computes.
-HARMLESS_FIELDS = ("progress_bar", "log_every_steps", "checkpoint_every_steps",
-                   "keep_checkpoints", "num_devices", "eval_every_epochs",
-                   "data.data_dir", "data.cache_dir")
-
+HARMLESS_FIELDS = (
+  "progress_bar",
+  "log_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "num_devices",
+  "eval_every_epochs",
+  "data.data_dir",
+  "data.cache_dir",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
   """The config snapshot `record` writes: where, what, and whether it replaces one."""
+
   path: epath.Path
   config: dict
   replace: bool
@@ -96,9 +103,10 @@ def _check_writable(path: epath.Path) -> None:
     probe.unlink()
   except OSError as e:
     raise UserInputError(
-        f"--workdir={path} is not usable: {type(e).__name__}: {e.strerror or e}. Checkpoints, "
-        "metrics and results are written there, so it must be a writable directory with free "
-        "space (on multi-host runs: shared storage such as gs://bucket/path).") from None
+      f"--workdir={path} is not usable: {type(e).__name__}: {e.strerror or e}. Checkpoints, "
+      "metrics and results are written there, so it must be a writable directory with free "
+      "space (on multi-host runs: shared storage such as gs://bucket/path)."
+    ) from None
 
 
 def check(config: Any, workdir: str, *, force_resume: bool = False) -> Optional[Snapshot]:
@@ -114,8 +122,9 @@ def check(config: Any, workdir: str, *, force_resume: bool = False) -> Optional[
   """
   if not str(workdir).strip():
     raise UserInputError(
-        "--workdir is empty; give the directory for this run's checkpoints, metrics and "
-        "results (it is created if absent), e.g. --workdir=/tmp/run1.")
+      "--workdir is empty; give the directory for this run's checkpoints, metrics and "
+      "results (it is created if absent), e.g. --workdir=/tmp/run1."
+    )
   path = epath.Path(workdir)
   _check_writable(path)
   current = config_as_dict(config)
@@ -126,17 +135,19 @@ def check(config: Any, workdir: str, *, force_resume: bool = False) -> Optional[
       saved = json.loads(snapshot.read_text())
     except (OSError, ValueError) as e:
       raise UserInputError(
-          f"{snapshot} (the config of the run in --workdir) cannot be read ({e}); restore it, "
-          "remove it to adopt this launch's config, or use a new --workdir.") from None
+        f"{snapshot} (the config of the run in --workdir) cannot be read ({e}); restore it, "
+        "remove it to adopt this launch's config, or use a new --workdir."
+      ) from None
   changed = differences(saved, current) if saved is not None else []
   if jax.process_count() > 1:
     # Everyone has read the snapshot before process 0 may replace it.
     multihost_utils.sync_global_devices("bnas_run_directory_read")
   if changed and not force_resume:
     raise UserInputError(
-        f"--workdir={workdir} holds a run of a different config ({'; '.join(changed)}). Use a "
-        "new --workdir for a new experiment, or pass --force_resume to continue this run with "
-        f"the new config (the old one is kept as {CONFIG_FILE}.replaced-<time>).")
+      f"--workdir={workdir} holds a run of a different config ({'; '.join(changed)}). Use a "
+      "new --workdir for a new experiment, or pass --force_resume to continue this run with "
+      f"the new config (the old one is kept as {CONFIG_FILE}.replaced-<time>)."
+    )
   if saved is None or changed:
     return Snapshot(path=path, config=current, replace=bool(changed))
   return None

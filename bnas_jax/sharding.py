@@ -40,13 +40,15 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   devices = jax.devices()
   if num_devices and jax.process_count() > 1 and num_devices != len(devices):
     raise UserInputError(
-        f"num_devices={num_devices} with {jax.process_count()} processes: a multi-process run "
-        f"uses all {len(devices)} devices of the job (every process feeds its own devices); "
-        "leave num_devices=0.")
+      f"num_devices={num_devices} with {jax.process_count()} processes: a multi-process run "
+      f"uses all {len(devices)} devices of the job (every process feeds its own devices); "
+      "leave num_devices=0."
+    )
   if num_devices:
     if num_devices > len(devices):
       raise UserInputError(
-          f"num_devices={num_devices} but only {len(devices)} devices are visible.")
+        f"num_devices={num_devices} but only {len(devices)} devices are visible."
+      )
     devices = devices[:num_devices]
   return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
 
@@ -64,20 +66,20 @@ def check_batch_size(global_batch_size: int, mesh: jax.sharding.Mesh, what: str)
   n = mesh.size
   if global_batch_size <= 0 or global_batch_size % n:
     raise UserInputError(
-        f"{what}={global_batch_size} must be a positive multiple of the number of devices "
-        f"({n}) because the batch is split evenly over the mesh's data axis; choose e.g. "
-        f"{max(n, (global_batch_size // n) * n or n)}.")
+      f"{what}={global_batch_size} must be a positive multiple of the number of devices "
+      f"({n}) because the batch is split evenly over the mesh's data axis; choose e.g. "
+      f"{max(n, (global_batch_size // n) * n or n)}."
+    )
   if global_batch_size % jax.process_count():
     raise UserInputError(
-        f"{what}={global_batch_size} must be divisible by the process count "
-        f"({jax.process_count()}).")
+      f"{what}={global_batch_size} must be divisible by the process count ({jax.process_count()})."
+    )
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, Any]:
   """Turns this process's rows of a batch into global arrays sharded over "data"."""
   sharding = batch_sharded(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in local_batch.items()}
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
 def init_replicated(init_fn: Callable[..., Any], mesh: jax.sharding.Mesh, *args: Any) -> Any:

@@ -34,22 +34,28 @@ from bnas_jax.errors import UserInputError
 from bnas_jax.models import build_model
 
 
-
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
-                 sys_argv: Optional[list[str]] = None) -> None:
+def define_flags(
+  flag_values: flags.FlagValues = flags.FLAGS, sys_argv: Optional[list[str]] = None
+) -> None:
   """This CLI's flags (`sys_argv`: where `--config.KEY` overrides are found; tests)."""
   fv = dict(flag_values=flag_values)
-  flags.DEFINE_string("arch", None, "Architecture name or spec (search-space configs only).",
-                      **fv)
+  flags.DEFINE_string("arch", None, "Architecture name or spec (search-space configs only).", **fv)
   flags.DEFINE_bool("json", False, "Print one JSON object as the last line.", **fv)
-  flags.DEFINE_bool("space", False, "Count the architectures of the config's search space "
-                    "instead.", **fv)
-  flags.DEFINE_bool("verbose", False, "Show library log lines (absl, JAX, XLA) on stderr.",
-                    **fv)
-  flags.DEFINE_integer("batch", 1, "Batch size of the counted input.", lower_bound=1,
-                       upper_bound=4096, **fv)
-  config_flags.DEFINE_config_file("config", None, "Config file, optionally with :preset.",
-                                  lock_config=True, sys_argv=sys_argv, **fv)
+  flags.DEFINE_bool(
+    "space", False, "Count the architectures of the config's search space instead.", **fv
+  )
+  flags.DEFINE_bool("verbose", False, "Show library log lines (absl, JAX, XLA) on stderr.", **fv)
+  flags.DEFINE_integer(
+    "batch", 1, "Batch size of the counted input.", lower_bound=1, upper_bound=4096, **fv
+  )
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Config file, optionally with :preset.",
+    lock_config=True,
+    sys_argv=sys_argv,
+    **fv,
+  )
   flags.mark_flags_as_required(["config"], **fv)
 
 
@@ -57,8 +63,9 @@ def _resolver(config, flag: str):
   name = config.get("arch_resolver")
   if not name:
     raise UserInputError(
-        f"{flag} was given but this config describes one fixed network "
-        f"(config.model.name={config.model.name!r}) and has no search space; drop {flag}.")
+      f"{flag} was given but this config describes one fixed network "
+      f"(config.model.name={config.model.name!r}) and has no search space; drop {flag}."
+    )
   return importlib.import_module(name)
 
 
@@ -70,14 +77,19 @@ def summarize(config, arch=None, batch: int = 1) -> cost_model.CostReport:
       model = build_model(config.model, num_classes)
     except (AttributeError, KeyError) as e:  # config.model is a search space's template
       raise UserInputError(
-          f"config.model does not describe one network (no field {str(e).strip(chr(34))}): "
-          "this config's networks are chosen from its search space; pass --arch=NAME_OR_SPEC "
-          "(see the config file's docstring) or --space.") from None
+        f"config.model does not describe one network (no field {str(e).strip(chr(34))}): "
+        "this config's networks are chosen from its search space; pass --arch=NAME_OR_SPEC "
+        "(see the config file's docstring) or --space."
+      ) from None
   else:
     resolver = _resolver(config, f"--arch={user_files.quote(arch)}")
     model = resolver.build_model(config, arch, num_classes)
-  return cost_model.count_costs(model, (batch, *image_shape), train=False,
-                                real_param_bits=config.get("cost", {}).get("real_param_bits", 32))
+  return cost_model.count_costs(
+    model,
+    (batch, *image_shape),
+    train=False,
+    real_param_bits=config.get("cost", {}).get("real_param_bits", 32),
+  )
 
 
 def main(argv: list[str], fv: Optional[flags.FlagValues] = None) -> None:
@@ -90,9 +102,14 @@ def main(argv: list[str], fv: Optional[flags.FlagValues] = None) -> None:
       user_files.check_spec(fv.arch, "--arch")
     if fv.space:
       counts = _resolver(fv.config, "--space").space_counts(fv.config)
-      print(json.dumps(counts) if fv.json else
-            "\n".join(f"{k}: {v:,}" if isinstance(v, int) and not isinstance(v, bool) else
-                      f"{k}: {v}" for k, v in counts.items()))
+      print(
+        json.dumps(counts)
+        if fv.json
+        else "\n".join(
+          f"{k}: {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k}: {v}"
+          for k, v in counts.items()
+        )
+      )
       return
     report = summarize(fv.config, fv.arch, fv.batch)
   if fv.json:

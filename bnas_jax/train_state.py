@@ -24,20 +24,31 @@ class TrainState(flax.struct.PyTreeNode):
 
   @classmethod
   def create(cls, *, params, batch_stats, tx, rng) -> "TrainState":
-    return cls(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-               opt_state=tx.init(params), rng=rng, tx=tx)
+    return cls(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=tx.init(params),
+      rng=rng,
+      tx=tx,
+    )
 
   def step_key(self) -> jax.Array:
     return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
 
   def apply_gradients(self, grads: Any, batch_stats: Any) -> "TrainState":
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
-                        batch_stats=batch_stats, opt_state=opt_state)
+    return self.replace(
+      step=self.step + 1,
+      params=optax.apply_updates(self.params, updates),
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+    )
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
-                  label_smoothing: float = 0.0) -> jax.Array:
+def cross_entropy(
+  logits: jax.Array, labels: jax.Array, num_classes: int, label_smoothing: float = 0.0
+) -> jax.Array:
   """Per-example cross-entropy with optional label smoothing."""
   targets = jax.nn.one_hot(labels, num_classes)
   if label_smoothing:
@@ -45,14 +56,19 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def make_classification_loss(model: Any, num_classes: int, label_smoothing: float = 0.0
-                             ) -> Callable[..., tuple[jax.Array, tuple[jax.Array, Any]]]:
+def make_classification_loss(
+  model: Any, num_classes: int, label_smoothing: float = 0.0
+) -> Callable[..., tuple[jax.Array, tuple[jax.Array, Any]]]:
   """loss(params, batch_stats, batch, **apply_kwargs) -> (mean loss, (logits, new batch_stats))."""
 
   def loss_fn(params, batch_stats, batch, **apply_kwargs):
-    logits, updates = model.apply({"params": params, "batch_stats": batch_stats},
-                                  batch["image"], train=True, mutable=["batch_stats"],
-                                  **apply_kwargs)
+    logits, updates = model.apply(
+      {"params": params, "batch_stats": batch_stats},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+      **apply_kwargs,
+    )
     loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing).mean()
     return loss, (logits, updates["batch_stats"])
 
@@ -60,8 +76,10 @@ def make_classification_loss(model: Any, num_classes: int, label_smoothing: floa
 
 
 def make_classification_train_step(
-    model: Any, num_classes: int, label_smoothing: float = 0.0,
-    apply_kwargs: Optional[Callable[..., dict]] = None
+  model: Any,
+  num_classes: int,
+  label_smoothing: float = 0.0,
+  apply_kwargs: Optional[Callable[..., dict]] = None,
 ) -> Callable[..., tuple[TrainState, dict]]:
   """One optimizer step of supervised classification; metrics are global-batch means.
 
@@ -73,11 +91,14 @@ def make_classification_train_step(
   def train_step(state: TrainState, batch: dict, *extra: Any) -> tuple[TrainState, dict]:
     kwargs = apply_kwargs(state, *extra) if apply_kwargs is not None else {}
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, batch, **kwargs)
+      state.params, state.batch_stats, batch, **kwargs
+    )
     new_state = state.apply_gradients(grads, batch_stats)
-    metrics = {"loss": loss,
-               "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-               "grad_norm": optax.tree.norm(grads)}
+    metrics = {
+      "loss": loss,
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+      "grad_norm": optax.tree.norm(grads),
+    }
     return new_state, metrics
 
   return train_step
@@ -94,7 +115,10 @@ def make_classification_eval_step(model: Any, num_classes: int) -> Callable[...,
     logits = model.apply(variables, batch["image"], train=False)
     mask = batch["mask"]
     loss = cross_entropy(logits, batch["label"], num_classes)
-    return {"correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
-            "loss": jnp.sum(loss * mask), "count": jnp.sum(mask)}
+    return {
+      "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+      "loss": jnp.sum(loss * mask),
+      "count": jnp.sum(mask),
+    }
 
   return eval_step

@@ -35,9 +35,15 @@ def restore_or_keep(ckpt: checkpointing.Checkpointer, state: Any, train_iter: An
   return state
 
 
-def start_phase(config: Any, workdir: str, mesh: jax.sharding.Mesh,
-                init_variables: Callable[[jax.Array], dict], opt_cfg: Any, total_steps: int,
-                steps_per_epoch: int) -> tuple[Any, checkpointing.Checkpointer, Any, bool]:
+def start_phase(
+  config: Any,
+  workdir: str,
+  mesh: jax.sharding.Mesh,
+  init_variables: Callable[[jax.Array], dict],
+  opt_cfg: Any,
+  total_steps: int,
+  steps_per_epoch: int,
+) -> tuple[Any, checkpointing.Checkpointer, Any, bool]:
   """A phase's train state (born replicated), checkpointer and train iterator.
 
   Resumes state and iterator from the latest readable checkpoint in
@@ -50,19 +56,31 @@ def start_phase(config: Any, workdir: str, mesh: jax.sharding.Mesh,
     variables = init_variables(key)
     tx = optimizers.make_optimizer(opt_cfg, variables["params"], total_steps, steps_per_epoch)
     return train_state_lib.TrainState.create(
-        params=variables["params"], batch_stats=variables.get("batch_stats", {}), tx=tx,
-        rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+      params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),
+      tx=tx,
+      rng=jax.random.key_data(jax.random.fold_in(key, 1)),
+    )
 
   train_iter = input_pipeline.make_train_iterator(
-      config.data, "train", config.batch_size, config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+    config.data,
+    "train",
+    config.batch_size,
+    config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   state, ckpt, resumed = open_phase(config, workdir, mesh, init_state, train_iter)
   return state, ckpt, train_iter, resumed
 
 
-def open_phase(config: Any, workdir: str, mesh: jax.sharding.Mesh,
-               init_state: Callable[[jax.Array], Any], train_iter: Any
-               ) -> tuple[Any, checkpointing.Checkpointer, bool]:
+def open_phase(
+  config: Any,
+  workdir: str,
+  mesh: jax.sharding.Mesh,
+  init_state: Callable[[jax.Array], Any],
+  train_iter: Any,
+) -> tuple[Any, checkpointing.Checkpointer, bool]:
   """Any phase's state: born replicated, disk space checked, resumed with its iterator.
 
   `init_state(key)` builds the phase's state (a `TrainState`, the DARTS
@@ -71,16 +89,23 @@ def open_phase(config: Any, workdir: str, mesh: jax.sharding.Mesh,
   it and `train_iter`'s position. The last element says whether it resumed.
   """
   state = sharding.init_replicated(init_state, mesh, jax.random.key(config.seed))
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=config.get("keep_checkpoints", 3))
+  ckpt = checkpointing.Checkpointer(
+    os.path.join(workdir, "checkpoints"), max_to_keep=config.get("keep_checkpoints", 3)
+  )
   ckpt.check_free_space(state)
   state = restore_or_keep(ckpt, state, train_iter)
   return state, ckpt, ckpt.latest_step() is not None
 
 
-def evaluate(eval_step: Callable[[dict, dict], dict], variables: dict, data_config: Any,
-             split: str, batch_size: int, mesh: jax.sharding.Mesh,
-             max_examples: int = 0) -> dict[str, float]:
+def evaluate(
+  eval_step: Callable[[dict, dict], dict],
+  variables: dict,
+  data_config: Any,
+  split: str,
+  batch_size: int,
+  mesh: jax.sharding.Mesh,
+  max_examples: int = 0,
+) -> dict[str, float]:
   """Accuracy, mean loss and example count of `variables` on a split, every process's rows.
 
   `eval_step` is a jitted `train_state.make_classification_eval_step` (or any
@@ -88,29 +113,48 @@ def evaluate(eval_step: Callable[[dict, dict], dict], variables: dict, data_conf
   """
   totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
   for local in input_pipeline.make_eval_batches(
-      data_config, split, batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count(), max_examples=max_examples or None):
+    data_config,
+    split,
+    batch_size,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    max_examples=max_examples or None,
+  ):
     out = eval_step(variables, sharding.global_batch(local, mesh))
     for k in totals:
       totals[k] += float(out[k])
   n = max(totals["count"], 1.0)
-  return {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n,
-          "count": int(totals["count"])}
+  return {
+    "accuracy": totals["correct"] / n,
+    "loss": totals["loss"] / n,
+    "count": int(totals["count"]),
+  }
 
 
 def intervals(config: Any, steps_per_epoch: int) -> dict[str, int]:
   """`run_steps`' log/checkpoint intervals from the config (0 = once per epoch)."""
-  return {"log_every": max(1, config.get("log_every_steps", 50)),
-          "checkpoint_every": config.get("checkpoint_every_steps") or steps_per_epoch}
+  return {
+    "log_every": max(1, config.get("log_every_steps", 50)),
+    "checkpoint_every": config.get("checkpoint_every_steps") or steps_per_epoch,
+  }
 
 
-def run_steps(*, state: Any, train_step: Callable[..., tuple[Any, dict]], train_iter: Any,
-              mesh: jax.sharding.Mesh, ckpt: checkpointing.Checkpointer,
-              reporter: reporting.Reporter, total_steps: int, log_every: int,
-              checkpoint_every: int, phase_name: str,
-              step_inputs: Callable[[int], Sequence[Any]] = lambda step: (),
-              schedule: Optional[Callable[[int], Any]] = None,
-              after_step: Optional[Callable[[int, Any], None]] = None) -> Any:
+def run_steps(
+  *,
+  state: Any,
+  train_step: Callable[..., tuple[Any, dict]],
+  train_iter: Any,
+  mesh: jax.sharding.Mesh,
+  ckpt: checkpointing.Checkpointer,
+  reporter: reporting.Reporter,
+  total_steps: int,
+  log_every: int,
+  checkpoint_every: int,
+  phase_name: str,
+  step_inputs: Callable[[int], Sequence[Any]] = lambda step: (),
+  schedule: Optional[Callable[[int], Any]] = None,
+  after_step: Optional[Callable[[int, Any], None]] = None,
+) -> Any:
   """Runs steps `state.step + 1 .. total_steps`; returns the final state.
 
   Args:

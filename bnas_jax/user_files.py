@@ -47,13 +47,15 @@ def _check_characters(text: str, what: str, ascii_only: bool) -> None:
     if (code < 32 and ch not in "\t\n\r") or code == 127 or (ascii_only and code > 126):
       kind = "non-ASCII" if code > 126 else "control"
       raise UserInputError(
-          f"{what} contains the {kind} character {ch!r} (U+{code:04X}) at position {i}: "
-          f"{quote(text[max(0, i - 40):i + 40])}. Use plain ASCII (digits 0-9, letters, "
-          "punctuation).")
+        f"{what} contains the {kind} character {ch!r} (U+{code:04X}) at position {i}: "
+        f"{quote(text[max(0, i - 40) : i + 40])}. Use plain ASCII (digits 0-9, letters, "
+        "punctuation)."
+      )
 
 
-def read_text(path: str, what: str, *, max_bytes: int = MAX_TEXT_BYTES,
-              ascii_only: bool = False) -> str:
+def read_text(
+  path: str, what: str, *, max_bytes: int = MAX_TEXT_BYTES, ascii_only: bool = False
+) -> str:
   """The UTF-8 text of the regular file `path` (see the module docstring).
 
   Args:
@@ -72,8 +74,9 @@ def read_text(path: str, what: str, *, max_bytes: int = MAX_TEXT_BYTES,
     size = os.path.getsize(path)
     if size > max_bytes:
       raise UserInputError(
-          f"{what}: {quote(path)} has {size:,} bytes, more than the {max_bytes:,} such a file "
-          "can reasonably need; is it the right file?")
+        f"{what}: {quote(path)} has {size:,} bytes, more than the {max_bytes:,} such a file "
+        "can reasonably need; is it the right file?"
+      )
     with open(path, "rb") as f:
       data = f.read(max_bytes + 1)
   except OSError as e:
@@ -82,8 +85,9 @@ def read_text(path: str, what: str, *, max_bytes: int = MAX_TEXT_BYTES,
     text = data.decode("utf-8")
   except UnicodeDecodeError as e:
     raise UserInputError(
-        f"{what}: {quote(path)} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
-        f"{e.start}); is it the right file?") from None
+      f"{what}: {quote(path)} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+      f"{e.start}); is it the right file?"
+    ) from None
   _check_characters(text, f"{what} ({quote(path)})", ascii_only)
   return text
 
@@ -107,8 +111,9 @@ def _check_json_shape(text: str, what: str, max_depth: int) -> None:
       if run > (MAX_FRACTION_DIGITS if fraction else MAX_INT_DIGITS):
         start = i - run + 1
         raise UserInputError(
-            f"{what} holds a number of more than {run - 1} digits at position {start}: "
-            f"{quote(text[start:start + 40])}; no count, width or cost is that long.")
+          f"{what} holds a number of more than {run - 1} digits at position {start}: "
+          f"{quote(text[start : start + 40])}; no count, width or cost is that long."
+        )
       continue
     run = 0
     if ch == '"':
@@ -117,8 +122,9 @@ def _check_json_shape(text: str, what: str, max_depth: int) -> None:
       depth += 1
       if depth > max_depth:
         raise UserInputError(
-            f"{what} nests JSON deeper than {max_depth} levels (at position {i}: "
-            f"{quote(text[max(0, i - 40):i + 20])}); such files are never that deep.")
+          f"{what} nests JSON deeper than {max_depth} levels (at position {i}: "
+          f"{quote(text[max(0, i - 40) : i + 20])}); such files are never that deep."
+        )
     elif ch in "]}":
       depth -= 1
 
@@ -134,16 +140,18 @@ def parse_json(text: str, what: str, *, max_depth: int = MAX_DEPTH) -> Any:
     return json.loads(text, parse_constant=_reject_constant)
   except ValueError as e:  # JSONDecodeError is a ValueError
     pos = getattr(e, "pos", None)
-    where = f" near {quote(text[max(0, pos - 40):pos + 40])}" if pos is not None else ""
+    where = f" near {quote(text[max(0, pos - 40) : pos + 40])}" if pos is not None else ""
     msg = getattr(e, "msg", str(e))
     raise UserInputError(f"{what} is not valid JSON ({msg}){where}.") from None
 
 
-def read_json(path: str, what: str, *, max_bytes: int = MAX_TEXT_BYTES,
-              max_depth: int = MAX_DEPTH) -> Any:
+def read_json(
+  path: str, what: str, *, max_bytes: int = MAX_TEXT_BYTES, max_depth: int = MAX_DEPTH
+) -> Any:
   """`parse_json` of `read_text(path)`."""
-  return parse_json(read_text(path, what, max_bytes=max_bytes), f"{what} ({quote(path)})",
-                    max_depth=max_depth)
+  return parse_json(
+    read_text(path, what, max_bytes=max_bytes), f"{what} ({quote(path)})", max_depth=max_depth
+  )
 
 
 MAX_SPEC_CHARS = 1 << 16  # an inline architecture string or JSON
@@ -166,16 +174,18 @@ def check_spec(spec: str, what: str) -> None:
   else:
     if len(spec) > MAX_SPEC_CHARS:
       raise UserInputError(
-          f"{what} is {len(spec):,} characters long ({quote(spec, 60)}); an architecture "
-          f"string has at most {MAX_SPEC_CHARS:,}: pass a file instead.")
+        f"{what} is {len(spec):,} characters long ({quote(spec, 60)}); an architecture "
+        f"string has at most {MAX_SPEC_CHARS:,}: pass a file instead."
+      )
     _check_characters(spec, what, ascii_only=True)
     text, where = spec, what
   if text.lstrip()[:1] in ("{", "["):
     too_large = _first_int_above(parse_json(text, where), MAX_ARCH_INT)
     if too_large is not None:
       raise UserInputError(
-          f"{where} holds the number {too_large:,}; no width, kernel, group count or index "
-          f"of an architecture exceeds {MAX_ARCH_INT:,}.")
+        f"{where} holds the number {too_large:,}; no width, kernel, group count or index "
+        f"of an architecture exceeds {MAX_ARCH_INT:,}."
+      )
 
 
 def _first_int_above(value: Any, limit: int) -> Optional[int]:
@@ -197,8 +207,9 @@ def split_config_spec(spec: str) -> tuple[str, Optional[str]]:
   path, sep, preset = str(spec).partition(":")
   if sep and not preset.strip():
     raise UserInputError(
-        f"--config={quote(spec)} ends with ':' but names no preset; drop the ':' for the "
-        "default or write --config=FILE.py:PRESET.")
+      f"--config={quote(spec)} ends with ':' but names no preset; drop the ':' for the "
+      "default or write --config=FILE.py:PRESET."
+    )
   return path, (preset if sep else None)
 
 
@@ -208,16 +219,18 @@ def load_config_module(spec: str) -> types.ModuleType:
   what = "--config"
   if not path.endswith(".py"):
     raise UserInputError(
-        f"--config={quote(spec)} is not a Python config file (*.py[:preset]); e.g. "
-        "--config=configs/reactnet.py or --config=configs/nasbnn.py:imagenet.")
+      f"--config={quote(spec)} is not a Python config file (*.py[:preset]); e.g. "
+      "--config=configs/reactnet.py or --config=configs/nasbnn.py:imagenet."
+    )
   source = read_text(path, what, max_bytes=MAX_CONFIG_BYTES)
   try:
     code = compile(source, path, "exec")
   except (SyntaxError, ValueError) as e:
     line = getattr(e, "lineno", None)
     raise UserInputError(
-        f"--config={quote(path)} is not valid Python ({getattr(e, 'msg', e)}"
-        f"{f' on line {line}' if line else ''}).") from None
+      f"--config={quote(path)} is not valid Python ({getattr(e, 'msg', e)}"
+      f"{f' on line {line}' if line else ''})."
+    ) from None
   module = types.ModuleType(os.path.splitext(os.path.basename(path))[0] + "_user_config")
   module.__file__ = path
   try:
@@ -226,8 +239,8 @@ def load_config_module(spec: str) -> types.ModuleType:
     raise
   except Exception as e:  # pylint: disable=broad-except
     raise UserInputError(
-        f"--config={quote(path)} fails while loading: {type(e).__name__}: "
-        f"{quote(str(e), 160)}.") from None
+      f"--config={quote(path)} fails while loading: {type(e).__name__}: {quote(str(e), 160)}."
+    ) from None
   if not callable(module.__dict__.get("get_config")):
     raise UserInputError(f"--config={quote(path)} defines no get_config() function.")
   return module
@@ -243,10 +256,11 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     raise
   except Exception as e:  # pylint: disable=broad-except
     raise UserInputError(
-        f"--config={quote(spec)}: get_config() raised {type(e).__name__}: "
-        f"{quote(str(e), 160)}.") from None
+      f"--config={quote(spec)}: get_config() raised {type(e).__name__}: {quote(str(e), 160)}."
+    ) from None
   if not isinstance(config, ml_collections.ConfigDict):
     raise UserInputError(
-        f"--config={quote(spec)}: get_config() returned a {type(config).__name__}, not an "
-        "ml_collections.ConfigDict.")
+      f"--config={quote(spec)}: get_config() returned a {type(config).__name__}, not an "
+      "ml_collections.ConfigDict."
+    )
   return config

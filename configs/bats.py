@@ -44,12 +44,26 @@ def get_config(arg=None):
   c.search.binary_weights = False  # [recalled]: real weights, binary activations in search
   c.search.diversity_lambda = 0.0  # BNAS's regularizer is not part of BATS
   c.derive.keep_zeroise = False
-  c.search.optimizer = ml_collections.ConfigDict(dict(
-      name="adam", learning_rate=2e-3, schedule="cosine", weight_decay=0.0,
-      grad_clip_norm=ml_collections.FieldReference(None, float)))
-  c.final.optimizer = ml_collections.ConfigDict(dict(
-      name="adam", schedule="cosine", learning_rate=2e-3, weight_decay=0.0, b1=0.9, b2=0.999,
-      grad_clip_norm=ml_collections.FieldReference(None, float)))
+  c.search.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="adam",
+      learning_rate=2e-3,
+      schedule="cosine",
+      weight_decay=0.0,
+      grad_clip_norm=ml_collections.FieldReference(None, float),
+    )
+  )
+  c.final.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="adam",
+      schedule="cosine",
+      learning_rate=2e-3,
+      weight_decay=0.0,
+      b1=0.9,
+      b2=0.999,
+      grad_clip_norm=ml_collections.FieldReference(None, float),
+    )
+  )
   if preset in ("cifar10", "cifar100"):
     c.data.name = preset
     c.data.image_size = 32
@@ -60,15 +74,25 @@ def get_config(arg=None):
     c.search.num_epochs = 25  # NAS-BNN Table 2
     c.search.arch_optimizer.learning_rate = 3e-4
     c.search.optimizer.learning_rate = 1e-3
-    c.final.update(dict(num_cells=20, channels=36, num_epochs=75, batch_size=256,
-                        random_baseline=False))
+    c.final.update(
+      dict(num_cells=20, channels=36, num_epochs=75, batch_size=256, random_baseline=False)
+    )
     c.final.optimizer.learning_rate = 1e-3
     c.eval_batch_size = 500
   elif preset == "imagenet":
     c.data = presets.data_config(name="imagenet2012", image_size=224, holdout_fraction=0.0)
     c.model.groups = 12
-    c.final.update(dict(num_cells=14, channels=48, stem="imagenet", num_epochs=75,
-                        batch_size=256, label_smoothing=0.1, random_baseline=False))
+    c.final.update(
+      dict(
+        num_cells=14,
+        channels=48,
+        stem="imagenet",
+        num_epochs=75,
+        batch_size=256,
+        label_smoothing=0.1,
+        random_baseline=False,
+      )
+    )
     c.final.optimizer.learning_rate = 1e-3
     c.eval_batch_size = 500
   return c

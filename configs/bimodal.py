@@ -55,14 +55,20 @@ PRESETS = ("digits", "cifar100", "mbconv", "mbconv_cifar100")
 def _mbconv_digits(c: ml_collections.ConfigDict) -> None:
   """The tiny MBConv run on digits (minutes on 2 CPU cores); RECONSTRUCTED sizes."""
   c.space = mbconv.NAME
-  c.model = ml_collections.ConfigDict(dict(
-      stem_width=8, stem_stride=1,
+  c.model = ml_collections.ConfigDict(
+    dict(
+      stem_width=8,
+      stem_stride=1,
       # (repeats, stride, candidate widths) per stage; 16x16 -> 16, 8, 4.
       stages=((1, 1, (8, 16)), (1, 2, (16, 24)), (1, 2, (24, 32))),
-      kernel_sizes=(3, 5), expansions=(1, 3, 6), groups=2,  # supp. Fig. 6: g = 2
+      kernel_sizes=(3, 5),
+      expansions=(1, 3, 6),
+      groups=2,  # supp. Fig. 6: g = 2
       shortcut="partially_duplicate",  # supp. Sec. 1, Table 1 winner
       binary_weights=True,  # final network; search uses search.binary_weights
-      kernel_norm=ml_collections.FieldReference(None, str)))  # None = ReActNet sign*mean|W|
+      kernel_norm=ml_collections.FieldReference(None, str),
+    )
+  )  # None = ReActNet sign*mean|W|
   # The final network is the choice list on config.model's space: no cells/channels.
   for name in ("num_cells", "channels", "stem"):
     del c.final[name]
@@ -102,10 +108,18 @@ def _mbconv_cifar100(c: ml_collections.ConfigDict) -> None:
   bnas_config.apply_paper_search(c)
   c.search.diversity_lambda = 0.0
   c.search.optimizer.update(dict(learning_rate=1e-3, weight_decay=0.0))
-  c.model.update(dict(
-      stem_width=48, stem_stride=1,
-      stages=((2, 1, (48, 56, 64)), (3, 2, (64, 80, 96)), (4, 2, (96, 112, 128)),
-              (3, 2, (128, 160, 192)))))
+  c.model.update(
+    dict(
+      stem_width=48,
+      stem_stride=1,
+      stages=(
+        (2, 1, (48, 56, 64)),
+        (3, 2, (64, 80, 96)),
+        (4, 2, (96, 112, 128)),
+        (3, 2, (128, 160, 192)),
+      ),
+    )
+  )
   c.final.update(dict(num_epochs=256, batch_size=256, random_baseline=False))
   c.final.optimizer.update(dict(learning_rate=5e-4, schedule="linear"))
   c.eval_batch_size = 500
@@ -115,14 +129,30 @@ def _mbconv_cifar100(c: ml_collections.ConfigDict) -> None:
 def get_config(arg=None):
   preset = presets.select(arg, PRESETS, "configs/bimodal.py")
   c = bnas_config.base_config("bnas")
-  c.search.noise.update(dict(arch_scale=0.2, weight_scale=0.25, distribution="uniform",
-                             arch_relative=False, weight_relative=True,
-                             arch_placement="alpha", steps=("weights",)))
+  c.search.noise.update(
+    dict(
+      arch_scale=0.2,
+      weight_scale=0.25,
+      distribution="uniform",
+      arch_relative=False,
+      weight_relative=True,
+      arch_placement="alpha",
+      steps=("weights",),
+    )
+  )
   if preset == "cifar100":
     c.data.name = "cifar100"
     bnas_config.apply_paper_search(c)
-    c.final.update(dict(num_cells=20, channels=32, num_epochs=600, batch_size=256,
-                        drop_path_prob=0.2, random_baseline=False))
+    c.final.update(
+      dict(
+        num_cells=20,
+        channels=32,
+        num_epochs=600,
+        batch_size=256,
+        drop_path_prob=0.2,
+        random_baseline=False,
+      )
+    )
     c.final.optimizer.update(dict(learning_rate=0.05, weight_decay=3e-6))
     c.eval_batch_size = 500
     c.log_every_steps = 50
@@ -135,14 +165,16 @@ def get_config(arg=None):
 
 # The DARTS-family fields (configs/bnas.py) and the MBConv space's (the mbconv presets).
 FIELD_RULES = {
-    **bnas_config.FIELD_RULES,
-    "model.stem_stride": cv.STRIDE,
-    "model.stages": cv.sequence_of(
-        cv.record(cv.number(1, 64, integer=True), cv.STRIDE, cv.sequence_of(cv.WIDTH, min_len=1)),
-        min_len=1, meaning="(repeats, stride, candidate widths) per stage"),
-    "model.kernel_sizes": cv.sequence_of(cv.KERNEL, min_len=1),
-    "model.expansions": cv.sequence_of(cv.number(1, 16, integer=True), min_len=1),
-    "model.shortcut": cv.text(),
+  **bnas_config.FIELD_RULES,
+  "model.stem_stride": cv.STRIDE,
+  "model.stages": cv.sequence_of(
+    cv.record(cv.number(1, 64, integer=True), cv.STRIDE, cv.sequence_of(cv.WIDTH, min_len=1)),
+    min_len=1,
+    meaning="(repeats, stride, candidate widths) per stage",
+  ),
+  "model.kernel_sizes": cv.sequence_of(cv.KERNEL, min_len=1),
+  "model.expansions": cv.sequence_of(cv.number(1, 16, integer=True), min_len=1),
+  "model.shortcut": cv.text(),
 }
 
 
@@ -151,7 +183,10 @@ def _mbconv_stride(c) -> int:
 
 
 RELATIONS = bnas_config.RELATIONS + (
-    cv.min_map_size("data.image_size", ("model.stem_stride", "model.stages"),
-                    lambda c: _mbconv_stride(c) if "stages" in c.model else 1,
-                    "the MBConv network"),
+  cv.min_map_size(
+    "data.image_size",
+    ("model.stem_stride", "model.stages"),
+    lambda c: _mbconv_stride(c) if "stages" in c.model else 1,
+    "the MBConv network",
+  ),
 )

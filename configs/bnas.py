@@ -58,15 +58,26 @@ def base_config(space: str = "bnas") -> ml_collections.ConfigDict:
   c.genotype_file = ""  # a genotype JSON: skip the search and train it
 
   # The supernet (Sec. 5.1: 8 cells, C = 16) and shared cell-template settings.
-  c.model = ml_collections.ConfigDict(dict(
-      channels=8, num_cells=3, stem_multiplier=3, stem="cifar",
+  c.model = ml_collections.ConfigDict(
+    dict(
+      channels=8,
+      num_cells=3,
+      stem_multiplier=3,
+      stem="cifar",
       inter_cell_skip=True,  # Fig. 5b; False = "No Skip" ablation
       binary_weights=True,  # final network; search uses search.binary_weights
-      groups=12, shuffle_groups=4,  # BATS grouped convs only
-      fused=True))
+      groups=12,
+      shuffle_groups=4,  # BATS grouped convs only
+      fused=True,
+    )
+  )
 
-  c.search = ml_collections.ConfigDict(dict(
-      num_epochs=6, num_train_steps=0, batch_size=64, binary_weights=True,
+  c.search = ml_collections.ConfigDict(
+    dict(
+      num_epochs=6,
+      num_train_steps=0,
+      batch_size=64,
+      binary_weights=True,
       second_order=False,  # DARTS unrolled gradient (BNAS is first order)
       diversity_lambda=1.0,  # Eq. 5; 0 = "No Div" ablation
       # RECONSTRUCTED for the 6-epoch digits search: the paper's tau = 7.7
@@ -74,33 +85,69 @@ def base_config(space: str = "bnas") -> ml_collections.ConfigDict:
       diversity_tau=0.92,
       temperature=1.0,  # softmax(alpha / T); BATS uses T != 1
       eval_holdout=True,
-      optimizer=ml_collections.ConfigDict(dict(
-          name="sgd", learning_rate=0.1, schedule="cosine", momentum=0.9, weight_decay=3e-4,
-          grad_clip_norm=ml_collections.FieldReference(None, float))),
+      optimizer=ml_collections.ConfigDict(
+        dict(
+          name="sgd",
+          learning_rate=0.1,
+          schedule="cosine",
+          momentum=0.9,
+          weight_decay=3e-4,
+          grad_clip_norm=ml_collections.FieldReference(None, float),
+        )
+      ),
       # DARTS/BNAS: Adam 3e-4, betas (0.5, 0.999), wd 1e-3 over ~19.5k steps.
       # RECONSTRUCTED for digits: 66 steps, so lr x100 (alpha would move by
       # ~0.02 at 3e-4 and the genotype would be the initialisation's noise).
-      arch_optimizer=ml_collections.ConfigDict(dict(
-          learning_rate=3e-2, b1=0.5, b2=0.999, weight_decay=1e-3)),
+      arch_optimizer=ml_collections.ConfigDict(
+        dict(learning_rate=3e-2, b1=0.5, b2=0.999, weight_decay=1e-3)
+      ),
       # Bimodal perturbation (off for BNAS; see configs/bimodal.py).
-      noise=ml_collections.ConfigDict(dict(
-          arch_scale=0.0, weight_scale=0.0, distribution="uniform", arch_relative=False,
-          weight_relative=True, arch_placement="alpha", steps=("weights",)))))
+      noise=ml_collections.ConfigDict(
+        dict(
+          arch_scale=0.0,
+          weight_scale=0.0,
+          distribution="uniform",
+          arch_relative=False,
+          weight_relative=True,
+          arch_placement="alpha",
+          steps=("weights",),
+        )
+      ),
+    )
+  )
 
   # Derivation (Sec. 4.1.3): keep Zeroise, gamma of Eq. 4 (1 on CIFAR, 3 for D/E).
   c.derive = ml_collections.ConfigDict(dict(gamma=1.0, keep_zeroise=True))
 
-  c.final = ml_collections.ConfigDict(dict(
-      num_cells=5, channels=16, stem="cifar", num_epochs=8, num_train_steps=0, batch_size=64,
-      drop_path_prob=0.0, label_smoothing=0.0,
+  c.final = ml_collections.ConfigDict(
+    dict(
+      num_cells=5,
+      channels=16,
+      stem="cifar",
+      num_epochs=8,
+      num_train_steps=0,
+      batch_size=64,
+      drop_path_prob=0.0,
+      label_smoothing=0.0,
       # Also train a random architecture at the searched one's OPs the same way
       # (the baseline a search has to beat); off in the paper presets.
       random_baseline=True,
-      optimizer=ml_collections.ConfigDict(dict(
-          name="sgd", schedule="one_cycle", learning_rate=0.1, div_factor=20.0,
-          final_div_factor=100.0, momentum=0.9, weight_decay=3e-6,
-          restart_epochs=50, min_lr=0.0,
-          grad_clip_norm=ml_collections.FieldReference(None, float)))))
+      optimizer=ml_collections.ConfigDict(
+        dict(
+          name="sgd",
+          schedule="one_cycle",
+          learning_rate=0.1,
+          div_factor=20.0,
+          final_div_factor=100.0,
+          momentum=0.9,
+          weight_decay=3e-6,
+          restart_epochs=50,
+          min_lr=0.0,
+          grad_clip_norm=ml_collections.FieldReference(None, float),
+        )
+      ),
+    )
+  )
 
   c.eval_batch_size = 128
   c.max_eval_examples = 0
@@ -133,8 +180,16 @@ def get_config(arg=None):
     # BNAS-A (Table 5) with the CIFAR recipe of Sec. 5.1 / the public code:
     # 600 epochs, batch 256, one-cycle SGD (0.0025 -> 0.05 -> 2.5e-5), wd 3e-6,
     # drop-path 0.2, no cutout, no auxiliary head.
-    c.final.update(dict(num_cells=20, channels=36, num_epochs=600, batch_size=256,
-                        drop_path_prob=0.2, random_baseline=False))
+    c.final.update(
+      dict(
+        num_cells=20,
+        channels=36,
+        num_epochs=600,
+        batch_size=256,
+        drop_path_prob=0.2,
+        random_baseline=False,
+      )
+    )
     c.final.optimizer.update(dict(learning_rate=0.05, weight_decay=3e-6))
     c.eval_batch_size = 500
     c.log_every_steps = 50
@@ -148,12 +203,28 @@ def get_config(arg=None):
     apply_paper_search(c)
     c.data.image_size = 224
     c.derive.gamma = 3.0
-    c.final.update(dict(num_cells=12, channels=64, stem="imagenet", num_epochs=250,
-                        batch_size=600, label_smoothing=0.1, drop_path_prob=0.0,
-                        random_baseline=False))
-    c.final.optimizer.update(dict(schedule="cosine_restarts", learning_rate=0.1,
-                                  weight_decay=3e-5, restart_epochs=50, min_lr=1e-5,
-                                  grad_clip_norm=5.0))
+    c.final.update(
+      dict(
+        num_cells=12,
+        channels=64,
+        stem="imagenet",
+        num_epochs=250,
+        batch_size=600,
+        label_smoothing=0.1,
+        drop_path_prob=0.0,
+        random_baseline=False,
+      )
+    )
+    c.final.optimizer.update(
+      dict(
+        schedule="cosine_restarts",
+        learning_rate=0.1,
+        weight_decay=3e-5,
+        restart_epochs=50,
+        min_lr=1e-5,
+        grad_clip_norm=5.0,
+      )
+    )
     c.eval_batch_size = 500
     c.log_every_steps = 100
     c.checkpoint_every_steps = 2000
@@ -164,17 +235,26 @@ def get_config(arg=None):
 # bimodal.py reuse them); shared fields are ruled by name in
 # bnas_jax/config_validation.py. Checked by bnas_jax.main before any compute.
 FIELD_RULES = {
-    "space": cv.text(), "genotype_file": cv.arch_spec(meaning="'' = search"),
-    "model.stem": cv.one_of("cifar", "imagenet"), "final.stem": cv.one_of("cifar", "imagenet"),
-    "model.inter_cell_skip": cv.flag(), "model.fused": cv.flag(),
-    "search.second_order": cv.flag(), "search.eval_holdout": cv.flag(),
-    "search.diversity_lambda": cv.NON_NEGATIVE, "search.diversity_tau": cv.POSITIVE,
-    "search.temperature": cv.POSITIVE,
-    "search.noise.arch_scale": cv.NON_NEGATIVE, "search.noise.weight_scale": cv.NON_NEGATIVE,
-    "search.noise.distribution": cv.text(), "search.noise.arch_placement": cv.text(),
-    "search.noise.arch_relative": cv.flag(), "search.noise.weight_relative": cv.flag(),
-    "search.noise.steps": cv.sequence_of(cv.text()),
-    "derive.gamma": cv.POSITIVE, "derive.keep_zeroise": cv.flag(),
+  "space": cv.text(),
+  "genotype_file": cv.arch_spec(meaning="'' = search"),
+  "model.stem": cv.one_of("cifar", "imagenet"),
+  "final.stem": cv.one_of("cifar", "imagenet"),
+  "model.inter_cell_skip": cv.flag(),
+  "model.fused": cv.flag(),
+  "search.second_order": cv.flag(),
+  "search.eval_holdout": cv.flag(),
+  "search.diversity_lambda": cv.NON_NEGATIVE,
+  "search.diversity_tau": cv.POSITIVE,
+  "search.temperature": cv.POSITIVE,
+  "search.noise.arch_scale": cv.NON_NEGATIVE,
+  "search.noise.weight_scale": cv.NON_NEGATIVE,
+  "search.noise.distribution": cv.text(),
+  "search.noise.arch_placement": cv.text(),
+  "search.noise.arch_relative": cv.flag(),
+  "search.noise.weight_relative": cv.flag(),
+  "search.noise.steps": cv.sequence_of(cv.text()),
+  "derive.gamma": cv.POSITIVE,
+  "derive.keep_zeroise": cv.flag(),
 }
 
 
@@ -185,10 +265,16 @@ def _cell_stride(c, part: str) -> int:
 
 
 RELATIONS = (
-    cv.min_map_size("data.image_size", ("model.stem", "model.num_cells"),
-                    lambda c: _cell_stride(c, "model") if "num_cells" in c.model else 1,
-                    "the search network"),
-    cv.min_map_size("data.image_size", ("final.stem", "final.num_cells"),
-                    lambda c: _cell_stride(c, "final") if "num_cells" in c.final else 1,
-                    "the final network"),
+  cv.min_map_size(
+    "data.image_size",
+    ("model.stem", "model.num_cells"),
+    lambda c: _cell_stride(c, "model") if "num_cells" in c.model else 1,
+    "the search network",
+  ),
+  cv.min_map_size(
+    "data.image_size",
+    ("final.stem", "final.num_cells"),
+    lambda c: _cell_stride(c, "final") if "num_cells" in c.final else 1,
+    "the final network",
+  ),
 )

@@ -56,16 +56,23 @@ def get_config(arg=None):
   c.data = presets.data_config(holdout_fraction=0.5)
   # The network `summary` counts without --arch (BNN 1x); the search replaces the widths.
   # base_widths: None = the CIFAR widths of Table 1 (1x); a tuple shrinks the backbone.
-  c.model = ml_collections.ConfigDict(dict(
-      name="dms_vgg11", widths=dms_nets.VGG11_BASE_WIDTHS, binary=True, binary_weights=True,
-      base_widths=ml_collections.FieldReference(None, tuple)))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      name="dms_vgg11",
+      widths=dms_nets.VGG11_BASE_WIDTHS,
+      binary=True,
+      binary_weights=True,
+      base_widths=ml_collections.FieldReference(None, tuple),
+    )
+  )
 
   c.batch_size = 64
   c.eval_batch_size = 128
   c.max_eval_examples = 0  # 0 = the whole split
   c.label_smoothing = 0.0
 
-  c.search = ml_collections.ConfigDict(dict(
+  c.search = ml_collections.ConfigDict(
+    dict(
       num_blocks=6,  # mu updates; T / T' of Alg. 1
       block_epochs=1,  # T': weight epochs per block
       block_steps=0,  # >0 overrides block_epochs (tests)
@@ -89,16 +96,25 @@ def get_config(arg=None):
       width_bucket=8,
       shrink_buffers=False,  # False: buffers only grow, so compiled steps are reused
       # Weights: SGD momentum 0.9, lr 0.05 cosine-annealed to 0.01 within every block.
-      optimizer=ml_collections.ConfigDict(dict(
-          name="sgd", learning_rate=0.05, min_lr=0.01, momentum=0.9, weight_decay=1e-4,
-          grad_clip_norm=ml_collections.FieldReference(None, float))),
+      optimizer=ml_collections.ConfigDict(
+        dict(
+          name="sgd",
+          learning_rate=0.05,
+          min_lr=0.01,
+          momentum=0.9,
+          weight_decay=1e-4,
+          grad_clip_norm=ml_collections.FieldReference(None, float),
+        )
+      ),
       # mu: Adam (2e-3 VGG, 1e-3 ResNet in the paper); no weight decay on mu.
       arch_optimizer=ml_collections.ConfigDict(dict(learning_rate=0.05, b1=0.9, b2=0.999)),
-  ))
+    )
+  )
 
   # Evaluation of the searched widths (App. B.2.2): trained from scratch on the whole
   # training set; the paper presets use its steps (x0.1 at epochs 140/220/260).
-  c.eval = ml_collections.ConfigDict(dict(
+  c.eval = ml_collections.ConfigDict(
+    dict(
       arch=ml_collections.FieldReference(None, str),  # set: skip the search, train this arch
       num_epochs=15,
       num_train_steps=0,
@@ -106,10 +122,18 @@ def get_config(arg=None):
       # Also train random widths at the searched network's model size the same
       # way (the baseline a search has to beat; off in the paper presets).
       random_baseline=True,
-      optimizer=ml_collections.ConfigDict(dict(
-          name="sgd", learning_rate=0.05, schedule="cosine", momentum=0.9, weight_decay=1e-4,
-          grad_clip_norm=ml_collections.FieldReference(None, float))),
-  ))
+      optimizer=ml_collections.ConfigDict(
+        dict(
+          name="sgd",
+          learning_rate=0.05,
+          schedule="cosine",
+          momentum=0.9,
+          weight_decay=1e-4,
+          grad_clip_norm=ml_collections.FieldReference(None, float),
+        )
+      ),
+    )
+  )
   c.num_epochs = 0  # unused: phases have their own lengths
   c.num_train_steps = 0
 
@@ -153,18 +177,25 @@ def get_config(arg=None):
 # name in bnas_jax/config_validation.py, and trainers/dms.py's `validate`
 # checks the search's relations. Checked by bnas_jax.main before any compute.
 FIELD_RULES = {
-    "model.name": cv.one_of(*dms_nets.FAMILIES),
-    "model.widths": cv.sequence_of(cv.WIDTH, min_len=1),
-    "model.base_widths": cv.sequence_of(cv.WIDTH, min_len=1, optional=True),
-    "search.num_blocks": cv.COUNT,
-    "search.block_epochs": cv.NON_NEGATIVE, "search.block_steps": cv.OPTIONAL_COUNT,
-    "search.arch_epochs": cv.NON_NEGATIVE, "search.arch_steps": cv.OPTIONAL_COUNT,
-    "search.mu_initial": cv.POSITIVE, "search.sigma_initial": cv.POSITIVE,
-    "search.sigma_final": cv.POSITIVE, "search.min_ratio": cv.number(0, 1, lo_open=True),
-    "search.min_mu_minus_delta": cv.NON_NEGATIVE, "search.memory_target_mb": cv.POSITIVE,
-    "search.penalty": cv.NON_NEGATIVE, "search.tau": cv.POSITIVE,
-    "search.best_effort_init": cv.flag(), "search.width_bucket": cv.COUNT,
-    "search.shrink_buffers": cv.flag(),
-    "eval.arch": cv.arch_spec(optional=True, meaning="None = search"),
-    "eval.random_baseline": cv.flag(),
+  "model.name": cv.one_of(*dms_nets.FAMILIES),
+  "model.widths": cv.sequence_of(cv.WIDTH, min_len=1),
+  "model.base_widths": cv.sequence_of(cv.WIDTH, min_len=1, optional=True),
+  "search.num_blocks": cv.COUNT,
+  "search.block_epochs": cv.NON_NEGATIVE,
+  "search.block_steps": cv.OPTIONAL_COUNT,
+  "search.arch_epochs": cv.NON_NEGATIVE,
+  "search.arch_steps": cv.OPTIONAL_COUNT,
+  "search.mu_initial": cv.POSITIVE,
+  "search.sigma_initial": cv.POSITIVE,
+  "search.sigma_final": cv.POSITIVE,
+  "search.min_ratio": cv.number(0, 1, lo_open=True),
+  "search.min_mu_minus_delta": cv.NON_NEGATIVE,
+  "search.memory_target_mb": cv.POSITIVE,
+  "search.penalty": cv.NON_NEGATIVE,
+  "search.tau": cv.POSITIVE,
+  "search.best_effort_init": cv.flag(),
+  "search.width_bucket": cv.COUNT,
+  "search.shrink_buffers": cv.flag(),
+  "eval.arch": cv.arch_spec(optional=True, meaning="None = search"),
+  "eval.random_baseline": cv.flag(),
 }

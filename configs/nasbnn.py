@@ -36,10 +36,10 @@ CIFAR10_OPS_TARGETS = (0.121, 0.306, 0.46, 0.651, 0.836, 0.939)
 # range 0.0124 (smallest) to 0.269 M (biggest).
 DIGITS_STEM_WIDTHS = (8, 16)
 DIGITS_STAGES = (
-    ((1, 2), (16, 24, 32), (3, 5), (1, 2), 1),
-    ((1, 2), (32, 48), (3, 5), (1, 2), 2),
-    ((1, 2), (48, 64), (3, 5), (2, 4), 2),
-    ((1, 2), (64, 96), (3, 5), (2, 4), 2),
+  ((1, 2), (16, 24, 32), (3, 5), (1, 2), 1),
+  ((1, 2), (32, 48), (3, 5), (1, 2), 2),
+  ((1, 2), (48, 64), (3, 5), (2, 4), 2),
+  ((1, 2), (64, 96), (3, 5), (2, 4), 2),
 )
 
 
@@ -61,14 +61,20 @@ def get_config(arg=None):
   # has total stride 16, so 32x32 also ends at 2x2.
   # One number for the space's resolution and the input size (override either).
   resolution = ml_collections.FieldReference(32)
-  c.space = ml_collections.ConfigDict(dict(
-      width_divisor=1, resolution=resolution, nd_constraint=True,
+  c.space = ml_collections.ConfigDict(
+    dict(
+      width_divisor=1,
+      resolution=resolution,
+      nd_constraint=True,
       stages=ml_collections.FieldReference(DIGITS_STAGES, tuple),
-      stem_widths=ml_collections.FieldReference(DIGITS_STEM_WIDTHS, tuple)))
+      stem_widths=ml_collections.FieldReference(DIGITS_STEM_WIDTHS, tuple),
+    )
+  )
   c.data = presets.data_config(holdout_fraction=0.2, image_size=resolution)
   # The standalone network of an architecture (see bnas_jax/models/nasbnn_subnet.py).
-  c.model = ml_collections.ConfigDict(dict(
-      name="reactnet", kernel_norm="channelwise", stem_weight_bits=8))
+  c.model = ml_collections.ConfigDict(
+    dict(name="reactnet", kernel_norm="channelwise", stem_weight_bits=8)
+  )
 
   c.batch_size = 64
   c.eval_batch_size = 128
@@ -84,19 +90,34 @@ def get_config(arg=None):
   # logits of std ~20 with PyTorch's init; the front reached 0.65 held-out
   # accuracy with it, 0.54 without). The paper presets restore the
   # reference's settings.
-  c.supernet = ml_collections.ConfigDict(dict(
-      num_epochs=10, num_train_steps=0, teacher="fwba", distill=True,
+  c.supernet = ml_collections.ConfigDict(
+    dict(
+      num_epochs=10,
+      num_train_steps=0,
+      teacher="fwba",
+      distill=True,
       # The Bi-Teacher's CE against the labels: Eq. 4 writes plain CE (0.0);
       # the public code's train.py smooths it by 0.1 (kept in every preset).
       teacher_label_smoothing=0.1,
-      bi_transformation=True, weight_norm=True, zero_init_classifier=True,
+      bi_transformation=True,
+      weight_norm=True,
+      zero_init_classifier=True,
       student_warmup_epochs=4.0,
       # Students' random subnets: depth uniform per stage, then uniform over the
       # ND-valid choices (see search_spaces/nasbnn.py for the alternatives).
       sampling="uniform_depths",
-      optimizer=ml_collections.ConfigDict(dict(
-          name="adam", learning_rate=2.5e-3, schedule="cosine", weight_decay=5e-6,
-          warmup_epochs=0.0, grad_clip_norm=ml_collections.FieldReference(None, float)))))
+      optimizer=ml_collections.ConfigDict(
+        dict(
+          name="adam",
+          learning_rate=2.5e-3,
+          schedule="cosine",
+          weight_decay=5e-6,
+          warmup_epochs=0.0,
+          grad_clip_norm=ml_collections.FieldReference(None, float),
+        )
+      ),
+    )
+  )
   # Evolutionary search (Sec. 4.1.2; the public code's operators and
   # mutation probability; digits: population 16 and 3 generations of 8
   # mutations + 8 crossovers instead of 512 and 20 x (128 + 128), the space
@@ -109,18 +130,29 @@ def get_config(arg=None):
   # `calibration_pool_batches` batches read once (the public code draws from
   # the whole training set). Official: 10 batches of 2,048, augmented,
   # reshuffled.
-  c.search = ml_collections.ConfigDict(dict(
-      population_size=16, generations=3, num_mutations=8, num_crossovers=8, mutation_prob=0.2,
+  c.search = ml_collections.ConfigDict(
+    dict(
+      population_size=16,
+      generations=3,
+      num_mutations=8,
+      num_crossovers=8,
+      mutation_prob=0.2,
       ops_min=ml_collections.FieldReference(None, float),
       ops_max=ml_collections.FieldReference(None, float),
       bucket_step=ml_collections.FieldReference(None, float),
-      max_tries=1000, calibration_batches=4, calibration_batch_size=128,
-      calibration_augment=True, calibration_reshuffle=True, calibration_pool_batches=8,
+      max_tries=1000,
+      calibration_batches=4,
+      calibration_batch_size=128,
+      calibration_augment=True,
+      calibration_reshuffle=True,
+      calibration_pool_batches=8,
       sweep_chunk=8,
       # Initial population: 'per_bucket' fills every OPs bucket round-robin
       # (neither official sampler draws a Table 1 subnet under ~44 M OPs);
       # 'uniform' = the public code's rejection sampling.
-      init_sampling="per_bucket"))
+      init_sampling="per_bucket",
+    )
+  )
   # Deployment (Sec. 3.4): one subnet per OPs target (M OPs), the most
   # accurate front member at or under it (a target whose choice repeats an
   # earlier one is skipped, and the run says so). Pipeline 1 extracts and
@@ -135,12 +167,24 @@ def get_config(arg=None):
   # by -0.006..+0.011 (3 subnets), i.e. nothing; 3 epochs at 5e-4 took the
   # biggest front member from 0.892 to 0.958 and a 0.036 M one from 0.828
   # to 0.836.
-  c.deploy = ml_collections.ConfigDict(dict(
-      ops_targets=(0.05, 0.15, 0.27), random_baseline=False,
-      finetune_epochs=3, finetune_steps=0, finetune_with_holdout=True,
-      optimizer=ml_collections.ConfigDict(dict(
-          name="adam", learning_rate=1e-3, schedule="cosine", weight_decay=0.0,
-          grad_clip_norm=ml_collections.FieldReference(None, float)))))
+  c.deploy = ml_collections.ConfigDict(
+    dict(
+      ops_targets=(0.05, 0.15, 0.27),
+      random_baseline=False,
+      finetune_epochs=3,
+      finetune_steps=0,
+      finetune_with_holdout=True,
+      optimizer=ml_collections.ConfigDict(
+        dict(
+          name="adam",
+          learning_rate=1e-3,
+          schedule="cosine",
+          weight_decay=0.0,
+          grad_clip_norm=ml_collections.FieldReference(None, float),
+        )
+      ),
+    )
+  )
   # Model size convention: bits per real-valued parameter (32 = float32 as
   # stored; the paper presets count 16, Sec. 4.5: NAS-BNN-F = 9.3 MB).
   c.cost = ml_collections.ConfigDict(dict(real_param_bits=32))
@@ -172,11 +216,23 @@ def get_config(arg=None):
     c.supernet.student_warmup_epochs = 0.0
     c.supernet.num_epochs = 512
     c.supernet.optimizer.learning_rate = 5e-4
-    c.search.update(dict(population_size=512, generations=20, num_mutations=128,
-                         num_crossovers=128, ops_min=20.0, ops_max=180.0, bucket_step=2.0,
-                         calibration_batches=10, calibration_batch_size=2048,
-                         calibration_augment=True, calibration_reshuffle=True,
-                         calibration_pool_batches=20, sweep_chunk=8))
+    c.search.update(
+      dict(
+        population_size=512,
+        generations=20,
+        num_mutations=128,
+        num_crossovers=128,
+        ops_min=20.0,
+        ops_max=180.0,
+        bucket_step=2.0,
+        calibration_batches=10,
+        calibration_batch_size=2048,
+        calibration_augment=True,
+        calibration_reshuffle=True,
+        calibration_pool_batches=20,
+        sweep_chunk=8,
+      )
+    )
     # Table 2: NAS-BNN-A..F at 21, 57, 87, 124, 160, 180 M OPs, the "#100"
     # rows finetuned for 100 epochs in pipeline 2 (Table 5: +1.74 points for
     # B vs +1.21 at 25 epochs; the public code's README uses 25) at lr 1e-5
@@ -198,10 +254,19 @@ def get_config(arg=None):
     c.supernet.zero_init_classifier = False
     c.supernet.student_warmup_epochs = 0.0
     c.supernet.optimizer.learning_rate = 2.5e-3
-    c.search.update(dict(population_size=128, generations=20, num_mutations=32,
-                         num_crossovers=32, calibration_batches=10, calibration_batch_size=2048,
-                         calibration_augment=True, calibration_reshuffle=True,
-                         calibration_pool_batches=20))
+    c.search.update(
+      dict(
+        population_size=128,
+        generations=20,
+        num_mutations=32,
+        num_crossovers=32,
+        calibration_batches=10,
+        calibration_batch_size=2048,
+        calibration_augment=True,
+        calibration_reshuffle=True,
+        calibration_pool_batches=20,
+      )
+    )
     # Table 2's A-F targets scaled by the OPs ratio of this space to Table 1
     # (widths / 4 at 64x64), pipeline 2 as Table 2's "#100" rows.
     c.deploy.ops_targets = CIFAR10_OPS_TARGETS
@@ -214,35 +279,50 @@ def get_config(arg=None):
 # name in bnas_jax/config_validation.py, and the space's own layout checks run
 # in bnas_jax.models.nasbnn_subnet. Checked by bnas_jax.main before any compute.
 FIELD_RULES = {
-    "model.name": cv.one_of("reactnet"),
-    "space.width_divisor": cv.number(1, 64, integer=True),
-    "space.resolution": cv.number(8, 1024, integer=True),
-    "space.nd_constraint": cv.flag(),
-    "space.stages": cv.sequence_of(
-        cv.record(cv.sequence_of(cv.number(1, 64, integer=True), min_len=1),
-                  cv.sequence_of(cv.WIDTH, min_len=1), cv.sequence_of(cv.KERNEL, min_len=1),
-                  cv.sequence_of(cv.COUNT, min_len=1), cv.STRIDE),
-        min_len=1, optional=True, meaning="(depths, widths, kernels, groups, stride) per stage"),
-    "space.stem_widths": cv.sequence_of(cv.WIDTH, min_len=1, optional=True),
-    "supernet.teacher": cv.one_of("fwba", "fwfa", "bwba"),
-    # search_spaces/nasbnn.py's sampling distributions.
-    "supernet.sampling": cv.one_of("uniform", "uniform_depths", "reference"),
-    "supernet.distill": cv.flag(), "supernet.bi_transformation": cv.flag(),
-    "supernet.weight_norm": cv.flag(), "supernet.zero_init_classifier": cv.flag(),
-    "search.population_size": cv.COUNT, "search.generations": cv.OPTIONAL_COUNT,
-    "search.num_mutations": cv.OPTIONAL_COUNT, "search.num_crossovers": cv.OPTIONAL_COUNT,
-    "search.mutation_prob": cv.PROBABILITY,
-    "search.ops_min": cv.number(0, optional=True, meaning="None = the smallest subnet"),
-    "search.ops_max": cv.number(0, lo_open=True, optional=True, meaning="None = the biggest"),
-    "search.bucket_step": cv.number(0, lo_open=True, optional=True),
-    "search.max_tries": cv.COUNT, "search.calibration_batches": cv.COUNT,
-    "search.calibration_augment": cv.flag(), "search.calibration_reshuffle": cv.flag(),
-    "search.calibration_pool_batches": cv.COUNT, "search.sweep_chunk": cv.COUNT,
-    "search.calibration_batch_size": cv.COUNT,
-    "search.init_sampling": cv.one_of("per_bucket", "uniform"),
-    "cost.real_param_bits": cv.one_of(8, 16, 32),
-    "supernet.teacher_label_smoothing": cv.PROBABILITY,
-    "deploy.ops_targets": cv.sequence_of(cv.POSITIVE, meaning="M OPs; () = no deployment"),
-    "deploy.random_baseline": cv.flag(), "deploy.finetune_with_holdout": cv.flag(),
+  "model.name": cv.one_of("reactnet"),
+  "space.width_divisor": cv.number(1, 64, integer=True),
+  "space.resolution": cv.number(8, 1024, integer=True),
+  "space.nd_constraint": cv.flag(),
+  "space.stages": cv.sequence_of(
+    cv.record(
+      cv.sequence_of(cv.number(1, 64, integer=True), min_len=1),
+      cv.sequence_of(cv.WIDTH, min_len=1),
+      cv.sequence_of(cv.KERNEL, min_len=1),
+      cv.sequence_of(cv.COUNT, min_len=1),
+      cv.STRIDE,
+    ),
+    min_len=1,
+    optional=True,
+    meaning="(depths, widths, kernels, groups, stride) per stage",
+  ),
+  "space.stem_widths": cv.sequence_of(cv.WIDTH, min_len=1, optional=True),
+  "supernet.teacher": cv.one_of("fwba", "fwfa", "bwba"),
+  # search_spaces/nasbnn.py's sampling distributions.
+  "supernet.sampling": cv.one_of("uniform", "uniform_depths", "reference"),
+  "supernet.distill": cv.flag(),
+  "supernet.bi_transformation": cv.flag(),
+  "supernet.weight_norm": cv.flag(),
+  "supernet.zero_init_classifier": cv.flag(),
+  "search.population_size": cv.COUNT,
+  "search.generations": cv.OPTIONAL_COUNT,
+  "search.num_mutations": cv.OPTIONAL_COUNT,
+  "search.num_crossovers": cv.OPTIONAL_COUNT,
+  "search.mutation_prob": cv.PROBABILITY,
+  "search.ops_min": cv.number(0, optional=True, meaning="None = the smallest subnet"),
+  "search.ops_max": cv.number(0, lo_open=True, optional=True, meaning="None = the biggest"),
+  "search.bucket_step": cv.number(0, lo_open=True, optional=True),
+  "search.max_tries": cv.COUNT,
+  "search.calibration_batches": cv.COUNT,
+  "search.calibration_augment": cv.flag(),
+  "search.calibration_reshuffle": cv.flag(),
+  "search.calibration_pool_batches": cv.COUNT,
+  "search.sweep_chunk": cv.COUNT,
+  "search.calibration_batch_size": cv.COUNT,
+  "search.init_sampling": cv.one_of("per_bucket", "uniform"),
+  "cost.real_param_bits": cv.one_of(8, 16, 32),
+  "supernet.teacher_label_smoothing": cv.PROBABILITY,
+  "deploy.ops_targets": cv.sequence_of(cv.POSITIVE, meaning="M OPs; () = no deployment"),
+  "deploy.random_baseline": cv.flag(),
+  "deploy.finetune_with_holdout": cv.flag(),
 }
 RELATIONS = (cv.some_training("supernet.num_epochs", "supernet.num_train_steps"),)

@@ -21,8 +21,15 @@ PRESETS = ("digits", "cifar10", "imagenet")
 
 # A scaled copy of the ReActNet-A layout for 32x32 digits: same block order,
 # stride pattern and sub-block structure, widths /8 and fewer 512-wide blocks.
-DIGITS_BLOCKS = ((16, 1, 3, 1), (32, 2, 3, 1), (32, 1, 3, 1), (64, 2, 3, 1), (64, 1, 3, 1),
-                 (128, 2, 3, 1), (128, 1, 3, 1))
+DIGITS_BLOCKS = (
+  (16, 1, 3, 1),
+  (32, 2, 3, 1),
+  (32, 1, 3, 1),
+  (64, 2, 3, 1),
+  (64, 1, 3, 1),
+  (128, 2, 3, 1),
+  (128, 1, 3, 1),
+)
 
 
 def get_config(arg=None):
@@ -34,20 +41,36 @@ def get_config(arg=None):
 
   c.data = presets.data_config()
 
-  c.model = ml_collections.ConfigDict(dict(
-      name="reactnet", blocks=DIGITS_BLOCKS, stem_features=16, width_multiplier=1.0,
+  c.model = ml_collections.ConfigDict(
+    dict(
+      name="reactnet",
+      blocks=DIGITS_BLOCKS,
+      stem_features=16,
+      width_multiplier=1.0,
       # NAS-BNN Eq. 6 channel-wise weight normalization before sign(w)*mean|w|;
       # None gives ReActNet's original weight binarizer.
-      kernel_norm="channelwise", stem_weight_bits=8, binary_weights=True))
+      kernel_norm="channelwise",
+      stem_weight_bits=8,
+      binary_weights=True,
+    )
+  )
 
   c.num_epochs = 12
   c.num_train_steps = 0  # >0 overrides num_epochs
   c.batch_size = 64
   c.eval_batch_size = 128
   c.label_smoothing = 0.0
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adam", learning_rate=2e-3, schedule="cosine", weight_decay=0.0, b1=0.9, b2=0.999,
-      grad_clip_norm=ml_collections.FieldReference(None, float)))
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="adam",
+      learning_rate=2e-3,
+      schedule="cosine",
+      weight_decay=0.0,
+      b1=0.9,
+      b2=0.999,
+      grad_clip_norm=ml_collections.FieldReference(None, float),
+    )
+  )
   # ReActNet's two-step recipe: step 1 binary activations with real weights,
   # step 2 fully binary initialised from step 1 (ReActNet Sec. 4.1).
   c.two_step = False
@@ -97,14 +120,20 @@ def get_config(arg=None):
 # rates, batch sizes, data, checkpointing, ...) are ruled by name in
 # bnas_jax/config_validation.py. Checked by bnas_jax.main before any compute.
 FIELD_RULES = {
-    "model.name": cv.one_of("reactnet"),
-    "model.blocks": cv.sequence_of(
-        cv.record(cv.WIDTH, cv.STRIDE, cv.KERNEL, cv.COUNT), min_len=1,
-        meaning="(width, stride, kernel, groups) per block"),
+  "model.name": cv.one_of("reactnet"),
+  "model.blocks": cv.sequence_of(
+    cv.record(cv.WIDTH, cv.STRIDE, cv.KERNEL, cv.COUNT),
+    min_len=1,
+    meaning="(width, stride, kernel, groups) per block",
+  ),
 }
 RELATIONS = (
-    # The stem has stride 2.
-    cv.min_map_size("data.image_size", ("model.blocks",),
-                    lambda c: 2 * math.prod(b[1] for b in c.model.blocks), "the network"),
-    cv.some_training("num_epochs", "num_train_steps"),
+  # The stem has stride 2.
+  cv.min_map_size(
+    "data.image_size",
+    ("model.blocks",),
+    lambda c: 2 * math.prod(b[1] for b in c.model.blocks),
+    "the network",
+  ),
+  cv.some_training("num_epochs", "num_train_steps"),
 )

@@ -32,13 +32,20 @@ import orbax.checkpoint as ocp
 # The run both crash suites train: the digits ReActNet shrunk to two blocks at
 # 16x16 (add --config.num_train_steps=N).
 TINY_REACTNET = (
-    "--config=configs/reactnet.py", "--config.batch_size=16", "--config.progress_bar=False",
-    "--config.model.blocks=((8, 1, 3, 1), (16, 2, 3, 2))", "--config.model.stem_features=8",
-    "--config.data.image_size=16", "--config.max_eval_examples=64", "--config.log_every_steps=1")
+  "--config=configs/reactnet.py",
+  "--config.batch_size=16",
+  "--config.progress_bar=False",
+  "--config.model.blocks=((8, 1, 3, 1), (16, 2, 3, 2))",
+  "--config.model.stem_features=8",
+  "--config.data.image_size=16",
+  "--config.max_eval_examples=64",
+  "--config.log_every_steps=1",
+)
 
 from bnas_jax import preemption
 
 ENV_PAUSE = "BNAS_TEST_PAUSE"
+
 
 def pause_env(marker: os.PathLike, at: int, delay: float) -> dict[str, str]:
   """The environment that pauses a run from `should_stop` call `at` on."""
@@ -59,8 +66,9 @@ def wait_for(paths: Iterable[os.PathLike], proc: Any, timeout: float = 300) -> N
   deadline = time.time() + timeout
   while not all(os.path.exists(p) for p in paths):
     if proc.poll() is not None:
-      raise AssertionError(f"the run ended before {list(map(str, paths))}:\n"
-                           f"{(proc.communicate()[0] or '')[-3000:]}")
+      raise AssertionError(
+        f"the run ended before {list(map(str, paths))}:\n{(proc.communicate()[0] or '')[-3000:]}"
+      )
     if time.time() > deadline:
       proc.kill()
       raise AssertionError(f"{list(map(str, paths))} never appeared")
@@ -69,8 +77,11 @@ def wait_for(paths: Iterable[os.PathLike], proc: Any, timeout: float = 300) -> N
 
 def complete_steps(checkpoint_dir: os.PathLike) -> list[int]:
   """Steps whose orbax checkpoint in `checkpoint_dir` finished writing."""
-  return sorted(int(d) for d in os.listdir(checkpoint_dir) if d.isdigit()
-                and os.path.exists(os.path.join(checkpoint_dir, d, "commit_success.txt")))
+  return sorted(
+    int(d)
+    for d in os.listdir(checkpoint_dir)
+    if d.isdigit() and os.path.exists(os.path.join(checkpoint_dir, d, "commit_success.txt"))
+  )
 
 
 def restore_numpy(path: os.PathLike) -> Any:

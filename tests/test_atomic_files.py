@@ -28,6 +28,7 @@ def test_npz_and_figure_round_trip(tmp_path):
   atomic_files.write_npz(tmp_path / "x.npz", {"w": np.arange(6, dtype=np.uint32).reshape(2, 3)})
   np.testing.assert_array_equal(np.load(tmp_path / "x.npz")["w"], np.arange(6).reshape(2, 3))
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
   fig = Figure()
   fig.add_subplot().plot([0, 1], [1, 0])
   atomic_files.write_figure(tmp_path / "f.png", fig, dpi=50)

@@ -40,8 +40,12 @@ def test_exported_network_matches_the_network_it_came_from(tmp_path):
       assert w.dtype == np.int8 and set(np.unique(w)) <= {-1, 1}
   assert net["stem"]["weight"].dtype == np.int8
   assert np.abs(net["stem"]["weight"]).max() <= 128
-  np.testing.assert_allclose(binary_export.apply_exported(net, x),
-                             model.apply(variables, x, train=False), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    binary_export.apply_exported(net, x),
+    model.apply(variables, x, train=False),
+    rtol=1e-4,
+    atol=1e-4,
+  )
 
   sizes = binary_export.size_bytes(net)
   # k*k*(c/g)*c + c*c' binary weights per block; 3*3*3*8 int8 stem weights.
@@ -56,6 +60,7 @@ def test_exported_network_matches_the_network_it_came_from(tmp_path):
 
 
 # The packed form (issue 14).
+
 
 def _config(path, preset=None):
   spec = importlib.util.spec_from_file_location(f"cfg_{os.path.basename(path)}", path)
@@ -107,10 +112,12 @@ def test_packed_network_equals_float_export_and_size_matches_cost_model(tmp_path
   assert abs(on_disk - want) <= 0.05 * want, (on_disk, want)
 
   loaded, _ = binary_export.load(str(tmp_path / "p.npz"))
-  packed_logits = binary_export.jit_network(binary_export.apply_packed,
-                                            binary_export.pack(loaded))(x)
-  float_logits = binary_export.jit_network(binary_export.apply_exported,
-                                           binary_export.float_twin(net))(x)
+  packed_logits = binary_export.jit_network(binary_export.apply_packed, binary_export.pack(loaded))(
+    x
+  )
+  float_logits = binary_export.jit_network(
+    binary_export.apply_exported, binary_export.float_twin(net)
+  )(x)
   np.testing.assert_array_equal(np.argmax(packed_logits, -1), np.argmax(float_logits, -1))
   np.testing.assert_allclose(packed_logits, float_logits, rtol=1e-5, atol=1e-4)
 
@@ -137,20 +144,26 @@ def test_bad_exports_raise_one_user_input_error(tmp_path):
   binary_export.save(str(tmp_path / "deploy" / "arch0" / "binary_export.npz"), net)
   bad_spec = dict(spec, format="something else")
   cases = {
-      str(tmp_path / "missing.npz"): "no such file",
-      str(text): "cannot be read as .npz",
-      str(tmp_path / "empty"): "neither",
-      str(tmp_path / "deploy"): "arch0",
-      _write_npz(tmp_path / "short.npz", **dict(arrays, binary_bits=arrays["binary_bits"][:-1])):
-          "stored weight bits",
-      _write_npz(tmp_path / "floats.npz", **dict(arrays, float32=arrays["float32"][:-3])):
-          "float32 values",
-      _write_npz(tmp_path / "nospec.npz", **{k: v for k, v in arrays.items() if k != "spec"}):
-          "missing",
-      _write_npz(tmp_path / "format.npz", **dict(arrays, spec=np.frombuffer(
-          json.dumps(bad_spec).encode(), np.uint8))): "format",
-      _write_npz(tmp_path / "nan.npz", **dict(arrays, float32=arrays["float32"] * np.nan)):
-          "not finite",
+    str(tmp_path / "missing.npz"): "no such file",
+    str(text): "cannot be read as .npz",
+    str(tmp_path / "empty"): "neither",
+    str(tmp_path / "deploy"): "arch0",
+    _write_npz(
+      tmp_path / "short.npz", **dict(arrays, binary_bits=arrays["binary_bits"][:-1])
+    ): "stored weight bits",
+    _write_npz(
+      tmp_path / "floats.npz", **dict(arrays, float32=arrays["float32"][:-3])
+    ): "float32 values",
+    _write_npz(
+      tmp_path / "nospec.npz", **{k: v for k, v in arrays.items() if k != "spec"}
+    ): "missing",
+    _write_npz(
+      tmp_path / "format.npz",
+      **dict(arrays, spec=np.frombuffer(json.dumps(bad_spec).encode(), np.uint8)),
+    ): "format",
+    _write_npz(
+      tmp_path / "nan.npz", **dict(arrays, float32=arrays["float32"] * np.nan)
+    ): "not finite",
   }
   for path, why in cases.items():
     with pytest.raises(UserInputError, match=why):
@@ -161,13 +174,17 @@ def test_packed_and_float_exports_classify_every_digits_image_alike():
   """Real images (scikit-learn's digits, 8x8 upsampled to 32x32, many exact zeros): the
   packed network's predictions equal the float export's on every one of 300 images."""
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
+
   images = datasets.load_digits().images[-300:].astype(np.float32) / 16.0
   x = jnp.asarray(np.kron(images, np.ones((4, 4), np.float32))[..., None] - 0.3)
   model, size = _reactnet_digits()
   assert x.shape[1:] == (size, size, 1)
-  net = binary_export.export(model.blocks, random_variables.trained_like(model, (1, size, size, 1), seed=5))
+  net = binary_export.export(
+    model.blocks, random_variables.trained_like(model, (1, size, size, 1), seed=5)
+  )
   packed_logits = binary_export.blockwise_network(binary_export.pack(net), packed_convs=True)(x)
-  float_logits = binary_export.blockwise_network(binary_export.float_twin(net),
-                                                 packed_convs=False)(x)
+  float_logits = binary_export.blockwise_network(binary_export.float_twin(net), packed_convs=False)(
+    x
+  )
   np.testing.assert_array_equal(np.argmax(packed_logits, -1), np.argmax(float_logits, -1))
   np.testing.assert_allclose(packed_logits, float_logits, rtol=1e-5, atol=1e-4)

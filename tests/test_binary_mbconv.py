@@ -15,8 +15,9 @@ from bnas_jax.search_spaces import mbconv
 from bnas_jax.trainers import darts
 from configs import bimodal
 
-SPACE = mbconv.make_space(4, 1, ((1, 1, (4, 8)), (2, 2, (8, 12))), kernel_sizes=(3, 5),
-                          expansions=(1, 3))
+SPACE = mbconv.make_space(
+  4, 1, ((1, 1, (4, 8)), (2, 2, (8, 12))), kernel_sizes=(3, 5), expansions=(1, 3)
+)
 
 
 def _np_avg_pool(x):
@@ -30,16 +31,14 @@ def test_reduction_shortcut_fillers_match_hand_made_arrays(c_in, c_out):
   x_ap = _np_avg_pool(x)
   n = c_out - c_in
   expected = {
-      "partially_duplicate": np.concatenate(
-          [x_ap] + [x_ap[..., [j % c_in]] for j in range(n)], axis=-1),
-      "zero": np.concatenate([x_ap, np.zeros(x_ap.shape[:3] + (n,))], axis=-1),
-      "global_average": np.concatenate(
-          [x_ap] + [x_ap.mean(-1, keepdims=True)] * n, axis=-1),
+    "partially_duplicate": np.concatenate(
+      [x_ap] + [x_ap[..., [j % c_in]] for j in range(n)], axis=-1
+    ),
+    "zero": np.concatenate([x_ap, np.zeros(x_ap.shape[:3] + (n,))], axis=-1),
+    "global_average": np.concatenate([x_ap] + [x_ap.mean(-1, keepdims=True)] * n, axis=-1),
   }
   if (c_in, c_out) == (2, 7):  # spelled out: X_AP channels 0, 1, then 0, 1, 0, 1, 0
-    np.testing.assert_array_equal(
-        expected["partially_duplicate"],
-        x_ap[..., [0, 1, 0, 1, 0, 1, 0]])
+    np.testing.assert_array_equal(expected["partially_duplicate"], x_ap[..., [0, 1, 0, 1, 0, 1, 0]])
   for kind, want in expected.items():
     got = binary_mbconv.block_shortcut(jnp.asarray(x), c_out, 2, kind)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, err_msg=kind)
@@ -59,19 +58,29 @@ def test_group_conv_has_two_groups():
   assert params["conv_project"]["kernel"].shape == (1, 1, hidden, 8)
   # The conv really is grouped: inputs of group 0 do not reach outputs of group 1,
   # and it equals the lax grouped convolution of layers.QuantConv.
-  conv = binary_mbconv.SplitGroupQuantConv(6, 3, 1, feature_group_count=2,
-                                           input_quantizer="approx_sign",
-                                           kernel_quantizer="magnitude_aware_sign")
+  conv = binary_mbconv.SplitGroupQuantConv(
+    6,
+    3,
+    1,
+    feature_group_count=2,
+    input_quantizer="approx_sign",
+    kernel_quantizer="magnitude_aware_sign",
+  )
   xs = jax.random.normal(jax.random.key(2), (1, 5, 5, 4))
   v = jax.jit(conv.init)(jax.random.key(3), xs)
   y = jax.jit(conv.apply)(v, xs)
   y2 = jax.jit(conv.apply)(v, xs.at[..., :2].multiply(-1.0))
   np.testing.assert_array_equal(np.asarray(y[..., 3:]), np.asarray(y2[..., 3:]))
   assert not np.allclose(np.asarray(y[..., :3]), np.asarray(y2[..., :3]))
-  reference = layers.QuantConv(6, 3, 1, feature_group_count=2, input_quantizer="approx_sign",
-                               kernel_quantizer="magnitude_aware_sign")
-  np.testing.assert_allclose(np.asarray(y), np.asarray(jax.jit(reference.apply)(v, xs)),
-                             atol=1e-5)
+  reference = layers.QuantConv(
+    6,
+    3,
+    1,
+    feature_group_count=2,
+    input_quantizer="approx_sign",
+    kernel_quantizer="magnitude_aware_sign",
+  )
+  np.testing.assert_allclose(np.asarray(y), np.asarray(jax.jit(reference.apply)(v, xs)), atol=1e-5)
 
 
 def test_choice_list_round_trips_and_rejects_bad_entries():
@@ -81,8 +90,9 @@ def test_choice_list_round_trips_and_rejects_bad_entries():
   assert mbconv.from_string(text, SPACE) == choice
   assert mbconv.from_json(choice.to_json(), SPACE) == choice
   assert json.loads(choice.to_json()) == {
-      "space": "mbconv", "stages": [{"width": 8, "layers": [[5, 3]]},
-                                    {"width": 12, "layers": [[3, 1], [5, 1]]}]}
+    "space": "mbconv",
+    "stages": [{"width": 8, "layers": [[5, 3]]}, {"width": 12, "layers": [[3, 1], [5, 1]]}],
+  }
   with pytest.raises(UserInputError, match=r"stage 2 layer 2 \(layer 3 of 3\)"):
     mbconv.from_string("c8[MB5(3)] c12[MB3(1) MB7(1)]", SPACE)
   with pytest.raises(UserInputError, match="stage 1 has width 6"):
@@ -106,11 +116,14 @@ def test_choice_list_round_trips_and_rejects_bad_entries():
 def test_derivation_picks_the_argmax():
   ops = np.zeros((3, 4))
   ops[0, 3], ops[1, 0], ops[2, 2] = 1.0, 0.5, 2.0  # columns: MB3(1) MB3(3) MB5(1) MB5(3)
-  arch = {"ops": ops, "width_stage0": np.array([[0.1, 0.3]]),
-          "width_stage1": np.array([[0.2, -1.0]])}
+  arch = {
+    "ops": ops,
+    "width_stage0": np.array([[0.1, 0.3]]),
+    "width_stage1": np.array([[0.2, -1.0]]),
+  }
   assert SPACE.op_names == ("MB3(1)", "MB3(3)", "MB5(1)", "MB5(3)")
   assert str(mbconv.derive(arch, SPACE)) == "c8[MB5(3)] c8[MB3(1) MB5(1)]"
-  assert mbconv.space_size(SPACE) == 4 ** 3 * 2 * 2
+  assert mbconv.space_size(SPACE) == 4**3 * 2 * 2
 
 
 def test_alpha_gets_gradients_through_the_search_network():
@@ -121,8 +134,12 @@ def test_alpha_gets_gradients_through_the_search_network():
   assert {k: a.shape for k, a in v["arch"].items()} == {"ops": (1, 4), "width_stage0": (1, 2)}
 
   def loss(arch):
-    logits, _ = net.apply({"params": v["params"], "arch": arch, "batch_stats": v["batch_stats"]},
-                          x, train=True, mutable=["batch_stats"])
+    logits, _ = net.apply(
+      {"params": v["params"], "arch": arch, "batch_stats": v["batch_stats"]},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+    )
     return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
 
   grads = jax.jit(jax.grad(loss))(v["arch"])
@@ -227,8 +244,9 @@ def test_one_hot_search_network_computes_the_chosen_network():
   """Width masks (input, group-wise hidden, output) and the mixed shortcut select exactly
   the chosen sub-network (real weights: the per-filter scale mean|W| of binary weights
   would also average the masked-out inputs, which BN cancels only approximately)."""
-  space = mbconv.make_space(2, 1, ((1, 2, (2, 4)), (2, 1, (4, 6))), kernel_sizes=(3,),
-                            expansions=(1, 2))
+  space = mbconv.make_space(
+    2, 1, ((1, 2, (2, 4)), (2, 1, (4, 6))), kernel_sizes=(3,), expansions=(1, 2)
+  )
   choice = mbconv.from_string("c2[MB3(2)] c6[MB3(1) MB3(2)]", space)
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
   final = binary_mbconv.MBConvNetwork(space, choice, 3, binary_weights=False)
@@ -244,12 +262,19 @@ def test_one_hot_search_network_computes_the_chosen_network():
     w_in = w_out
   params["classifier"]["kernel"][:6] = fv["params"]["classifier"]["kernel"]
   params["classifier"]["bias"] = fv["params"]["classifier"]["bias"]
-  arch = {"ops": np.full((3, 2), -1e4, np.float32),
-          "width_stage0": np.array([[1e4, -1e4]], np.float32),
-          "width_stage1": np.array([[-1e4, 1e4]], np.float32)}
+  arch = {
+    "ops": np.full((3, 2), -1e4, np.float32),
+    "width_stage0": np.array([[1e4, -1e4]], np.float32),
+    "width_stage1": np.array([[-1e4, 1e4]], np.float32),
+  }
   arch["ops"][[0, 1, 2], [1, 0, 1]] = 1e4  # MB3(2), MB3(1), MB3(2)
   want, _ = jax.jit(lambda v: final.apply(v, x, train=True, mutable=["batch_stats"]))(fv)
-  got, _ = jax.jit(lambda p, a: search.apply(
-      {"params": p, "arch": a, "batch_stats": sv["batch_stats"]}, x, train=True,
-      mutable=["batch_stats"]))(params, arch)
+  got, _ = jax.jit(
+    lambda p, a: search.apply(
+      {"params": p, "arch": a, "batch_stats": sv["batch_stats"]},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+    )
+  )(params, arch)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)

@@ -14,13 +14,19 @@ def _state(seed):
   # Random weights compress to nothing, so orbax stores their bytes as they are:
   # a flipped byte there reads back without error, as a different number.
   k1, k2 = jax.random.split(jax.random.key(seed))
-  return {"params": {"kernel": jax.random.normal(k1, (64, 256)), "bias": jax.random.normal(k2, (7,))},
-          "step": jnp.asarray(seed, jnp.int32)}
+  return {
+    "params": {"kernel": jax.random.normal(k1, (64, 256)), "bias": jax.random.normal(k2, (7,))},
+    "step": jnp.asarray(seed, jnp.int32),
+  }
 
 
 def _largest_data_file(step_dir):
-  files = [os.path.join(root, f) for root, _, names in os.walk(os.path.join(step_dir, "state"))
-           for f in names if os.sep + "d" + os.sep in os.path.join(root, f) + os.sep]
+  files = [
+    os.path.join(root, f)
+    for root, _, names in os.walk(os.path.join(step_dir, "state"))
+    for f in names
+    if os.sep + "d" + os.sep in os.path.join(root, f) + os.sep
+  ]
   return max(files, key=os.path.getsize)
 
 
@@ -49,8 +55,9 @@ def test_flipped_bytes_in_array_data_fall_back_to_the_previous_step(two_steps, c
   abstract = checkpointing.abstract_with_sharding(_state(0))
 
   # The reader alone does not notice: step 2 loads, with other numbers.
-  raw = ckpt._manager.restore(2, args=checkpointing.ocp.args.Composite(
-      state=checkpointing.ocp.args.StandardRestore(abstract)))["state"]
+  raw = ckpt._manager.restore(
+    2, args=checkpointing.ocp.args.Composite(state=checkpointing.ocp.args.StandardRestore(abstract))
+  )["state"]
   assert not np.array_equal(raw["params"]["kernel"], _state(2)["params"]["kernel"])
   with pytest.raises(checkpointing.ChecksumMismatch, match=r"\['params'\]\['kernel'\]"):
     ckpt.restore(abstract, step=2)

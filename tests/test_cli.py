@@ -13,11 +13,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(module, *args, timeout=300):
   env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
-@pytest.mark.parametrize("args,expected", [
+@pytest.mark.parametrize(
+  "args,expected",
+  [
     (["--config=configs/reactnet.py:nope"], "Unknown preset 'nope'"),
     (["--config=configs/reactnet.py", "--config.no_such_field=1"], "no_such_field"),
     (["--config=configs/reactnet.py", "--config.batch_size=abc"], "batch_size"),
@@ -29,9 +37,12 @@ def _run(module, *args, timeout=300):
     (["--config=configs"], "is not a Python config file"),
     (["--config=configs/reactnet.py:"], "names no preset"),
     (["--config=configs/reactnet.py", "--config.model.blocks[0]=1"], "model.blocks[0]"),
-    (["--config=configs/reactnet.py", "--config.optimizer.learning_rate=0"],
-     "config.optimizer.learning_rate=0.0 must be a finite number in (0, 1]"),
-])
+    (
+      ["--config=configs/reactnet.py", "--config.optimizer.learning_rate=0"],
+      "config.optimizer.learning_rate=0.0 must be a finite number in (0, 1]",
+    ),
+  ],
+)
 def test_summary_rejects_bad_input_with_status_2(args, expected):
   proc = _run("bnas_jax.summary", *args)
   assert proc.returncode == 2, proc.stderr
@@ -40,14 +51,16 @@ def test_summary_rejects_bad_input_with_status_2(args, expected):
   assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("override,expected", [
+@pytest.mark.parametrize(
+  "override,expected",
+  [
     ("--config.model.blocks=((8, 1, 3, 3),)", "groups=3 must divide"),
     ("--config.batch_size=63", "multiple of the number of devices"),
-])
+  ],
+)
 def test_main_rejects_impossible_configs_before_compute(tmp_path, override, expected):
   env_workdir = str(tmp_path / "w")
-  proc = _run("bnas_jax.main", "--config=configs/reactnet.py", f"--workdir={env_workdir}",
-              override)
+  proc = _run("bnas_jax.main", "--config=configs/reactnet.py", f"--workdir={env_workdir}", override)
   assert proc.returncode == 2, proc.stderr
   assert expected in proc.stderr and "Traceback" not in proc.stderr
   assert not os.path.exists(os.path.join(env_workdir, "checkpoints"))
@@ -62,37 +75,52 @@ def test_summary_json_for_the_imagenet_preset():
   assert report["bops"] == 4_816_896_000
   assert report["int8_ops"] == 3 * 3 * 3 * 32 * 112 * 112
   assert report["flops"] == 1024 * 1000 + 1000
-  assert report["ops"] == pytest.approx(report["flops"] + report["int8_ops"] / 8 + report["bops"] / 64)
+  assert report["ops"] == pytest.approx(
+    report["flops"] + report["int8_ops"] / 8 + report["bops"] / 64
+  )
   for key in ("params", "binary_params", "model_size_bytes"):
     assert isinstance(report[key], (int, float)) and report[key] > 0
 
 
 ABSL_LINE = re.compile(r"^[IWEF]\d{4} |^WARNING: All log messages", re.MULTILINE)
-TINY_REACTNET = ("--config=configs/reactnet.py", "--config.batch_size=16",
-                 "--config.model.blocks=((8, 1, 3, 1), (16, 2, 3, 2))",
-                 "--config.model.stem_features=8", "--config.data.image_size=16",
-                 "--config.max_eval_examples=64", "--config.num_train_steps=2")
+TINY_REACTNET = (
+  "--config=configs/reactnet.py",
+  "--config.batch_size=16",
+  "--config.model.blocks=((8, 1, 3, 1), (16, 2, 3, 2))",
+  "--config.model.stem_features=8",
+  "--config.data.image_size=16",
+  "--config.max_eval_examples=64",
+  "--config.num_train_steps=2",
+)
 
 
 def test_rejected_run_prints_only_its_paragraph(tmp_path):
   # Rejected after JAX started (it logs its backends) and the trainer imported TF.
-  proc = _run("bnas_jax.main", *TINY_REACTNET, f"--workdir={tmp_path / 'w'}",
-              "--config.optimizer.b1=1.0")
+  proc = _run(
+    "bnas_jax.main", *TINY_REACTNET, f"--workdir={tmp_path / 'w'}", "--config.optimizer.b1=1.0"
+  )
   assert proc.returncode == 2
-  assert proc.stderr.startswith("error: The config has values that cannot work: "
-                                "config.optimizer.b1=1.0 must be"), proc.stderr
+  assert proc.stderr.startswith(
+    "error: The config has values that cannot work: config.optimizer.b1=1.0 must be"
+  ), proc.stderr
   assert proc.stdout == "" and "\n\n" not in proc.stderr.strip()
   # --verbose shows the library lines.
-  proc = _run("bnas_jax.main", *TINY_REACTNET, f"--workdir={tmp_path / 'w'}",
-              "--config.optimizer.b1=1.0", "--verbose")
+  proc = _run(
+    "bnas_jax.main",
+    *TINY_REACTNET,
+    f"--workdir={tmp_path / 'w'}",
+    "--config.optimizer.b1=1.0",
+    "--verbose",
+  )
   assert proc.returncode == 2 and "devices: [CpuDevice" in proc.stderr
   assert not (tmp_path / "w").exists()
 
 
 def test_console_shows_the_run_and_library_lines_go_to_log_txt(tmp_path):
   workdir = tmp_path / "w"
-  proc = _run("bnas_jax.main", *TINY_REACTNET, f"--workdir={workdir}",
-              "--config.progress_bar=False")
+  proc = _run(
+    "bnas_jax.main", *TINY_REACTNET, f"--workdir={workdir}", "--config.progress_bar=False"
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "test accuracy" in proc.stdout
   assert not ABSL_LINE.search(proc.stdout + proc.stderr), proc.stdout + proc.stderr
@@ -123,13 +151,22 @@ app.run(main)
 @pytest.mark.parametrize("verbose", [False, True])
 def test_library_logs_go_to_log_txt_unless_verbose(tmp_path, verbose):
   env = dict(os.environ, PYTHONPATH=REPO)
-  proc = subprocess.run([sys.executable, "-c", LIBRARY_LOGS_SCRIPT, str(tmp_path),
-                         "verbose" if verbose else "quiet"], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-c", LIBRARY_LOGS_SCRIPT, str(tmp_path), "verbose" if verbose else "quiet"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout == "the run's own line\n"
-  library = ("held C++ line: Very slow compile?", "held library line", "later C++ line",
-             "later library line")
+  library = (
+    "held C++ line: Very slow compile?",
+    "held library line",
+    "later C++ line",
+    "later library line",
+  )
   if verbose:
     assert all(line in proc.stderr for line in library)
     assert not (tmp_path / "log.txt").exists()

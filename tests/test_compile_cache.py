@@ -34,10 +34,12 @@ def _launch(env_update, *args):
   env.pop(compile_cache.ENV, None)
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   env.update(env_update)
-  out = subprocess.run([sys.executable, "-c", _LAUNCH, *args], env=env, check=True,
-                       capture_output=True, text=True).stdout
-  return dict(line.split(" ", 1) for line in out.splitlines() if line[:4] in ("dir ", "hits",
-                                                                          "miss"))
+  out = subprocess.run(
+    [sys.executable, "-c", _LAUNCH, *args], env=env, check=True, capture_output=True, text=True
+  ).stdout
+  return dict(
+    line.split(" ", 1) for line in out.splitlines() if line[:4] in ("dir ", "hits", "miss")
+  )
 
 
 def test_on_by_default_in_the_user_cache_and_a_relaunch_hits_it(tmp_path):
@@ -63,8 +65,10 @@ def test_off_switch_stores_nothing(tmp_path, how):
 
 
 def test_explicit_location_wins_over_the_default(tmp_path):
-  out = _launch({"XDG_CACHE_HOME": str(tmp_path / "default"),
-                 compile_cache.ENV: str(tmp_path / "env")}, str(tmp_path / "arg"))
+  out = _launch(
+    {"XDG_CACHE_HOME": str(tmp_path / "default"), compile_cache.ENV: str(tmp_path / "env")},
+    str(tmp_path / "arg"),
+  )
   assert out["dir"] == str(tmp_path / "arg")
   assert os.listdir(tmp_path / "arg") and not (tmp_path / "env").exists()
 

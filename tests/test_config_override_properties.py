@@ -33,8 +33,9 @@ def _leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]
 def _flag_values(argv: list[str]) -> flags.FlagValues:
   """Fresh flags as main.py defines them; overrides are found in `argv` at definition."""
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    "config", None, "", flag_values=fv, lock_config=True, sys_argv=argv
+  )
   return fv
 
 
@@ -47,25 +48,53 @@ def _load(name: str) -> ml_collections.ConfigDict:
 
 KEYS = {name: _leaf_keys(_load(name)) for name in CONFIG_FILES}
 _VALUES = st.one_of(
-    st.text(max_size=12), st.integers(-10**12, 10**12).map(str),
-    st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.sampled_from(["True", "false", "None", "()", "(1, 2)", "[3]", "{}", "'x'", "1e-3",
-                     "digits", "cifar10", "lax", "-1", "0", ""]))
+  st.text(max_size=12),
+  st.integers(-(10**12), 10**12).map(str),
+  st.floats(allow_nan=True, allow_infinity=True).map(repr),
+  st.sampled_from(
+    [
+      "True",
+      "false",
+      "None",
+      "()",
+      "(1, 2)",
+      "[3]",
+      "{}",
+      "'x'",
+      "1e-3",
+      "digits",
+      "cifar10",
+      "lax",
+      "-1",
+      "0",
+      "",
+    ]
+  ),
+)
 
 
 @st.composite
 def _overrides(draw):
   name = draw(st.sampled_from(CONFIG_FILES))
-  key = draw(st.one_of(st.sampled_from(KEYS[name]),
-                       st.sampled_from(["no_such_key", "data.nope", "model..x", "search"])))
+  key = draw(
+    st.one_of(
+      st.sampled_from(KEYS[name]),
+      st.sampled_from(["no_such_key", "data.nope", "model..x", "search"]),
+    )
+  )
   return name, key, draw(_VALUES)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+  max_examples=150,
+  deadline=None,
+  derandomize=True,
+  suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(_overrides())
 def test_any_override_parses_with_its_type_or_exits_2_with_one_paragraph(
-    monkeypatch, capsys, override):
+  monkeypatch, capsys, override
+):
   name, key, value = override
   argv = ["prog", f"--config={REPO}/configs/{name}.py", f"--config.{key}={value}"]
   fv = _flag_values(argv)
@@ -88,12 +117,24 @@ def test_any_override_parses_with_its_type_or_exits_2_with_one_paragraph(
   if old is not None and new is not None:
     # bool and int fields accept only their own type; float fields accept ints.
     assert isinstance(new, type(old)) or (isinstance(old, float) and isinstance(new, int)), (
-        key, value, old, new)
+      key,
+      value,
+      old,
+      new,
+    )
 
 
-@pytest.mark.parametrize("override,expected", [
-    ("batch_size=5", 5), ("optimizer.learning_rate=0.01", 0.01), ("data.name=cifar10", "cifar10"),
-    ("batch_size=five", None), ("no_such_key=1", None), ("progress_bar=maybe", None)])
+@pytest.mark.parametrize(
+  "override,expected",
+  [
+    ("batch_size=5", 5),
+    ("optimizer.learning_rate=0.01", 0.01),
+    ("data.name=cifar10", "cifar10"),
+    ("batch_size=five", None),
+    ("no_such_key=1", None),
+    ("progress_bar=maybe", None),
+  ],
+)
 def test_known_overrides(monkeypatch, capsys, override, expected):
   # Anchors the property test: the harness really applies valid overrides.
   argv = ["prog", f"--config={REPO}/configs/reactnet.py", f"--config.{override}"]

@@ -35,13 +35,16 @@ def test_every_preset_is_valid_and_every_field_has_a_rule(name):
   for preset in module.PRESETS:
     config = module.get_config(preset)
     assert cv.violations(config, module.FIELD_RULES, getattr(module, "RELATIONS", ())) == [], preset
-    unruled = [path for path, _ in cv._flatten(config)
-               if cv.rule_for(path, module.FIELD_RULES) is None]
+    unruled = [
+      path for path, _ in cv._flatten(config) if cv.rule_for(path, module.FIELD_RULES) is None
+    ]
     assert unruled == [], (preset, unruled)
 
 
 # The nonsense of issue 18 (each accepted or failing late before), by config.
-@pytest.mark.parametrize("name,overrides,field", [
+@pytest.mark.parametrize(
+  "name,overrides,field",
+  [
     ("reactnet", dict(optimizer__learning_rate=0.0), "optimizer.learning_rate"),
     ("reactnet", dict(optimizer__learning_rate=-1e-3), "optimizer.learning_rate"),
     ("reactnet", dict(optimizer__learning_rate=math.inf), "optimizer.learning_rate"),
@@ -76,21 +79,28 @@ def test_every_preset_is_valid_and_every_field_has_a_rule(name):
     ("bnas", dict(final__drop_path_prob=1.0), "final.drop_path_prob"),
     ("bnas", dict(search__arch_optimizer__b1=-0.1), "search.arch_optimizer.b1"),
     ("dms", dict(model__widths=(10**9,)), "model.widths"),
-])
+  ],
+)
 def test_nonsense_values_are_rejected_naming_the_field(name, overrides, field):
   found = _violations(name, **overrides)
   assert len(found) == 1 and found[0].startswith(f"config.{field}="), found
 
 
-@pytest.mark.parametrize("name,overrides,expected", [
+@pytest.mark.parametrize(
+  "name,overrides,expected",
+  [
     # Six stride-2 blocks after the stride-2 stem at 16x16: total stride 128 > 16.
-    ("reactnet", dict(data__image_size=16, model__blocks=((8, 2, 3, 1),) * 6),
-     "smaller than the total stride 128"),
+    (
+      "reactnet",
+      dict(data__image_size=16, model__blocks=((8, 2, 3, 1),) * 6),
+      "smaller than the total stride 128",
+    ),
     ("reactnet", dict(data__image_size=7), "smaller than the total stride 16"),
     ("reactnet", dict(num_epochs=0), "both 0"),
     # Two reduction cells after the ImageNet stem (stride 8): 32 > 16.
     ("bnas", dict(final__stem="imagenet"), "smaller than the total stride 32 of the final"),
-])
+  ],
+)
 def test_relations_between_fields(name, overrides, expected):
   found = _violations(name, **overrides)
   assert len(found) == 1 and expected in found[0], found
@@ -106,7 +116,9 @@ def test_sampling_rule_matches_the_spaces_distributions():
   assert not rule.accepts("bogus")
 
 
-@pytest.mark.parametrize("rule,good,bad", [
+@pytest.mark.parametrize(
+  "rule,good,bad",
+  [
     (cv.number(0, 1, hi_open=True), [0, 0.0, 0.5, 0.999], [1, 1.0, -1e-9, math.nan, True, "0.5"]),
     (cv.number(1, integer=True), [1, 7, 2**40], [0, 1.5, -3, 2**70, False, None]),
     (cv.number(0, lo_open=True, optional=True), [None, 1e-30, 5.0], [0, 0.0, math.inf, -1]),
@@ -115,7 +127,8 @@ def test_sampling_rule_matches_the_spaces_distributions():
     (cv.sequence_of(cv.COUNT, min_len=1), [(1,), [2, 3]], [(), (0,), 5, ("a",)]),
     (cv.text(), ["", "adam"], [None, "a\x00b", "x" * 5000, 3]),
     (cv.KERNEL, [1, 3, 5, 15], [2, 0, 17, -3, 3.0]),
-])
+  ],
+)
 def test_rule_values(rule, good, bad):
   assert [v for v in good if not rule.accepts(v)] == []
   assert [v for v in bad if rule.accepts(v)] == []

@@ -31,23 +31,28 @@ def test_8_bit_stem_counts_as_int8_ops():
 
 
 class _Tiny(nn.Module):
-
   @nn.compact
   def __call__(self, x, train=False):
     x = layers.QuantConv(4, kernel_size=3, strides=2, name="fp_conv")(x)
     x = layers.batch_norm(train, name="bn")(x)
-    x = layers.QuantConv(8, kernel_size=3, feature_group_count=2, input_quantizer="ste_sign",
-                         kernel_quantizer="magnitude_aware_sign", name="bin_conv")(x)
+    x = layers.QuantConv(
+      8,
+      kernel_size=3,
+      feature_group_count=2,
+      input_quantizer="ste_sign",
+      kernel_quantizer="magnitude_aware_sign",
+      name="bin_conv",
+    )(x)
     x = layers.QuantConv(8, kernel_size=1, input_quantizer="approx_sign", name="fwba_conv")(x)
     return layers.QuantDense(10, name="classifier")(jnp.mean(x, axis=(1, 2)))
 
 
 def test_hand_counted_tiny_network():
   report = cost_model.count_costs(_Tiny(), (1, 8, 8, 3), train=False)
-  fp_conv = 3 * 3 * 3 * 4 * 4 * 4          # k*k*cin * cout * 4x4 outputs
-  bin_conv = 3 * 3 * 2 * 8 * 4 * 4         # grouped: cin/g = 2
-  fwba_conv = 1 * 1 * 8 * 8 * 4 * 4        # binary inputs, real weights -> 32-bit MACs
-  fc = (8 + 1) * 10                        # bias counted per output
+  fp_conv = 3 * 3 * 3 * 4 * 4 * 4  # k*k*cin * cout * 4x4 outputs
+  bin_conv = 3 * 3 * 2 * 8 * 4 * 4  # grouped: cin/g = 2
+  fwba_conv = 1 * 1 * 8 * 8 * 4 * 4  # binary inputs, real weights -> 32-bit MACs
+  fc = (8 + 1) * 10  # bias counted per output
   assert report.bops == bin_conv
   assert report.flops == fp_conv + fwba_conv + fc
   assert report.binary_params == 3 * 3 * 2 * 8

@@ -21,8 +21,7 @@ def test_cell_count_equals_brute_force_enumeration(num_ops):
   per_node = []
   for node in range(darts_space.NUM_NODES):
     edges = [(op, src) for op in range(num_ops) for src in range(node + 2)]
-    per_node.append({frozenset(p) for p in itertools.combinations(edges, 2)
-                     if p[0][1] != p[1][1]})
+    per_node.append({frozenset(p) for p in itertools.combinations(edges, 2) if p[0][1] != p[1][1]})
   for choice in itertools.product(*per_node):
     cells.add(choice)
   assert darts_space.cell_choices(num_ops) == len(cells)
@@ -32,18 +31,20 @@ def test_space_counts_match_darts_paper_order_and_zeroise_switch():
   c = bnas_config.get_config()
   counts = darts_arch.space_counts(c)
   assert counts["ops_per_edge"] == len(darts_space.BNAS.ops)  # Zeroise kept (BNAS)
-  assert counts["cells"] == 180 * 7 ** 8  # DARTS: "about 10^9" cells for 7 ops
+  assert counts["cells"] == 180 * 7**8  # DARTS: "about 10^9" cells for 7 ops
   c.derive.keep_zeroise = False
   assert darts_arch.space_counts(c)["ops_per_edge"] == len(darts_space.BNAS.ops) - 1
   assert darts_arch.space_counts(bats_config.get_config())["architectures"] == (
-      darts_space.cell_choices(len(darts_space.BATS.ops) - 1) ** 2)
+    darts_space.cell_choices(len(darts_space.BATS.ops) - 1) ** 2
+  )
 
 
 def test_summary_of_a_genotype_file_and_of_a_choice_list(tmp_path):
   c = bnas_config.get_config()
   path = str(tmp_path / "g.json")
-  darts_space.save(darts_space.random_genotype(darts_space.BNAS, np.random.default_rng(0), True),
-                    path)
+  darts_space.save(
+    darts_space.random_genotype(darts_space.BNAS, np.random.default_rng(0), True), path
+  )
   report = summary.summarize(c, path)
   assert report.bops > 0 and report.flops > 0
   with pytest.raises(UserInputError, match="is a bnas architecture"):

@@ -17,8 +17,12 @@ from bnas_jax.models import darts_ops
 BNAS = darts_space.BNAS
 # Three of the BNAS ops: the bilevel-step tests compile a supernet several
 # times, and compile time grows with the number of candidate ops.
-SMALL = darts_space.CellSpace("bnas", ("none", "max_pool_3x3", "bin_conv_3x3"),
-                            frozenset({"bin_conv_3x3"}), inter_cell_skip=True)
+SMALL = darts_space.CellSpace(
+  "bnas",
+  ("none", "max_pool_3x3", "bin_conv_3x3"),
+  frozenset({"bin_conv_3x3"}),
+  inter_cell_skip=True,
+)
 
 
 def _np_conv(x, w, stride, dilation):
@@ -63,10 +67,11 @@ def test_mixed_op_equals_explicit_weighted_sum():
   expected = 0.0
   for i, name in enumerate(BNAS.ops):
     op = darts_ops.make_op(BNAS, name, 4, 1, search=True)
-    own = {"params": variables["params"].get(name, {}),
-           "batch_stats": variables["batch_stats"].get(name, {})}
-    out, _ = op.apply({k: v for k, v in own.items() if v}, x, train=True,
-                      mutable=["batch_stats"])
+    own = {
+      "params": variables["params"].get(name, {}),
+      "batch_stats": variables["batch_stats"].get(name, {}),
+    }
+    out, _ = op.apply({k: v for k, v in own.items() if v}, x, train=True, mutable=["batch_stats"])
     expected = expected + w[i] * out
   np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=1e-5, atol=1e-6)
 
@@ -85,8 +90,13 @@ def test_fused_source_ops_equal_per_edge_mixed_ops():
     params = jax.tree.map(lambda a: a, own["params"])
     for op in ("bin_conv_3x3", "bin_conv_5x5", "bin_dil_conv_3x3", "bin_dil_conv_5x5"):
       params[op]["conv"]["kernel"] = variables["params"][f"conv_e{row}_{op}"]["kernel"]
-    ref, _ = mixed.apply({"params": params, "batch_stats": own["batch_stats"]}, x,
-                         weights[row], train=True, mutable=["batch_stats"])
+    ref, _ = mixed.apply(
+      {"params": params, "batch_stats": own["batch_stats"]},
+      x,
+      weights[row],
+      train=True,
+      mutable=["batch_stats"],
+    )
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
@@ -99,25 +109,54 @@ def _alpha_favouring(choices):
 
 
 def test_derivation_matches_hand_derived_genotype():
-  normal = _alpha_favouring([
-      (0, 0, "bin_conv_3x3", 3.0), (0, 1, "max_pool_3x3", 2.0),
-      (1, 2, "bin_conv_5x5", 3.0), (1, 0, "avg_pool_3x3", 2.5), (1, 1, "bin_conv_3x3", 1.0),
-      (2, 3, "none", 4.0), (2, 1, "bin_dil_conv_3x3", 3.0), (2, 0, "bin_conv_3x3", 0.5),
-      (3, 4, "bin_dil_conv_5x5", 2.0), (3, 2, "bin_conv_3x3", 2.5), (3, 0, "none", 1.0)])
-  reduce = _alpha_favouring([
-      (0, 1, "max_pool_3x3", 3.0), (0, 0, "max_pool_3x3", 2.0),
-      (1, 1, "none", 3.0), (1, 2, "bin_conv_3x3", 2.0),
-      (2, 0, "avg_pool_3x3", 3.0), (2, 3, "bin_conv_5x5", 2.0),
-      (3, 4, "bin_conv_3x3", 3.0), (3, 3, "bin_conv_3x3", 2.0)])
+  normal = _alpha_favouring(
+    [
+      (0, 0, "bin_conv_3x3", 3.0),
+      (0, 1, "max_pool_3x3", 2.0),
+      (1, 2, "bin_conv_5x5", 3.0),
+      (1, 0, "avg_pool_3x3", 2.5),
+      (1, 1, "bin_conv_3x3", 1.0),
+      (2, 3, "none", 4.0),
+      (2, 1, "bin_dil_conv_3x3", 3.0),
+      (2, 0, "bin_conv_3x3", 0.5),
+      (3, 4, "bin_dil_conv_5x5", 2.0),
+      (3, 2, "bin_conv_3x3", 2.5),
+      (3, 0, "none", 1.0),
+    ]
+  )
+  reduce = _alpha_favouring(
+    [
+      (0, 1, "max_pool_3x3", 3.0),
+      (0, 0, "max_pool_3x3", 2.0),
+      (1, 1, "none", 3.0),
+      (1, 2, "bin_conv_3x3", 2.0),
+      (2, 0, "avg_pool_3x3", 3.0),
+      (2, 3, "bin_conv_5x5", 2.0),
+      (3, 4, "bin_conv_3x3", 3.0),
+      (3, 3, "bin_conv_3x3", 2.0),
+    ]
+  )
   g = darts_space.derive(normal, reduce, BNAS)
-  assert g.normal == (("bin_conv_3x3", 0), ("max_pool_3x3", 1),
-                      ("avg_pool_3x3", 0), ("bin_conv_5x5", 2),
-                      ("bin_dil_conv_3x3", 1), ("none", 3),
-                      ("bin_conv_3x3", 2), ("bin_dil_conv_5x5", 4))
-  assert g.reduce == (("max_pool_3x3", 0), ("max_pool_3x3", 1),
-                      ("none", 1), ("bin_conv_3x3", 2),
-                      ("avg_pool_3x3", 0), ("bin_conv_5x5", 3),
-                      ("bin_conv_3x3", 3), ("bin_conv_3x3", 4))
+  assert g.normal == (
+    ("bin_conv_3x3", 0),
+    ("max_pool_3x3", 1),
+    ("avg_pool_3x3", 0),
+    ("bin_conv_5x5", 2),
+    ("bin_dil_conv_3x3", 1),
+    ("none", 3),
+    ("bin_conv_3x3", 2),
+    ("bin_dil_conv_5x5", 4),
+  )
+  assert g.reduce == (
+    ("max_pool_3x3", 0),
+    ("max_pool_3x3", 1),
+    ("none", 1),
+    ("bin_conv_3x3", 2),
+    ("avg_pool_3x3", 0),
+    ("bin_conv_5x5", 3),
+    ("bin_conv_3x3", 3),
+    ("bin_conv_3x3", 4),
+  )
   # DARTS rule (No Zeroise): Zeroise is never picked; node 4 (index 2) then
   # ranks input 1 (dil conv) and input 0 above the Zeroise-dominated input 3.
   g_darts = darts_space.derive(normal, reduce, BNAS, keep_zeroise=False)
@@ -150,8 +189,10 @@ def test_larger_gamma_picks_zeroise_less_often():
 
 
 def test_entropy_regularizer_gradient_matches_analytic():
-  arch = {"normal": jax.random.normal(jax.random.key(0), (14, 7)),
-          "reduce": jax.random.normal(jax.random.key(1), (14, 7))}
+  arch = {
+    "normal": jax.random.normal(jax.random.key(0), (14, 7)),
+    "reduce": jax.random.normal(jax.random.key(1), (14, 7)),
+  }
   lam, tau, epoch, temp = 1.0, 7.7, 3.0, 0.5
   grads = jax.grad(bilevel.diversity_regularizer)(arch, epoch, lam, tau, temp)
   for k in arch:
@@ -189,13 +230,13 @@ def test_genotype_json_round_trip_and_errors(tmp_path):
   assert darts_space.from_json(g.to_json()) == g
   good = g.to_dict()
   bad_cases = [
-      ({**good, "normal": good["normal"][:7]}, "8 \\[op, input\\] pairs"),
-      ({**good, "normal": [["sep_conv_3x3", 0]] + good["normal"][1:]}, "sep_conv_3x3"),
-      ({**good, "reduce": good["reduce"][:6] + [["none", 6], ["none", 0]]}, "inputs 0..4"),
-      ({**good, "normal": [["none", 1], ["none", 1]] + good["normal"][2:]}, "different inputs"),
-      ({**good, "normal_concat": [2, 2]}, "distinct node indices"),
-      ({**good, "space": "nasnet"}, "Unknown cell space"),
-      ({**good, "extra": 1}, "unknown keys"),
+    ({**good, "normal": good["normal"][:7]}, "8 \\[op, input\\] pairs"),
+    ({**good, "normal": [["sep_conv_3x3", 0]] + good["normal"][1:]}, "sep_conv_3x3"),
+    ({**good, "reduce": good["reduce"][:6] + [["none", 6], ["none", 0]]}, "inputs 0..4"),
+    ({**good, "normal": [["none", 1], ["none", 1]] + good["normal"][2:]}, "different inputs"),
+    ({**good, "normal_concat": [2, 2]}, "distinct node indices"),
+    ({**good, "space": "nasnet"}, "Unknown cell space"),
+    ({**good, "extra": 1}, "unknown keys"),
   ]
   for d, message in bad_cases:
     with pytest.raises(UserInputError, match=message):
@@ -239,8 +280,9 @@ def _tiny_step(second_order=False, noise=bilevel.NoiseConfig()):
   """One compiled step per setting, shared by the tests (compiling dominates their time)."""
   model, v = _tiny_model_and_variables()
   _, _, sched = _tiny_optimizers(v)
-  cfg = bilevel.SearchStepConfig(num_classes=3, steps_per_epoch=10, second_order=second_order,
-                                 noise=noise)
+  cfg = bilevel.SearchStepConfig(
+    num_classes=3, steps_per_epoch=10, second_order=second_order, noise=noise
+  )
   return jax.jit(bilevel.make_search_step(model, cfg, sched))
 
 
@@ -255,17 +297,23 @@ def _tiny_search(second_order=False, noise=bilevel.NoiseConfig()):
   model, v = _tiny_model_and_variables()
   w_tx, a_tx, _ = _tiny_optimizers(v)
   state = bilevel.SearchState.create(
-      params={"weights": v["params"], "arch": v["arch"]}, batch_stats=v["batch_stats"],
-      weight_tx=w_tx, arch_tx=a_tx, rng=jax.random.key_data(jax.random.key(1)))
+    params={"weights": v["params"], "arch": v["arch"]},
+    batch_stats=v["batch_stats"],
+    weight_tx=w_tx,
+    arch_tx=a_tx,
+    rng=jax.random.key_data(jax.random.key(1)),
+  )
   return model, state, _tiny_step(second_order, noise)
 
 
 def _batch(seed):
   r = np.random.default_rng(seed)
-  return {"image": r.normal(size=(4, 8, 8, 3)).astype(np.float32),
-          "label": r.integers(0, 3, 4).astype(np.int32),
-          "val_image": r.normal(size=(4, 8, 8, 3)).astype(np.float32),
-          "val_label": r.integers(0, 3, 4).astype(np.int32)}
+  return {
+    "image": r.normal(size=(4, 8, 8, 3)).astype(np.float32),
+    "label": r.integers(0, 3, 4).astype(np.int32),
+    "val_image": r.normal(size=(4, 8, 8, 3)).astype(np.float32),
+    "val_label": r.integers(0, 3, 4).astype(np.int32),
+  }
 
 
 def test_first_order_step_uses_val_batch_for_alpha_and_train_batch_for_weights():
@@ -275,14 +323,16 @@ def test_first_order_step_uses_val_batch_for_alpha_and_train_batch_for_weights()
   new, metrics = step(state, batch)
 
   def ce(w, a, x, y):
-    logits, _ = model.apply({"params": w, "arch": a, "batch_stats": stats}, x, train=True,
-                            mutable=["batch_stats"])
+    logits, _ = model.apply(
+      {"params": w, "arch": a, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+    )
     return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), y])
 
   # alpha: g = dL/da with L = CE(val) - H(alpha) (lambda = 1, epoch 0); the
   # step reports |g|, and Adam's first step is -lr * (g + wd a) / (|g + wd a| + eps).
   def arch_obj(a):
     return ce(w0, a, batch["val_image"], batch["val_label"]) - bilevel.mean_entropy(a)
+
   g = jax.jit(jax.grad(arch_obj))(a0)
   norm = np.sqrt(sum(np.sum(np.asarray(v) ** 2) for v in jax.tree.leaves(g)))
   assert float(metrics["arch_grad_norm"]) == pytest.approx(norm, rel=1e-2)
@@ -340,22 +390,37 @@ def test_noise_scales():
 def test_channel_shuffle_matches_pytorch_order():
   x = jnp.arange(8.0).reshape(1, 1, 1, 8)
   # PyTorch: view(b, 4, 2, h, w).transpose(1, 2) -> channels 0,2,4,6,1,3,5,7
-  np.testing.assert_array_equal(np.asarray(darts_ops.channel_shuffle(x, 4)).ravel(),
-                                [0, 2, 4, 6, 1, 3, 5, 7])
+  np.testing.assert_array_equal(
+    np.asarray(darts_ops.channel_shuffle(x, 4)).ravel(), [0, 2, 4, 6, 1, 3, 5, 7]
+  )
 
 
 def test_bats_space_supernet_and_final_network_run():
   bats = darts_space.BATS
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
   options = darts_ops.OpOptions(binary_weights=False, groups=2, shuffle_groups=2)
-  net = darts_cells.SearchNetwork(bats, 5, channels=4, num_cells=2, inter_cell_skip=False,
-                                  temperature=0.5, options=options, fused=False)
+  net = darts_cells.SearchNetwork(
+    bats,
+    5,
+    channels=4,
+    num_cells=2,
+    inter_cell_skip=False,
+    temperature=0.5,
+    options=options,
+    fused=False,
+  )
   v = net.init(jax.random.key(1), x, train=False)
   assert v["arch"]["normal"].shape == (14, len(bats.ops))
   assert net.apply(v, x, train=False).shape == (2, 5)
   g = darts_space.random_genotype(bats, np.random.default_rng(0))
-  final = darts_cells.GenotypeNetwork(g, 5, channels=4, num_cells=2, inter_cell_skip=False,
-                                      options=darts_ops.OpOptions(groups=2, shuffle_groups=2))
+  final = darts_cells.GenotypeNetwork(
+    g,
+    5,
+    channels=4,
+    num_cells=2,
+    inter_cell_skip=False,
+    options=darts_ops.OpOptions(groups=2, shuffle_groups=2),
+  )
   v = final.init(jax.random.key(2), x, train=False)
   assert final.apply(v, x, train=False).shape == (2, 5)
   with pytest.raises(UserInputError, match="groups=3"):
@@ -364,8 +429,11 @@ def test_bats_space_supernet_and_final_network_run():
 
 def test_weight_noise_changes_the_weight_gradient_only_when_on():
   norms = []
-  for noise in (bilevel.NoiseConfig(), bilevel.NoiseConfig(),
-                bilevel.NoiseConfig(weight_scale=0.25, arch_scale=0.2)):
+  for noise in (
+    bilevel.NoiseConfig(),
+    bilevel.NoiseConfig(),
+    bilevel.NoiseConfig(weight_scale=0.25, arch_scale=0.2),
+  ):
     _, state, step = _tiny_search(noise=noise)
     _, m = step(state, _batch(0))
     norms.append(float(m["grad_norm"]))
@@ -374,13 +442,18 @@ def test_weight_noise_changes_the_weight_gradient_only_when_on():
 
 def test_config_presets_carry_the_paper_settings():
   from configs import bats, bimodal, bnas  # pylint: disable=g-import-not-at-top
+
   for module in (bnas, bats, bimodal):
     for preset in module.PRESETS:
       module.get_config(preset)
   c = bnas.get_config("cifar10")
   assert (c.model.num_cells, c.model.channels, c.search.num_epochs) == (8, 16, 50)
   assert (c.final.num_cells, c.final.channels, c.final.num_epochs, c.final.batch_size) == (
-      20, 36, 600, 256)
+    20,
+    36,
+    600,
+    256,
+  )
   assert c.final.optimizer.schedule == "one_cycle" and c.final.optimizer.learning_rate == 0.05
   assert c.final.optimizer.weight_decay == 3e-6 and c.search.diversity_tau == 7.7
   assert (c.search.arch_optimizer.learning_rate, c.search.arch_optimizer.b1) == (3e-4, 0.5)

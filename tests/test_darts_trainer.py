@@ -44,7 +44,8 @@ def _search_params(workdir):
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "search", "checkpoints"))
   step = ckpt.latest_step()
   restored = checkpointing.ocp.StandardCheckpointer().restore(
-      os.path.join(ckpt.directory, str(step), "state"))
+    os.path.join(ckpt.directory, str(step), "state")
+  )
   ckpt.close()
   return step, restored["params"]
 
@@ -101,8 +102,10 @@ def test_search_resumes_bit_for_bit_then_trains_the_genotype(tmp_path, monkeypat
   assert saved["genotype"] == best.to_dict()
   costs = saved["final"]["costs"]
   assert 0 <= saved["final"]["test_accuracy"] <= 1 and saved["final"]["test_examples"] == 32
-  assert costs["bops"] > 0 and costs["flops"] == costs["flops_without_shortcuts"] + costs[
-      "shortcut_flops"]
+  assert (
+    costs["bops"] > 0
+    and costs["flops"] == costs["flops_without_shortcuts"] + costs["shortcut_flops"]
+  )
   assert report["final"]["steps"] == 2
 
 
@@ -131,11 +134,13 @@ def test_mbconv_random_baseline_costs_what_the_searched_choice_list_costs():
   """The baseline is drawn at the searched architecture's OPs, not anywhere in the space."""
   from configs import bimodal as bimodal_config  # pylint: disable=g-import-not-at-top
   from bnas_jax.models import darts_arch  # pylint: disable=g-import-not-at-top
+
   c = bimodal_config.get_config("mbconv")
   space = darts_space.space_from_config(c)
   info = input_pipeline.get_dataset_info(darts.final_data_config(c))
   ops = lambda g: darts_arch.cost_summary(
-      space, darts_arch.final_network(c, space, g, info.num_classes), info.image_shape)["ops"]
+    space, darts_arch.final_network(c, space, g, info.num_classes), info.image_shape
+  )["ops"]
   # 80% of the dearest of 8 draws: inside the space's range, off its cheap end.
   target = 0.8 * max(ops(space.sample(np.random.default_rng(s))) for s in range(8))
   got = ops(darts.random_at_cost(c, space, target))

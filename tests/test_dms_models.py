@@ -68,11 +68,17 @@ def _counted(family, arch):
   return summary.summarize(config, arch)
 
 
-@pytest.mark.parametrize("family,hand", [("dms_vgg11", _vgg11_hand_count),
-                                         ("dms_resnet18", _resnet18_hand_count)])
+@pytest.mark.parametrize(
+  "family,hand", [("dms_vgg11", _vgg11_hand_count), ("dms_resnet18", _resnet18_hand_count)]
+)
 def test_uniform_baselines_match_a_hand_count(family, hand):
-  for arch, k, binary in [("fp", 1, False), ("uniform1x", 1, True), ("uniform2x", 2, True),
-                          ("uniform3x", 3, True), ("uniform4x", 4, True)]:
+  for arch, k, binary in [
+    ("fp", 1, False),
+    ("uniform1x", 1, True),
+    ("uniform2x", 2, True),
+    ("uniform3x", 3, True),
+    ("uniform4x", 4, True),
+  ]:
     report = _counted(family, arch)
     params, size = hand(k, binary)
     assert report.params == params, arch
@@ -84,10 +90,15 @@ def test_uniform_baselines_match_a_hand_count(family, hand):
 # counts 1.1458 MB and is printed 1.14). ResNet-18 2x-4x (0.40/0.98/1.92 MB) do not follow
 # from the CIFAR ResNet-18 with binary convs and 1x1 projections (0.364/0.795/1.393 MB),
 # nor from any counting of a uniformly widened network (test below).
-TABLE1 = {("dms_vgg11", "fp"): 2.20, ("dms_vgg11", "uniform1x"): 0.08,
-          ("dms_vgg11", "uniform2x"): 0.29, ("dms_vgg11", "uniform3x"): 0.65,
-          ("dms_vgg11", "uniform4x"): 1.14, ("dms_resnet18", "fp"): 2.67,
-          ("dms_resnet18", "uniform1x"): 0.09}
+TABLE1 = {
+  ("dms_vgg11", "fp"): 2.20,
+  ("dms_vgg11", "uniform1x"): 0.08,
+  ("dms_vgg11", "uniform2x"): 0.29,
+  ("dms_vgg11", "uniform3x"): 0.65,
+  ("dms_vgg11", "uniform4x"): 1.14,
+  ("dms_resnet18", "fp"): 2.67,
+  ("dms_resnet18", "uniform1x"): 0.09,
+}
 
 
 @pytest.mark.parametrize("family,arch", sorted(TABLE1))
@@ -106,7 +117,8 @@ def test_no_counting_of_a_uniform_resnet18_gives_table1s_2x_to_4x_rows():
   c0, c1, c2 = poly["const"], poly["linear"] @ base, base @ poly["pairwise"] @ base
   for k in (1, 2, 3, 4):
     assert c0 + c1 * k + c2 * k * k == pytest.approx(
-        _counted("dms_resnet18", f"uniform{k}x").model_size_bytes)
+      _counted("dms_resnet18", f"uniform{k}x").model_size_bytes
+    )
   # ... while Table 1's ResNet-18 rows (printed to 0.01 MB, truncated or rounded) give a
   # per-k^2 size that rises beyond any rounding: 0.40/4 < 0.98/9 < 1.92/16.
   table1 = {2: 0.40, 3: 0.98, 4: 1.92}
@@ -125,9 +137,16 @@ def test_resolver_accepts_width_lists_and_files_and_rejects_bad_ones(tmp_path):
   assert tuple(dms_arch.resolve(config, str(path)).widths) == tuple(widths)
   assert not dms_arch.resolve(config, "fp").binary
   assert tuple(dms_arch.resolve(config, "uniform3x").widths) == tuple(
-      3 * w for w in dms_nets.VGG11_BASE_WIDTHS)
-  for bad in ("uniform5x", "[1, 2]", "[1, 2, 3, 4, 5, 6, 7, 0]", "[1.5, 2, 3, 4, 5, 6, 7, 8]",
-              "", "nonexistent.json"):
+    3 * w for w in dms_nets.VGG11_BASE_WIDTHS
+  )
+  for bad in (
+    "uniform5x",
+    "[1, 2]",
+    "[1, 2, 3, 4, 5, 6, 7, 0]",
+    "[1.5, 2, 3, 4, 5, 6, 7, 8]",
+    "",
+    "nonexistent.json",
+  ):
     with pytest.raises(UserInputError):
       dms_arch.resolve(config, bad)
 
@@ -138,8 +157,14 @@ def test_full_precision_and_binary_nets_run_and_masks_zero_channels():
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   v = jax.eval_shape(lambda: fp.init(jax.random.key(1), x, train=False))
   assert "act2" not in v["params"]  # no activation quantizers in the FP net
-  assert "act2" in jax.eval_shape(lambda: build_model(dms_arch.resolve(config, "uniform1x"), 10)
-                                  .init(jax.random.key(1), x, train=False))["params"]
+  assert (
+    "act2"
+    in jax.eval_shape(
+      lambda: build_model(dms_arch.resolve(config, "uniform1x"), 10).init(
+        jax.random.key(1), x, train=False
+      )
+    )["params"]
+  )
   widths = (4, 4, 8, 8, 8, 8, 8, 8)
   net = dms_nets.make_net("dms_vgg11", widths, 10)
   # A mask keeping only the first channel of slot 0: the stem's other channels are 0.
@@ -149,9 +174,14 @@ def test_full_precision_and_binary_nets_run_and_masks_zero_channels():
   @jax.jit
   def second_conv_input(x):
     v = net.init(jax.random.key(1), x, train=False)
-    (logits, inter) = net.apply(v, x, train=True, channel_masks=masks,
-                                mutable=["batch_stats", "intermediates"],
-                                capture_intermediates=lambda m, _: m.name == "act2")
+    (logits, inter) = net.apply(
+      v,
+      x,
+      train=True,
+      channel_masks=masks,
+      mutable=["batch_stats", "intermediates"],
+      capture_intermediates=lambda m, _: m.name == "act2",
+    )
     return logits, inter["intermediates"]["act2"]["__call__"][0]
 
   logits, acts = second_conv_input(x)
@@ -162,8 +192,14 @@ def test_full_precision_and_binary_nets_run_and_masks_zero_channels():
 
 def test_summary_cli_json_and_bad_arch_exit_status():
   env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-  run = lambda *a: subprocess.run([sys.executable, "-m", "bnas_jax.summary", *a], cwd=REPO,
-                                  env=env, capture_output=True, text=True, timeout=300)
+  run = lambda *a: subprocess.run(
+    [sys.executable, "-m", "bnas_jax.summary", *a],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   ok = run("--config=configs/dms.py:vgg11_cifar10", "--arch=uniform2x", "--json")
   assert ok.returncode == 0, ok.stderr
   row = json.loads(ok.stdout.strip().splitlines()[-1])

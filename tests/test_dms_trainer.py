@@ -17,8 +17,10 @@ from configs import dms as dms_config
 @pytest.fixture(scope="module", autouse=True)
 def _compilation_cache(tmp_path_factory):
   """Runs in this module repeat identical programs; cache them on disk (results unchanged)."""
-  old = (jax.config.jax_compilation_cache_dir,
-         jax.config.jax_persistent_cache_min_compile_time_secs)
+  old = (
+    jax.config.jax_compilation_cache_dir,
+    jax.config.jax_persistent_cache_min_compile_time_secs,
+  )
   jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   compilation_cache.reset_cache()
@@ -60,12 +62,21 @@ def test_resume_mid_search_gives_the_uninterrupted_result(tmp_path, monkeypatch)
   config = _tiny_config()
   config.eval.num_train_steps = 2
   straight = dms_trainer.train_and_evaluate(config, str(tmp_path / "straight"))
-  for name in ("dms_widths.json", "dms_widths.png", "report.json", "search/trajectory.json",
-               "search/trajectory.png", "eval/results.json", "random/eval/results.json"):
+  for name in (
+    "dms_widths.json",
+    "dms_widths.png",
+    "report.json",
+    "search/trajectory.json",
+    "search/trajectory.png",
+    "eval/results.json",
+    "random/eval/results.json",
+  ):
     assert (tmp_path / "straight" / name).exists(), name
   baseline = straight["random_baseline"]  # random widths, the searched size at most
-  assert baseline["model_size_mb"] <= straight["model_size_mb"] and baseline["widths"] != straight[
-      "widths"]
+  assert (
+    baseline["model_size_mb"] <= straight["model_size_mb"]
+    and baseline["widths"] != straight["widths"]
+  )
   widths = _read(tmp_path / "straight", "dms_widths.json")
   assert widths["widths"] == straight["widths"]
   assert len(_read(tmp_path / "straight", "search/trajectory.json")["mu"]) == 3
@@ -127,12 +138,14 @@ def test_random_widths_fill_the_searched_size_with_a_random_shape():
   """The baseline: another distribution of widths over the layers, the same model size."""
   c = dms_config.get_config()
   info = input_pipeline.get_dataset_info(c.data)
-  size = lambda w: dms_trainer._model_size(c.model.name, w, info.num_classes,
-                                           tuple(info.image_shape))
+  size = lambda w: dms_trainer._model_size(
+    c.model.name, w, info.num_classes, tuple(info.image_shape)
+  )
   base = dms_nets.base_widths_of(c.model)
   target = size(dms_nets.uniform_widths(c.model.name, 2.0, base))
-  got = [dms_trainer.random_widths_at_size(c, info, target, np.random.default_rng(s))
-         for s in (0, 1)]
+  got = [
+    dms_trainer.random_widths_at_size(c, info, target, np.random.default_rng(s)) for s in (0, 1)
+  ]
   for w in got:
     assert 0.97 * target <= size(w) <= target
   assert got[0] != got[1]

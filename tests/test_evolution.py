@@ -60,9 +60,19 @@ class Evaluator:
 
 def small_cfg(**overrides):
   # The reference's initial population unless a test asks for per-bucket sampling.
-  base = dict(population_size=16, generations=3, num_mutations=8, num_crossovers=8,
-              mutation_prob=0.2, ops_min=150.0, ops_max=400.0, bucket_step=10.0, seed=0,
-              max_tries=1000, init_sampling="uniform")
+  base = dict(
+    population_size=16,
+    generations=3,
+    num_mutations=8,
+    num_crossovers=8,
+    mutation_prob=0.2,
+    ops_min=150.0,
+    ops_max=400.0,
+    bucket_step=10.0,
+    seed=0,
+    max_tries=1000,
+    init_sampling="uniform",
+  )
   base.update(overrides)
   return evo.EvolutionConfig(**base)
 
@@ -70,9 +80,15 @@ def small_cfg(**overrides):
 def run(tmp_path, cfg=None, evaluator=None, name="state.json", logs=None, **kwargs):
   evaluator = evaluator or Evaluator()
   logs = [] if logs is None else logs
-  result = evo.run_evolution(SPACE, cfg or small_cfg(), cost_fn=synthetic_cost,
-                             evaluate_fn=evaluator, state_path=str(tmp_path / name),
-                             log=logs.append, **kwargs)
+  result = evo.run_evolution(
+    SPACE,
+    cfg or small_cfg(),
+    cost_fn=synthetic_cost,
+    evaluate_fn=evaluator,
+    state_path=str(tmp_path / name),
+    log=logs.append,
+    **kwargs,
+  )
   return result, evaluator, logs
 
 
@@ -96,8 +112,9 @@ def brute_force_front(points):
   out = []
   for i, p in enumerate(points):
     dominated = any(
-        q["ops"] <= p["ops"] and q["acc"] >= p["acc"]
-        and (q["ops"] < p["ops"] or q["acc"] > p["acc"]) for q in points)
+      q["ops"] <= p["ops"] and q["acc"] >= p["acc"] and (q["ops"] < p["ops"] or q["acc"] > p["acc"])
+      for q in points
+    )
     earlier_twin = any(q["ops"] == p["ops"] and q["acc"] == p["acc"] for q in points[:i])
     if not dominated and not earlier_twin:
       out.append(p)
@@ -106,9 +123,11 @@ def brute_force_front(points):
 
 # Small integer grids force many ties in ops, in acc and in both.
 _points = st.lists(
-    st.builds(lambda o, a: {"ops": float(o), "acc": a / 10.0},
-              st.integers(0, 12), st.integers(0, 12)),
-    max_size=40)
+  st.builds(
+    lambda o, a: {"ops": float(o), "acc": a / 10.0}, st.integers(0, 12), st.integers(0, 12)
+  ),
+  max_size=40,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -125,8 +144,7 @@ def test_pareto_front_matches_brute_force(points):
 @given(st.lists(st.tuples(st.floats(0, 1e3), st.floats(0, 1)), max_size=60))
 def test_pareto_front_matches_brute_force_on_floats(pairs):
   points = [{"ops": o, "acc": a} for o, a in pairs]
-  assert ([id(p) for p in pareto.pareto_front(points)]
-          == [id(p) for p in brute_force_front(points)])
+  assert [id(p) for p in pareto.pareto_front(points)] == [id(p) for p in brute_force_front(points)]
 
 
 def test_pareto_front_rejects_nan():
@@ -142,16 +160,26 @@ def test_bucket_keys_for_small_steps_stay_distinct():
   assert [r["i"] for r in table.values()] == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("step, ops, key", [
-    (2, 21.2, "22"), (2, 20.9, "20"), (2.0, 180.0, "180"), (0.05, 0.15, "0.15"),
-    (0.1, 0.3, "0.3"), (2.5, 22.4, "22.5"), (1e-7, 3e-7, "0.0000003"), (10, 3.0, "0"),
-])
+@pytest.mark.parametrize(
+  "step, ops, key",
+  [
+    (2, 21.2, "22"),
+    (2, 20.9, "20"),
+    (2.0, 180.0, "180"),
+    (0.05, 0.15, "0.15"),
+    (0.1, 0.3, "0.3"),
+    (2.5, 22.4, "22.5"),
+    (1e-7, 3e-7, "0.0000003"),
+    (10, 3.0, "0"),
+  ],
+)
 def test_bucket_key_text_is_canonical(step, ops, key):
   assert pareto.bucket_key(ops, step) == key
 
 
-@pytest.mark.parametrize("lo,hi,step", [(20.0, 180.0, 2.0), (20.77, 331.81, 2.0),
-                                         (0.1195, 1.72, 0.05), (3.0, 3.0, 10.0)])
+@pytest.mark.parametrize(
+  "lo,hi,step", [(20.0, 180.0, 2.0), (20.77, 331.81, 2.0), (0.1195, 1.72, 0.05), (3.0, 3.0, 10.0)]
+)
 def test_bucket_indices_are_the_keys_of_the_range(lo, hi, step):
   costs = np.concatenate([np.linspace(lo, hi, 20001), [lo, hi]])
   keys = {round(float(pareto.bucket_key(c, step)) / step) for c in costs}
@@ -160,12 +188,12 @@ def test_bucket_indices_are_the_keys_of_the_range(lo, hi, step):
 
 def test_best_per_bucket_keeps_best_then_cheapest_then_earliest():
   records = [
-      {"ops": 20.4, "acc": 0.60, "n": "a"},
-      {"ops": 19.8, "acc": 0.62, "n": "b"},   # Same bucket "20", more accurate.
-      {"ops": 20.2, "acc": 0.62, "n": "c"},   # Tie on acc, but more OPs.
-      {"ops": 19.8, "acc": 0.62, "n": "d"},   # Exact tie with b, later.
-      {"ops": 23.9, "acc": 0.55, "n": "e"},   # Bucket "24": lower acc, kept anyway.
-      {"ops": 30.0, "acc": 0.99, "n": "f"},   # Outside [lo, hi].
+    {"ops": 20.4, "acc": 0.60, "n": "a"},
+    {"ops": 19.8, "acc": 0.62, "n": "b"},  # Same bucket "20", more accurate.
+    {"ops": 20.2, "acc": 0.62, "n": "c"},  # Tie on acc, but more OPs.
+    {"ops": 19.8, "acc": 0.62, "n": "d"},  # Exact tie with b, later.
+    {"ops": 23.9, "acc": 0.55, "n": "e"},  # Bucket "24": lower acc, kept anyway.
+    {"ops": 30.0, "acc": 0.99, "n": "f"},  # Outside [lo, hi].
   ]
   table = pareto.best_per_bucket(records, 2, lo=19, hi=25)
   assert {k: r["n"] for k, r in table.items()} == {"20": "b", "24": "e"}
@@ -189,12 +217,21 @@ def test_plot_search_writes_png_atomically(tmp_path):
 
 def test_config_defaults_are_readme_values():
   cfg = evo.EvolutionConfig()
-  assert (cfg.population_size, cfg.generations, cfg.num_mutations, cfg.num_crossovers,
-          cfg.mutation_prob, cfg.ops_min, cfg.ops_max, cfg.bucket_step) == (
-              512, 20, 128, 128, 0.2, 20.0, 180.0, 2.0)
+  assert (
+    cfg.population_size,
+    cfg.generations,
+    cfg.num_mutations,
+    cfg.num_crossovers,
+    cfg.mutation_prob,
+    cfg.ops_min,
+    cfg.ops_max,
+    cfg.bucket_step,
+  ) == (512, 20, 128, 128, 0.2, 20.0, 180.0, 2.0)
 
 
-@pytest.mark.parametrize("overrides, match", [
+@pytest.mark.parametrize(
+  "overrides, match",
+  [
     (dict(population_size=0), "population_size"),
     (dict(population_size=2.5), "population_size"),
     (dict(generations=-1), "generations"),
@@ -209,7 +246,8 @@ def test_config_defaults_are_readme_values():
     (dict(max_tries=0), "max_tries"),
     (dict(seed=True), "seed"),
     (dict(init_sampling="stratified"), "init_sampling"),
-])
+  ],
+)
 def test_bad_config_is_refused_before_any_evaluation(tmp_path, overrides, match):
   evaluator = Evaluator()
   with pytest.raises(UserInputError, match=match):
@@ -262,8 +300,9 @@ def test_search_improves_best_in_range_accuracy(searched):
   assert all(a <= b for a, b in zip(best, best[1:]))
   assert best[-1] > best[0]
   # Per OPs bucket too: children displace initial members from the table.
-  initial = pareto.best_per_bucket([r for r in result.records if r["generation"] == 0],
-                                   10.0, 150.0, 400.0)
+  initial = pareto.best_per_bucket(
+    [r for r in result.records if r["generation"] == 0], 10.0, 150.0, 400.0
+  )
   improved = [k for k, r in initial.items() if result.table[k]["acc"] > r["acc"]]
   assert len(improved) >= len(initial) // 3
   gen_lines = [l for l in logs if l.startswith("Search generation")]
@@ -292,8 +331,7 @@ def test_per_bucket_initial_population_covers_every_bucket(tmp_path):
   # 40 members for 20 buckets of [0, 200]; the space's sampler rarely goes below ~150
   # here (as Table 1's never goes below ~44 M OPs), so uniform sampling leaves the
   # cheap buckets to the seeded smallest subnet.
-  cfg = small_cfg(population_size=40, generations=0, ops_min=0.0, ops_max=200.0,
-                  bucket_step=10.0)
+  cfg = small_cfg(population_size=40, generations=0, ops_min=0.0, ops_max=200.0, bucket_step=10.0)
   rng = np.random.default_rng(0)
   draws = [synthetic_cost(nb.sample_uniform(SPACE, rng)) for _ in range(3000)]
   assert np.mean(np.asarray(draws) < 100) < 0.01
@@ -313,8 +351,9 @@ def test_per_bucket_initial_population_covers_every_bucket(tmp_path):
   assert len(covered["per_bucket"]) == expected
   assert len(covered["uniform"]) < expected - 3
   # Deterministic like the rest of the search.
-  again, _, _ = run(tmp_path, dataclasses.replace(cfg, init_sampling="per_bucket"),
-                    name="again.json")
+  again, _, _ = run(
+    tmp_path, dataclasses.replace(cfg, init_sampling="per_bucket"), name="again.json"
+  )
   assert as_rows(again.records) == rows["per_bucket"]
 
 
@@ -371,17 +410,23 @@ def test_finished_search_reruns_without_evaluating_and_can_be_extended(tmp_path)
     run(tmp_path, small_cfg(generations=1))
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(seed=1), dict(ops_max=390.0), dict(population_size=17), dict(num_crossovers=7),
-    dict(bucket_step=5.0), dict(mutation_prob=0.3),
-])
+@pytest.mark.parametrize(
+  "overrides",
+  [
+    dict(seed=1),
+    dict(ops_max=390.0),
+    dict(population_size=17),
+    dict(num_crossovers=7),
+    dict(bucket_step=5.0),
+    dict(mutation_prob=0.3),
+  ],
+)
 def test_config_mismatch_refuses_to_resume(tmp_path, overrides):
   run(tmp_path, small_cfg(generations=1))
   changed = next(iter(overrides))
   with pytest.raises(UserInputError, match=f"different search.*{changed}.*force_restart"):
     run(tmp_path, small_cfg(generations=1, **overrides))
-  result, evaluator, _ = run(tmp_path, small_cfg(generations=1, **overrides),
-                             force_restart=True)
+  result, evaluator, _ = run(tmp_path, small_cfg(generations=1, **overrides), force_restart=True)
   assert len(evaluator.batches) == 2
   saved = json.loads((tmp_path / "state.json").read_text())
   assert saved["config"][changed] == overrides[changed]
@@ -392,13 +437,23 @@ def test_other_space_or_cost_refuses_to_resume(tmp_path):
   no_nd = nb.SearchSpace.scaled(width_divisor=8, nd_constraint=False)
   assert no_nd.name == SPACE.name  # Same name, so the fingerprint must catch it.
   with pytest.raises(UserInputError, match="space_fingerprint"):
-    evo.run_evolution(no_nd, small_cfg(generations=0), cost_fn=synthetic_cost,
-                      evaluate_fn=Evaluator(), state_path=str(tmp_path / "state.json"),
-                      log=lambda _: None)
+    evo.run_evolution(
+      no_nd,
+      small_cfg(generations=0),
+      cost_fn=synthetic_cost,
+      evaluate_fn=Evaluator(),
+      state_path=str(tmp_path / "state.json"),
+      log=lambda _: None,
+    )
   with pytest.raises(UserInputError, match="cost model changed"):
-    evo.run_evolution(SPACE, small_cfg(generations=0), cost_fn=lambda a: 2 * synthetic_cost(a),
-                      evaluate_fn=Evaluator(), state_path=str(tmp_path / "state.json"),
-                      log=lambda _: None)
+    evo.run_evolution(
+      SPACE,
+      small_cfg(generations=0),
+      cost_fn=lambda a: 2 * synthetic_cost(a),
+      evaluate_fn=Evaluator(),
+      state_path=str(tmp_path / "state.json"),
+      log=lambda _: None,
+    )
 
 
 def test_save_state_false_writes_nothing(tmp_path):
@@ -408,8 +463,14 @@ def test_save_state_false_writes_nothing(tmp_path):
 
 def test_space_interface_is_checked(tmp_path):
   with pytest.raises(UserInputError, match="lacks smallest, biggest, parse, sample_in_range"):
-    evo.run_evolution(object(), small_cfg(), cost_fn=synthetic_cost, evaluate_fn=Evaluator(),
-                      state_path=str(tmp_path / "state.json"), log=lambda _: None)
+    evo.run_evolution(
+      object(),
+      small_cfg(),
+      cost_fn=synthetic_cost,
+      evaluate_fn=Evaluator(),
+      state_path=str(tmp_path / "state.json"),
+      log=lambda _: None,
+    )
 
 
 def test_corrupt_state_is_refused(tmp_path):
@@ -420,16 +481,25 @@ def test_corrupt_state_is_refused(tmp_path):
 
 def test_bad_evaluate_fn_output_is_reported(tmp_path):
   with pytest.raises(ValueError, match="one per architecture"):
-    evo.run_evolution(SPACE, small_cfg(), cost_fn=synthetic_cost,
-                      evaluate_fn=lambda archs: [0.5], state_path=str(tmp_path / "s.json"),
-                      log=lambda _: None)
+    evo.run_evolution(
+      SPACE,
+      small_cfg(),
+      cost_fn=synthetic_cost,
+      evaluate_fn=lambda archs: [0.5],
+      state_path=str(tmp_path / "s.json"),
+      log=lambda _: None,
+    )
 
 
 def test_write_outputs(tmp_path, searched):
   result = searched[0]
   paths = evo.write_outputs(result, str(tmp_path / "out"))
   assert sorted(os.listdir(tmp_path / "out")) == [
-      "pareto_front.json", "search.png", "search_records.json", "search_table.json"]
+    "pareto_front.json",
+    "search.png",
+    "search_records.json",
+    "search_table.json",
+  ]
   assert (tmp_path / "out" / "search.png").read_bytes()[:8] == PNG_MAGIC
   table = json.loads(open(paths["table"]).read())
   assert list(table) == list(result.table)

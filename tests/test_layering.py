@@ -21,14 +21,44 @@ import pytest
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bnas_jax")
 
-FOUNDATIONS = ("errors", "atomic_files", "quantizers", "convolution", "packed", "cost_model", "param_policies",
-               "optimizers", "train_state", "sharding", "checkpointing", "input_pipeline",
-               "data", "presets", "preemption", "distributed", "nonfinite_guard", "reporting",
-               "run_directory", "compile_cache", "config_validation", "user_files",
-               "console")
-LAYERS = {**{name: 0 for name in FOUNDATIONS}, "layers": 1, "search_spaces": 2, "models": 3,
-          "search": 4, "training_loop": 5, "trainers": 6, "main": 7, "summary": 7, "deploy": 7,
-          "cli": 7}
+FOUNDATIONS = (
+  "errors",
+  "atomic_files",
+  "quantizers",
+  "convolution",
+  "packed",
+  "cost_model",
+  "param_policies",
+  "optimizers",
+  "train_state",
+  "sharding",
+  "checkpointing",
+  "input_pipeline",
+  "data",
+  "presets",
+  "preemption",
+  "distributed",
+  "nonfinite_guard",
+  "reporting",
+  "run_directory",
+  "compile_cache",
+  "config_validation",
+  "user_files",
+  "console",
+)
+LAYERS = {
+  **{name: 0 for name in FOUNDATIONS},
+  "layers": 1,
+  "search_spaces": 2,
+  "models": 3,
+  "search": 4,
+  "training_loop": 5,
+  "trainers": 6,
+  "main": 7,
+  "summary": 7,
+  "deploy": 7,
+  "cli": 7,
+}
 
 
 def _modules():
@@ -60,7 +90,7 @@ def _imports(path: str, module: str):
     elif isinstance(node, ast.ImportFrom):
       base = node.module or ""
       if node.level:  # relative
-        base = ".".join(module.split(".")[:-node.level] + ([base] if base else []))
+        base = ".".join(module.split(".")[: -node.level] + ([base] if base else []))
       if not base.startswith("bnas_jax"):
         continue
       for alias in node.names:
@@ -75,8 +105,11 @@ MODULES = sorted(_modules())
 @pytest.mark.parametrize("module,path", MODULES, ids=[m for m, _ in MODULES])
 def test_imports_go_down(module, path):
   own = _layer(module)
-  upward = [f"{path}:{line} imports {name} (layer {_layer(name)} > {own})"
-            for name, line in _imports(path, module) if _layer(name) > own]
+  upward = [
+    f"{path}:{line} imports {name} (layer {_layer(name)} > {own})"
+    for name, line in _imports(path, module)
+    if _layer(name) > own
+  ]
   assert not upward, "\n".join(upward)
 
 

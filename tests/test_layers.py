@@ -21,7 +21,9 @@ def _np_conv(x, w, stride, pad, groups):
     g = o // cout_g
     for i in range(ho):
       for j in range(wo):
-        patch = xp[:, i * stride:i * stride + k, j * stride:j * stride + k, g * cin_g:(g + 1) * cin_g]
+        patch = xp[
+          :, i * stride : i * stride + k, j * stride : j * stride + k, g * cin_g : (g + 1) * cin_g
+        ]
         out[:, i, j, o] = np.sum(patch * w[..., o], axis=(1, 2, 3))
   return out
 
@@ -29,8 +31,14 @@ def _np_conv(x, w, stride, pad, groups):
 @pytest.mark.parametrize("stride,groups,k", [(1, 1, 3), (2, 2, 3), (1, 4, 5), (1, 1, 1)])
 def test_binary_conv_matches_sign_convolution(stride, groups, k):
   x = jax.random.normal(jax.random.key(0), (2, 7, 7, 8))
-  conv = layers.QuantConv(8, kernel_size=k, strides=stride, feature_group_count=groups,
-                          input_quantizer="ste_sign", kernel_quantizer="magnitude_aware_sign")
+  conv = layers.QuantConv(
+    8,
+    kernel_size=k,
+    strides=stride,
+    feature_group_count=groups,
+    input_quantizer="ste_sign",
+    kernel_quantizer="magnitude_aware_sign",
+  )
   variables = conv.init(jax.random.key(1), x)
   w = np.asarray(variables["params"]["kernel"], np.float64)
   wb = np.where(w >= 0, 1.0, -1.0) * np.abs(w).mean(axis=(0, 1, 2))
@@ -44,9 +52,15 @@ def test_dilated_xnor_conv_equals_conv_with_zero_inserted_kernel(stride, groups,
   # Dilation 2 is the plain conv of a (2k-1)^2 kernel with zeros between the
   # taps; padding 2 * (k - 1) // 2 keeps the size (PyTorch's dilated convs).
   x = jax.random.normal(jax.random.key(0), (2, 9, 9, 4))
-  conv = layers.QuantConv(4, kernel_size=k, strides=stride, feature_group_count=groups,
-                          kernel_dilation=2, input_quantizer="ste_sign",
-                          kernel_quantizer="xnor_weight")
+  conv = layers.QuantConv(
+    4,
+    kernel_size=k,
+    strides=stride,
+    feature_group_count=groups,
+    kernel_dilation=2,
+    input_quantizer="ste_sign",
+    kernel_quantizer="xnor_weight",
+  )
   variables = conv.init(jax.random.key(1), x)
   w = np.asarray(variables["params"]["kernel"], np.float64)
   wb = np.where(w >= 0, 1.0, -1.0) * np.abs(w).mean(axis=(0, 1, 2))
@@ -62,8 +76,13 @@ def test_dilated_xnor_conv_equals_conv_with_zero_inserted_kernel(stride, groups,
 def test_binary_conv_accumulates_in_float32_for_bfloat16_inputs():
   # 3x3x64 = 576 terms of +-1: beyond bfloat16's exact integer range (256).
   x = jnp.ones((1, 3, 3, 64), jnp.bfloat16)
-  conv = layers.QuantConv(1, kernel_size=3, input_quantizer="ste_sign", kernel_quantizer="ste_sign",
-                          kernel_init=jax.nn.initializers.ones)
+  conv = layers.QuantConv(
+    1,
+    kernel_size=3,
+    input_quantizer="ste_sign",
+    kernel_quantizer="ste_sign",
+    kernel_init=jax.nn.initializers.ones,
+  )
   y = conv.apply(conv.init(jax.random.key(0), x), x)
   assert y.dtype == jnp.float32
   assert float(y[0, 1, 1, 0]) == 576.0
@@ -71,8 +90,13 @@ def test_binary_conv_accumulates_in_float32_for_bfloat16_inputs():
 
 def test_learnable_threshold_shifts_the_sign():
   x = jnp.full((1, 1, 1, 2), -0.5)
-  conv = layers.QuantConv(1, kernel_size=1, input_quantizer="ste_sign", learnable_threshold=True,
-                          kernel_init=jax.nn.initializers.ones)
+  conv = layers.QuantConv(
+    1,
+    kernel_size=1,
+    input_quantizer="ste_sign",
+    learnable_threshold=True,
+    kernel_init=jax.nn.initializers.ones,
+  )
   variables = conv.init(jax.random.key(0), x)
   assert float(conv.apply(variables, x)[0, 0, 0, 0]) == -2.0
   variables["params"]["input_threshold"] = jnp.array([1.0, 0.0])
@@ -100,14 +124,16 @@ def test_lsq_stem_conv_uses_8_bit_weights():
   scale = np.asarray(variables["params"]["kernel_scale"], np.float64)
   assert scale.shape == (4,)
   wq = np.clip(np.round(w / scale), -128, 127) * scale
-  np.testing.assert_allclose(conv.apply(variables, x), _np_conv(np.asarray(x), wq, 1, 1, 1),
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    conv.apply(variables, x), _np_conv(np.asarray(x), wq, 1, 1, 1), rtol=1e-4, atol=1e-5
+  )
   assert conv.param_precision("kernel") == 8
 
 
 def _stem_scale_grad(x, dy, **conv_kwargs):
-  conv = layers.QuantConv(dy.shape[-1], kernel_size=3, strides=2, kernel_quantizer="lsq",
-                          kernel_bits=8, **conv_kwargs)
+  conv = layers.QuantConv(
+    dy.shape[-1], kernel_size=3, strides=2, kernel_quantizer="lsq", kernel_bits=8, **conv_kwargs
+  )
   variables = conv.init(jax.random.key(1), x)
 
   def loss(scale, active=None):

@@ -35,10 +35,15 @@ np.savez(sys.argv[1], **flat)
 
 def _run(tmp_path, devices):
   out = str(tmp_path / f"step_{devices}.npz")
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  subprocess.run([sys.executable, "-c", _SCRIPT, out, str(devices)], check=True, env=env,
-                 cwd=REPO, timeout=300)
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    PYTHONPATH=REPO,
+    JAX_PLATFORMS="cpu",
+  )
+  subprocess.run(
+    [sys.executable, "-c", _SCRIPT, out, str(devices)], check=True, env=env, cwd=REPO, timeout=300
+  )
   return dict(np.load(out))
 
 

@@ -50,6 +50,7 @@ class Case:
     decisions: lines every process prints; equal lines mean every process
       took the same host-side decisions.
   """
+
   flags: tuple[str, ...]
   steps_flag: str
   curve_metric: str = "train_loss"
@@ -62,38 +63,61 @@ class Case:
 # width, kernel, groups) and the Non-Decreasing constraint across a stage
 # boundary: 224 architectures, compiled in seconds instead of Table 1's minutes.
 TINY_NASBNN_SPACE = (
-    "--config.space.width_divisor=1", "--config.space.resolution=16",
-    "--config.space.stem_widths=(4, 8)",
-    "--config.space.stages=(((1, 2), (8,), (3,), (1,), 1), ((1, 2), (8, 16), (3, 5), (1, 2), 2))")
+  "--config.space.width_divisor=1",
+  "--config.space.resolution=16",
+  "--config.space.stem_widths=(4, 8)",
+  "--config.space.stages=(((1, 2), (8,), (3,), (1,), 1), ((1, 2), (8, 16), (3, 5), (1, 2), 2))",
+)
 
 CONFIGS = {
-    "reactnet": Case(
-        cli_crash.TINY_REACTNET, "--config.num_train_steps"),
-    # Supernet training (sandwich subnets drawn on the host every step), then a
-    # 2-generation search whose children and Pareto front every process must
-    # draw alike; no deployment.
-    "nasbnn": Case(
-        ("--config=configs/nasbnn.py", *TINY_NASBNN_SPACE,
-         "--config.batch_size=16",
-         "--config.eval_batch_size=32", "--config.max_eval_examples=32",
-         "--config.progress_bar=False", "--config.log_every_steps=1",
-         f"--config.checkpoint_every_steps={CHECKPOINT_EVERY}",
-         "--config.search.population_size=4", "--config.search.generations=2",
-         "--config.search.num_mutations=2", "--config.search.num_crossovers=1",
-         "--config.search.calibration_batches=1", "--config.search.sweep_chunk=4",
-         "--config.deploy.ops_targets=()"), "--config.supernet.num_train_steps",
-        events_dir="supernet", printed_by_process_0=r"^Search generation 2/2",
-        decisions=r"^ +[\d.]+ +[\d.]+ +stem\S+$"),  # the printed Pareto front
-    # BNAS cell search on 8x8 digits, one cell, no final network; every process
-    # prints the genotype derived from its alpha.
-    "cell_search": Case(
-        ("--config=configs/bnas.py", "--config.data.image_size=8", "--config.model.channels=2",
-         "--config.model.num_cells=1", "--config.search.batch_size=16",
-         "--config.final.num_epochs=0", "--config.eval_batch_size=32",
-         "--config.max_eval_examples=32", "--config.progress_bar=False",
-         "--config.log_every_steps=1", f"--config.checkpoint_every_steps={CHECKPOINT_EVERY}"),
-        "--config.search.num_train_steps", events_dir="search",
-        printed_by_process_0=r"^\[search\] epoch", decisions=r"^genotype: .*$"),
+  "reactnet": Case(cli_crash.TINY_REACTNET, "--config.num_train_steps"),
+  # Supernet training (sandwich subnets drawn on the host every step), then a
+  # 2-generation search whose children and Pareto front every process must
+  # draw alike; no deployment.
+  "nasbnn": Case(
+    (
+      "--config=configs/nasbnn.py",
+      *TINY_NASBNN_SPACE,
+      "--config.batch_size=16",
+      "--config.eval_batch_size=32",
+      "--config.max_eval_examples=32",
+      "--config.progress_bar=False",
+      "--config.log_every_steps=1",
+      f"--config.checkpoint_every_steps={CHECKPOINT_EVERY}",
+      "--config.search.population_size=4",
+      "--config.search.generations=2",
+      "--config.search.num_mutations=2",
+      "--config.search.num_crossovers=1",
+      "--config.search.calibration_batches=1",
+      "--config.search.sweep_chunk=4",
+      "--config.deploy.ops_targets=()",
+    ),
+    "--config.supernet.num_train_steps",
+    events_dir="supernet",
+    printed_by_process_0=r"^Search generation 2/2",
+    decisions=r"^ +[\d.]+ +[\d.]+ +stem\S+$",
+  ),  # the printed Pareto front
+  # BNAS cell search on 8x8 digits, one cell, no final network; every process
+  # prints the genotype derived from its alpha.
+  "cell_search": Case(
+    (
+      "--config=configs/bnas.py",
+      "--config.data.image_size=8",
+      "--config.model.channels=2",
+      "--config.model.num_cells=1",
+      "--config.search.batch_size=16",
+      "--config.final.num_epochs=0",
+      "--config.eval_batch_size=32",
+      "--config.max_eval_examples=32",
+      "--config.progress_bar=False",
+      "--config.log_every_steps=1",
+      f"--config.checkpoint_every_steps={CHECKPOINT_EVERY}",
+    ),
+    "--config.search.num_train_steps",
+    events_dir="search",
+    printed_by_process_0=r"^\[search\] epoch",
+    decisions=r"^genotype: .*$",
+  ),
 }
 
 
@@ -104,22 +128,34 @@ def _free_port():
 
 
 def _env(log_dir, cache_dir, extra=()):
-  env = dict(os.environ, PYTHONPATH=REPO, LOG_DIR=str(log_dir), BNAS_PORT=str(_free_port()),
-             BNAS_HEARTBEAT_TIMEOUT_SECONDS=str(HEARTBEAT_SECONDS), TF_CPP_MIN_LOG_LEVEL="3",
-             JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-             # The interpreter running the tests, not whatever python3 is on PATH.
-             PYTHON=sys.executable)
+  env = dict(
+    os.environ,
+    PYTHONPATH=REPO,
+    LOG_DIR=str(log_dir),
+    BNAS_PORT=str(_free_port()),
+    BNAS_HEARTBEAT_TIMEOUT_SECONDS=str(HEARTBEAT_SECONDS),
+    TF_CPP_MIN_LOG_LEVEL="3",
+    JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+    JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    # The interpreter running the tests, not whatever python3 is on PATH.
+    PYTHON=sys.executable,
+  )
   if extra:  # instrumented: the processes run tests/cli_crash.py
     env.update(extra, PYTHON=cli_crash.python_shim(os.path.dirname(log_dir)))
   return env
 
 
 def _launch(processes, devices, workdir, log_dir, cache_dir, *flags, env=()):
-  return subprocess.Popen(["bash", SCRIPT, str(processes), str(devices), f"--workdir={workdir}",
-                           *flags], cwd=REPO, env=_env(log_dir, cache_dir, dict(env)),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    ["bash", SCRIPT, str(processes), str(devices), f"--workdir={workdir}", *flags],
+    cwd=REPO,
+    env=_env(log_dir, cache_dir, dict(env)),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def _log(log_dir, process):
@@ -134,8 +170,10 @@ def _pid(log_dir, process):
 
 def _curve(log: str, metric: str) -> dict[int, float]:
   """{step: value} from the console metric lines ("[step] name=value, ...")."""
-  return {int(m.group(1)): float(m.group(2))
-          for m in re.finditer(rf"\] \[(\d+)\] [^\n]*\b{metric}=([-+.\deE]+)", log)}
+  return {
+    int(m.group(1)): float(m.group(2))
+    for m in re.finditer(rf"\] \[(\d+)\] [^\n]*\b{metric}=([-+.\deE]+)", log)
+  }
 
 
 def _flags(name):
@@ -170,8 +208,10 @@ def finished_run(tmp_path_factory, cache_dir):
       started = {}
       for p in (2, 1):
         root = tmp_path_factory.mktemp(f"{name}_{p}x{4 // p}")
-        started[p] = root, _launch(p, 4 // p, root / "work", root / "logs", cache_dir,
-                                   *_flags(name))
+        started[p] = (
+          root,
+          _launch(p, 4 // p, root / "work", root / "logs", cache_dir, *_flags(name)),
+        )
       for p, (root, proc) in started.items():
         out = proc.communicate(timeout=900)[0]
         logs = [_log(root / "logs", i) for i in range(p)]
@@ -192,8 +232,11 @@ def test_two_processes_of_two_devices_train_like_one_process_of_four(finished_ru
     assert devices_line and devices_line.group(1).count("CpuDevice(") == 4, run.logs[0][:3000]
     curves[processes] = _curve(run.logs[0], case.curve_metric)
     # Metrics and results come from process 0 only.
-    events = [f for f in os.listdir(os.path.join(run.workdir, case.events_dir))
-              if f.startswith("events.out.tfevents")]
+    events = [
+      f
+      for f in os.listdir(os.path.join(run.workdir, case.events_dir))
+      if f.startswith("events.out.tfevents")
+    ]
     assert len(events) == 1, events
   logs = finished_run(name, 2).logs
   # The printed summary line (all processes log it, after a logging prefix).
@@ -206,8 +249,9 @@ def test_two_processes_of_two_devices_train_like_one_process_of_four(finished_ru
     assert decided[0] and decided[0] == decided[1], decided
   steps = list(range(1, TRAIN_STEPS + 1))
   assert sorted(curves[2]) == steps == sorted(curves[1])
-  np.testing.assert_allclose([curves[2][s] for s in steps], [curves[1][s] for s in steps],
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    [curves[2][s] for s in steps], [curves[1][s] for s in steps], rtol=1e-4
+  )
 
 
 def _kill_9(name, workdir, log_dir, cache_dir, *, at, wait_for):
@@ -217,8 +261,15 @@ def _kill_9(name, workdir, log_dir, cache_dir, *, at, wait_for):
   (paths, e.g. an earlier checkpoint's background write) complete.
   """
   marker = os.path.join(os.path.dirname(log_dir), f"at_call_{at}")
-  proc = _launch(1, 4, workdir, log_dir, cache_dir, *_flags(name),
-                 env=tuple(cli_crash.pause_env(marker, at, 3.0).items()))
+  proc = _launch(
+    1,
+    4,
+    workdir,
+    log_dir,
+    cache_dir,
+    *_flags(name),
+    env=tuple(cli_crash.pause_env(marker, at, 3.0).items()),
+  )
   cli_crash.wait_for([marker, *wait_for], proc)
   os.kill(_pid(log_dir, 0), signal.SIGKILL)
   proc.communicate(timeout=60)
@@ -233,17 +284,30 @@ def _resume(name, workdir, log_dir, cache_dir):
 
 
 def test_kill_9_in_supernet_training_and_in_the_search_resumes_to_the_same_result(
-    tmp_path, cache_dir, finished_run):
+  tmp_path, cache_dir, finished_run
+):
   work, supernet = tmp_path / "work", tmp_path / "work" / "supernet" / "checkpoints"
   # Killed while paused after step 5, once step 3's checkpoint is complete.
-  _kill_9("nasbnn", work, tmp_path / "logs_a", cache_dir, at=5,
-          wait_for=[supernet / str(CHECKPOINT_EVERY) / "commit_success.txt"])
+  _kill_9(
+    "nasbnn",
+    work,
+    tmp_path / "logs_a",
+    cache_dir,
+    at=5,
+    wait_for=[supernet / str(CHECKPOINT_EVERY) / "commit_success.txt"],
+  )
   assert cli_crash.complete_steps(supernet) == [CHECKPOINT_EVERY]
   # Relaunched: steps 4-6 (should_stop calls 1-3), then the initial population
   # of the search (call 4, just after its search state is saved); killed there.
   # (Had it restarted from step 0, call 4 would come before any search state.)
-  _kill_9("nasbnn", work, tmp_path / "logs_b", cache_dir,
-          at=TRAIN_STEPS - CHECKPOINT_EVERY + 1, wait_for=[work / "search" / "search_state.json"])
+  _kill_9(
+    "nasbnn",
+    work,
+    tmp_path / "logs_b",
+    cache_dir,
+    at=TRAIN_STEPS - CHECKPOINT_EVERY + 1,
+    wait_for=[work / "search" / "search_state.json"],
+  )
   assert cli_crash.read_json(work / "search" / "search_state.json")["generation"] == 0
   log = _resume("nasbnn", work, tmp_path / "logs_c", cache_dir)
   assert "Resuming the search" in log and "0 of 2 generations done" in log
@@ -252,14 +316,21 @@ def test_kill_9_in_supernet_training_and_in_the_search_resumes_to_the_same_resul
   final = os.path.join("supernet", "checkpoints", str(TRAIN_STEPS), "state")
   cli_crash.assert_same_state(work / final, os.path.join(expected, final))
   for name in ("search_records.json", "pareto_front.json", "search_table.json"):
-    assert (cli_crash.read_json(work / "search" / name)
-            == cli_crash.read_json(os.path.join(expected, "search", name))), name
+    assert cli_crash.read_json(work / "search" / name) == cli_crash.read_json(
+      os.path.join(expected, "search", name)
+    ), name
 
 
 def test_kill_9_in_cell_search_resumes_to_the_same_result(tmp_path, cache_dir, finished_run):
   work, search = tmp_path / "work", tmp_path / "work" / "search"
-  _kill_9("cell_search", work, tmp_path / "logs_a", cache_dir, at=5,
-          wait_for=[search / "checkpoints" / str(CHECKPOINT_EVERY) / "commit_success.txt"])
+  _kill_9(
+    "cell_search",
+    work,
+    tmp_path / "logs_a",
+    cache_dir,
+    at=5,
+    wait_for=[search / "checkpoints" / str(CHECKPOINT_EVERY) / "commit_success.txt"],
+  )
   assert cli_crash.complete_steps(search / "checkpoints") == [CHECKPOINT_EVERY]
   _resume("cell_search", work, tmp_path / "logs_b", cache_dir)
 
@@ -267,14 +338,19 @@ def test_kill_9_in_cell_search_resumes_to_the_same_result(tmp_path, cache_dir, f
   final = os.path.join("search", "checkpoints", str(TRAIN_STEPS), "state")
   cli_crash.assert_same_state(work / final, os.path.join(expected, final))
   for name in ("search/history.json", "search/genotype_best.json", "genotype.json"):
-    assert (cli_crash.read_json(work / name, ignore=["wall_seconds"])
-            == cli_crash.read_json(os.path.join(expected, name), ignore=["wall_seconds"])), name
+    assert cli_crash.read_json(work / name, ignore=["wall_seconds"]) == cli_crash.read_json(
+      os.path.join(expected, name), ignore=["wall_seconds"]
+    ), name
 
 
 def test_sigterm_stops_every_process_at_one_step_and_a_dead_process_stops_the_job(
-    tmp_path, cache_dir):
-  flags = [*CONFIGS["reactnet"].flags, "--config.num_train_steps=100000",
-           "--config.checkpoint_every_steps=20"]
+  tmp_path, cache_dir
+):
+  flags = [
+    *CONFIGS["reactnet"].flags,
+    "--config.num_train_steps=100000",
+    "--config.checkpoint_every_steps=20",
+  ]
   workdir, logs = tmp_path / "run", tmp_path / "logs"
   checkpoints = workdir / "checkpoints"
 
@@ -312,11 +388,21 @@ def test_sigterm_stops_every_process_at_one_step_and_a_dead_process_stops_the_jo
 
 def test_settings_come_from_flags_then_environment():
   from bnas_jax import distributed  # pylint: disable=g-import-not-at-top
-  env = {"BNAS_COORDINATOR": "10.0.0.2:8476", "BNAS_NUM_PROCESSES": "4",
-         "BNAS_PROCESS_ID": "3", "BNAS_HEARTBEAT_TIMEOUT_SECONDS": "7"}
+
+  env = {
+    "BNAS_COORDINATOR": "10.0.0.2:8476",
+    "BNAS_NUM_PROCESSES": "4",
+    "BNAS_PROCESS_ID": "3",
+    "BNAS_HEARTBEAT_TIMEOUT_SECONDS": "7",
+  }
   s = distributed.resolve(environ=env)
-  assert (s.mode, s.coordinator_address, s.num_processes, s.process_id,
-          s.heartbeat_timeout_seconds) == ("explicit", "10.0.0.2:8476", 4, 3, 7)
+  assert (
+    s.mode,
+    s.coordinator_address,
+    s.num_processes,
+    s.process_id,
+    s.heartbeat_timeout_seconds,
+  ) == ("explicit", "10.0.0.2:8476", 4, 3, 7)
   s = distributed.resolve(process_id=1, heartbeat_timeout_seconds=30, environ=env)
   assert (s.process_id, s.heartbeat_timeout_seconds) == (1, 30)
   assert distributed.resolve(environ={}).mode == "single"
@@ -324,18 +410,35 @@ def test_settings_come_from_flags_then_environment():
   assert distributed.resolve(auto=True, environ={}).mode == "auto"
 
 
-@pytest.mark.parametrize("flags,expected", [
+@pytest.mark.parametrize(
+  "flags,expected",
+  [
     (["--num_processes=2"], "--coordinator_address, --process_id not set"),
     (["--coordinator_address=localhost", "--num_processes=2", "--process_id=0"], "HOST:PORT"),
-    (["--coordinator_address=localhost:1234", "--num_processes=2", "--process_id=2"],
-     "0 <= process_id < num_processes"),
+    (
+      ["--coordinator_address=localhost:1234", "--num_processes=2", "--process_id=2"],
+      "0 <= process_id < num_processes",
+    ),
     (["--heartbeat_timeout_seconds=0"], "at least 1 second"),
-])
+  ],
+)
 def test_bad_multi_process_flags_exit_2_before_compute(tmp_path, flags, expected):
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "bnas_jax.main", "--config=configs/reactnet.py",
-                         f"--workdir={tmp_path}", *flags], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "bnas_jax.main",
+      "--config=configs/reactnet.py",
+      f"--workdir={tmp_path}",
+      *flags,
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert expected in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
 
@@ -343,8 +446,20 @@ def test_bad_multi_process_flags_exit_2_before_compute(tmp_path, flags, expected
 def test_jax_distributed_without_a_cluster_exits_2(tmp_path):
   env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_"))}
   env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "bnas_jax.main", "--config=configs/reactnet.py",
-                         f"--workdir={tmp_path}", "--jax_distributed"], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "bnas_jax.main",
+      "--config=configs/reactnet.py",
+      f"--workdir={tmp_path}",
+      "--jax_distributed",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "found no cluster to join" in " ".join(proc.stderr.split())

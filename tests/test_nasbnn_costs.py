@@ -51,6 +51,7 @@ def test_nasbnn_f_model_size_is_the_papers_9_3_mb_at_16_bit_real_params():
 
 def test_summary_counts_real_params_at_the_configs_bit_width():
   from bnas_jax import summary  # pylint: disable=g-import-not-at-top
+
   config = nasbnn_config.get_config("imagenet")  # the paper preset counts 16 bits (Sec. 4.5)
   assert summary.summarize(config, "F").model_size_bytes / 1e6 == pytest.approx(9.3, abs=0.05)
   with config.unlocked():
@@ -61,8 +62,20 @@ def test_summary_counts_real_params_at_the_configs_bit_width():
 def test_summary_prints_exact_space_counts():
   env = dict(os.environ, PYTHONPATH=REPO)
   proc = subprocess.run(
-      [sys.executable, "-m", "bnas_jax.summary", "--config=configs/nasbnn.py:imagenet", "--space",
-       "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "bnas_jax.summary",
+      "--config=configs/nasbnn.py:imagenet",
+      "--space",
+      "--json",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr
   counts = json.loads(proc.stdout.strip().splitlines()[-1])
   # Paper Sec. 3.2: ~3.3e17 with the Non-Decreasing constraint, ~4.0e21 without.

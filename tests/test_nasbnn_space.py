@@ -19,53 +19,63 @@ DISTRIBUTIONS = ("uniform", "uniform_depths", "reference")
 # A toy space whose width lists OVERLAP across the stage boundary (4 and 6 are in
 # both), so Eq. 3 couples the stem, stage 1 and stage 2; Table 1's lists only touch.
 TOY = nb.SearchSpace(
-    name="toy",
-    stem_widths=(2, 4),
-    stages=(
-        nb.StageSpec(depths=(1, 2), widths=(2, 4, 6), kernels=(1, 3), groups=(1, 2), stride=1),
-        nb.StageSpec(depths=(1, 2), widths=(4, 6, 8), kernels=(3,), groups=(1, 2), stride=2),
-    ),
-    resolution=8,
-    num_classes=3,
+  name="toy",
+  stem_widths=(2, 4),
+  stages=(
+    nb.StageSpec(depths=(1, 2), widths=(2, 4, 6), kernels=(1, 3), groups=(1, 2), stride=1),
+    nb.StageSpec(depths=(1, 2), widths=(4, 6, 8), kernels=(3,), groups=(1, 2), stride=2),
+  ),
+  resolution=8,
+  num_classes=3,
 )
 # Small enough to check the sampler's frequencies architecture by architecture.
 TINY = nb.SearchSpace(
-    name="tiny",
-    stem_widths=(2, 4),
-    stages=(
-        nb.StageSpec(depths=(1, 2), widths=(2, 4), kernels=(3,), groups=(1,), stride=1),
-        nb.StageSpec(depths=(1, 2), widths=(4, 6), kernels=(1, 3), groups=(1,), stride=2),
-    ),
-    resolution=4,
-    num_classes=2,
+  name="tiny",
+  stem_widths=(2, 4),
+  stages=(
+    nb.StageSpec(depths=(1, 2), widths=(2, 4), kernels=(3,), groups=(1,), stride=1),
+    nb.StageSpec(depths=(1, 2), widths=(4, 6), kernels=(1, 3), groups=(1,), stride=2),
+  ),
+  resolution=4,
+  num_classes=2,
 )
 
 # Table 6 transcribed cell by cell in the paper's own "c_k_g" notation, without
 # folding repeats: an independent check of the folded strings in nb.NAMED.
 TABLE6_CELLS = {
-    "A": ("stem24|s1:c48_k3_g1,c48_k3_g1|s2:c96_k3_g2,c96_k3_g2|s3:c192_k3_g4,c192_k3_g4|"
-          "s4:c384_k3_g8,c384_k3_g8,c384_k3_g8,c384_k3_g8,"
-          "c384_k3_g8,c384_k3_g8,c384_k3_g8,c384_k3_g8|"
-          "s5:c768_k3_g16,c768_k3_g16"),
-    "B": ("stem24|s1:c48_k3_g1,c48_k3_g1|s2:c96_k3_g2,c192_k3_g2|s3:c192_k3_g2,c384_k3_g2|"
-          "s4:c384_k5_g8,c768_k3_g8,c768_k3_g8,c768_k3_g8,"
-          "c768_k3_g8,c768_k3_g4,c768_k3_g4,c768_k3_g8|"
-          "s5:c1536_k5_g16,c1536_k5_g16,c1536_k3_g16"),
-    "C": ("stem24|s1:c48_k3_g1,c64_k3_g1|s2:c96_k5_g2,c192_k3_g1|"
-          "s3:c384_k3_g2,c384_k3_g4,c384_k3_g4|"
-          "s4:c768_k5_g4,c768_k3_g4,c768_k3_g8,c768_k3_g4,c768_k3_g4,"
-          "c768_k3_g8,c768_k5_g8,c768_k3_g8,c768_k3_g4|"
-          "s5:c1536_k3_g8,c1536_k5_g16,c1536_k3_g8"),
-    "D": ("stem48|s1:c48_k3_g1,c96_k3_g1|s2:c192_k5_g2,c192_k3_g2|"
-          "s3:c384_k3_g2,c384_k3_g4,c384_k3_g4|"
-          "s4:c768_k3_g4,c768_k3_g4,c768_k3_g4,c768_k5_g8,c768_k5_g4,"
-          "c768_k3_g4,c768_k5_g4,c768_k5_g8,c768_k3_g4|"
-          "s5:c1536_k5_g8,c1536_k5_g8,c1536_k3_g8"),
-    "F": ("stem48|s1:c48_k3_g1,c96_k3_g1,c96_k3_g1|s2:c192_k3_g1,c192_k3_g1|"
-          "s3:c384_k5_g2,c384_k3_g2,c384_k3_g2|"
-          "s4:c768_k5_g4,c768_k5_g4,c768_k5_g4,c768_k3_g4,c768_k3_g4,"
-          "c768_k3_g4,c768_k5_g4,c768_k5_g4,c768_k5_g4|"
-          "s5:c1536_k3_g16,c1536_k5_g8,c1536_k3_g8"),
+  "A": (
+    "stem24|s1:c48_k3_g1,c48_k3_g1|s2:c96_k3_g2,c96_k3_g2|s3:c192_k3_g4,c192_k3_g4|"
+    "s4:c384_k3_g8,c384_k3_g8,c384_k3_g8,c384_k3_g8,"
+    "c384_k3_g8,c384_k3_g8,c384_k3_g8,c384_k3_g8|"
+    "s5:c768_k3_g16,c768_k3_g16"
+  ),
+  "B": (
+    "stem24|s1:c48_k3_g1,c48_k3_g1|s2:c96_k3_g2,c192_k3_g2|s3:c192_k3_g2,c384_k3_g2|"
+    "s4:c384_k5_g8,c768_k3_g8,c768_k3_g8,c768_k3_g8,"
+    "c768_k3_g8,c768_k3_g4,c768_k3_g4,c768_k3_g8|"
+    "s5:c1536_k5_g16,c1536_k5_g16,c1536_k3_g16"
+  ),
+  "C": (
+    "stem24|s1:c48_k3_g1,c64_k3_g1|s2:c96_k5_g2,c192_k3_g1|"
+    "s3:c384_k3_g2,c384_k3_g4,c384_k3_g4|"
+    "s4:c768_k5_g4,c768_k3_g4,c768_k3_g8,c768_k3_g4,c768_k3_g4,"
+    "c768_k3_g8,c768_k5_g8,c768_k3_g8,c768_k3_g4|"
+    "s5:c1536_k3_g8,c1536_k5_g16,c1536_k3_g8"
+  ),
+  "D": (
+    "stem48|s1:c48_k3_g1,c96_k3_g1|s2:c192_k5_g2,c192_k3_g2|"
+    "s3:c384_k3_g2,c384_k3_g4,c384_k3_g4|"
+    "s4:c768_k3_g4,c768_k3_g4,c768_k3_g4,c768_k5_g8,c768_k5_g4,"
+    "c768_k3_g4,c768_k5_g4,c768_k5_g8,c768_k3_g4|"
+    "s5:c1536_k5_g8,c1536_k5_g8,c1536_k3_g8"
+  ),
+  "F": (
+    "stem48|s1:c48_k3_g1,c96_k3_g1,c96_k3_g1|s2:c192_k3_g1,c192_k3_g1|"
+    "s3:c384_k5_g2,c384_k3_g2,c384_k3_g2|"
+    "s4:c768_k5_g4,c768_k5_g4,c768_k5_g4,c768_k3_g4,c768_k3_g4,"
+    "c768_k3_g4,c768_k5_g4,c768_k5_g4,c768_k5_g4|"
+    "s5:c1536_k3_g16,c1536_k5_g8,c1536_k3_g8"
+  ),
 }
 
 
@@ -79,8 +89,9 @@ def enumerate_all(space, nd):
   stage_options = []
   for spec in space.stages:
     block = list(itertools.product(spec.widths, spec.kernels, spec.groups))
-    stage_options.append([combo for d in spec.depths
-                          for combo in itertools.product(block, repeat=d)])
+    stage_options.append(
+      [combo for d in spec.depths for combo in itertools.product(block, repeat=d)]
+    )
   out = []
   for stem in space.stem_widths:
     for stages in itertools.product(*stage_options):
@@ -118,7 +129,7 @@ def test_imagenet_counts_match_closed_form():
   for spec in IMAGENET.stages:
     m, n = len(spec.kernels) * len(spec.groups), len(spec.widths)
     nd *= sum(math.comb(n + d - 1, d) * m**d for d in spec.depths)
-    full *= sum((n * m)**d for d in spec.depths)
+    full *= sum((n * m) ** d for d in spec.depths)
   assert nb.count_architectures(IMAGENET) == nd
   assert nb.count_architectures(IMAGENET, nd=False) == full
 
@@ -155,8 +166,10 @@ def test_scaled_space_keeps_structure_and_count():
   assert other.num_classes == 10 and not other.nd_constraint and other.width_divisor == 2
 
 
-@pytest.mark.parametrize("divisor,match", [(3, "divisors of all of them: \\[1, 2, 4, 8\\]"),
-                                           (16, "width_divisor 16"), (0, "positive")])
+@pytest.mark.parametrize(
+  "divisor,match",
+  [(3, "divisors of all of them: \\[1, 2, 4, 8\\]"), (16, "width_divisor 16"), (0, "positive")],
+)
 def test_scaled_rejects_bad_divisor(divisor, match):
   with pytest.raises(UserInputError, match=f"(?i){match}"):
     nb.SearchSpace.scaled(width_divisor=divisor)
@@ -164,8 +177,11 @@ def test_scaled_rejects_bad_divisor(divisor, match):
 
 def test_scaled_rejects_divisor_that_breaks_groups():
   base = nb.SearchSpace(
-      name="g4", stem_widths=(32,), resolution=8,
-      stages=(nb.StageSpec((1, 2), (32, 64), (3,), (1, 4), stride=2),))
+    name="g4",
+    stem_widths=(32,),
+    resolution=8,
+    stages=(nb.StageSpec((1, 2), (32, 64), (3,), (1, 4), stride=2),),
+  )
   with pytest.raises(UserInputError, match="groups 4.*width 2 "):
     nb.SearchSpace.scaled(width_divisor=16, resolution=8, base=base)
 
@@ -207,8 +223,9 @@ def test_uniform_depth_marginals():
   rng = np.random.default_rng(2)
   n = 3000
   uniform = [nb.sample_uniform(IMAGENET, rng).depths for _ in range(n)]
-  by_depth = [nb.sample_uniform(IMAGENET, rng, distribution="uniform_depths").depths
-              for _ in range(n)]
+  by_depth = [
+    nb.sample_uniform(IMAGENET, rng, distribution="uniform_depths").depths for _ in range(n)
+  ]
   # Uniform over ND-valid archs: P(depth 3) = 640 / 736 in stage 2 (counted).
   assert abs(np.mean([d[1] == 3 for d in uniform]) - 640 / 736) < 0.03
   assert abs(np.mean([d[1] == 3 for d in by_depth]) - 0.5) < 0.04
@@ -216,8 +233,11 @@ def test_uniform_depth_marginals():
 
 
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
-@pytest.mark.parametrize("space", [IMAGENET, TOY, nb.SearchSpace.imagenet(nd_constraint=False)],
-                         ids=["imagenet", "toy", "imagenet-no-nd"])
+@pytest.mark.parametrize(
+  "space",
+  [IMAGENET, TOY, nb.SearchSpace.imagenet(nd_constraint=False)],
+  ids=["imagenet", "toy", "imagenet-no-nd"],
+)
 def test_samples_are_valid(space, distribution):
   for arch in random_archs(space, 3, 300, distribution):
     nb.validate(space, arch)
@@ -233,11 +253,9 @@ def test_biggest_and_smallest():
   assert big.stem_width == 48 and small.stem_width == 24
   assert big.depths == (3, 3, 3, 9, 3) and small.depths == (2, 2, 2, 8, 2)
   for spec, blocks in zip(IMAGENET.stages, big.stages):
-    assert all(b == nb.Block(max(spec.widths), max(spec.kernels), min(spec.groups))
-               for b in blocks)
+    assert all(b == nb.Block(max(spec.widths), max(spec.kernels), min(spec.groups)) for b in blocks)
   for spec, blocks in zip(IMAGENET.stages, small.stages):
-    assert all(b == nb.Block(min(spec.widths), min(spec.kernels), max(spec.groups))
-               for b in blocks)
+    assert all(b == nb.Block(min(spec.widths), min(spec.kernels), max(spec.groups)) for b in blocks)
   nb.validate(IMAGENET, big)
   nb.validate(IMAGENET, small)
   costs = [width_sum(a) for a in random_archs(IMAGENET, 4, 200, "uniform")]
@@ -258,8 +276,9 @@ def test_string_and_json_round_trip(seed, distribution):
   assert nb.Architecture.from_json(json.loads(arch.to_json())) == arch
   # Humans may add spaces, capitals and unfold repeats.
   unfolded = "stem%d | " % arch.stem_width + " | ".join(
-      f"S{s + 1}: " + ", ".join(f"C{b.width}_K{b.kernel}_G{b.groups}" for b in blocks)
-      for s, blocks in enumerate(arch.stages))
+    f"S{s + 1}: " + ", ".join(f"C{b.width}_K{b.kernel}_G{b.groups}" for b in blocks)
+    for s, blocks in enumerate(arch.stages)
+  )
   assert nb.Architecture.from_string(unfolded) == arch
   assert nb.resolve(IMAGENET, text) == arch
   assert nb.resolve(IMAGENET, arch.to_json()) == arch
@@ -287,7 +306,9 @@ def test_architecture_normalises_and_hashes_by_active_structure():
     nb.Architecture(24, [[(48, 3)]])
 
 
-@pytest.mark.parametrize("text,match", [
+@pytest.mark.parametrize(
+  "text,match",
+  [
     ("", "start with the stem"),
     ("stem24", "no stages"),
     ("stem24|s1:48k3", "'48k3' is not of the form"),
@@ -297,24 +318,32 @@ def test_architecture_normalises_and_hashes_by_active_structure():
     ("stem24|s1:48k3g1*1000", "repeats 1000 times"),
     ("s1:48k3g1", "start with the stem"),
     ("stem24|x1:48k3g1", "is not a stage"),
-])
+  ],
+)
 def test_bad_syntax_messages(text, match):
   with pytest.raises(UserInputError, match=match) as e:
     nb.Architecture.from_string(text)
   assert "Expected e.g." in str(e.value)
 
 
-@pytest.mark.parametrize("data,match", [
+@pytest.mark.parametrize(
+  "data,match",
+  [
     ("{not json", "not valid JSON"),
     ("[1, 2]", "top level must be an object"),
     ('{"stem_width": 24}', "exactly the keys"),
     ('{"stem_width": 24, "stages": [[{"width": 48, "kernel": 3}]]}', "stage 1 block 1"),
-    ('{"stem_width": 24, "stages": [[{"width": 48.0, "kernel": 3, "groups": 1}]]}',
-     "width must be an integer"),
-    ('{"stem_width": true, "stages": [[{"width": 48, "kernel": 3, "groups": 1}]]}',
-     "'stem_width' must be an integer"),
+    (
+      '{"stem_width": 24, "stages": [[{"width": 48.0, "kernel": 3, "groups": 1}]]}',
+      "width must be an integer",
+    ),
+    (
+      '{"stem_width": true, "stages": [[{"width": 48, "kernel": 3, "groups": 1}]]}',
+      "'stem_width' must be an integer",
+    ),
     ('{"stem_width": 24, "stages": [[]]}', "stage 1 must be a non-empty"),
-])
+  ],
+)
 def test_bad_json_messages(data, match):
   with pytest.raises(UserInputError, match=match):
     nb.Architecture.from_json(data)
@@ -331,16 +360,21 @@ def _with(stage_text_by_index):
   return "|".join(parts)
 
 
-@pytest.mark.parametrize("text,match", [
+@pytest.mark.parametrize(
+  "text,match",
+  [
     (_with({2: "100k3g2,100k3g2"}), r"S2-L1 has width 100, stage 2 allows \{96, 128, 192\}"),
     (_with({3: "192k3g8,192k3g4"}), r"S3-L1 has groups 8, stage 3 allows \{2, 4\}"),
     (_with({1: "48k5g1,48k3g1"}), r"S1-L1 has kernel 5, stage 1 allows \{3\}"),
-    (_with({4: "768k3g8,384k3g8*7"}),
-     r"S4-L2 has width 384 after S4-L1 with width 768.*Non-Decreasing constraint \(Eq. 3\)"),
+    (
+      _with({4: "768k3g8,384k3g8*7"}),
+      r"S4-L2 has width 384 after S4-L1 with width 768.*Non-Decreasing constraint \(Eq. 3\)",
+    ),
     (_with({4: "384k3g8*7"}), r"stage 4 has depth 7, allowed \{8, 9\}"),
     ("stem16|" + nb.NAMED["A"].split("|", 1)[1], r"the stem has width 16, allowed \{24, 32, 48\}"),
     (nb.NAMED["A"].rsplit("|", 1)[0], r"it has 4 stages but the space has 5 \(S1-S5\)"),
-])
+  ],
+)
 def test_validation_names_layer_and_allowed_values(text, match):
   arch = nb.Architecture.from_string(text)
   with pytest.raises(UserInputError, match=match) as e:
@@ -399,8 +433,11 @@ def test_mutation_prob_zero_is_identity_and_checks_inputs():
     nb.mutate(IMAGENET, bad, rng)
 
 
-@pytest.mark.parametrize("space", [IMAGENET, TOY, nb.SearchSpace.imagenet(nd_constraint=False)],
-                         ids=["imagenet", "toy", "imagenet-no-nd"])
+@pytest.mark.parametrize(
+  "space",
+  [IMAGENET, TOY, nb.SearchSpace.imagenet(nd_constraint=False)],
+  ids=["imagenet", "toy", "imagenet-no-nd"],
+)
 def test_crossover_is_valid_and_inherits_genes(space):
   rng = np.random.default_rng(10)
   pool = random_archs(space, 11, 60)
@@ -446,7 +483,6 @@ def test_crossover_of_twins_and_mixing():
 
 
 class CountingCost:
-
   def __init__(self):
     self.calls = 0
 
@@ -462,8 +498,7 @@ def test_in_range_helpers_find_feasible_children():
   arch = nb.sample_in_range(IMAGENET, rng, width_sum, lo, hi, accept=lambda a: a not in seen)
   assert lo <= width_sum(arch) <= hi
   seen.add(arch)
-  child = nb.mutate_in_range(IMAGENET, arch, rng, width_sum, lo, hi,
-                             accept=lambda a: a not in seen)
+  child = nb.mutate_in_range(IMAGENET, arch, rng, width_sum, lo, hi, accept=lambda a: a not in seen)
   assert lo <= width_sum(child) <= hi and child not in seen
   seen.add(child)
   kid = nb.crossover_in_range(IMAGENET, [arch, child], rng, width_sum, lo, hi)
@@ -478,10 +513,9 @@ def test_impossible_range_raises_bounded_clear_error(helper):
   small, big = width_sum(nb.smallest(IMAGENET)), width_sum(nb.biggest(IMAGENET))
   parents = [nb.smallest(IMAGENET), nb.resolve(IMAGENET, "B")]
   call = {
-      "sample": lambda: nb.sample_in_range(IMAGENET, rng, cost, 1, 2, max_tries=40),
-      "mutate": lambda: nb.mutate_in_range(IMAGENET, parents, rng, cost, 1, 2, max_tries=40),
-      "crossover": lambda: nb.crossover_in_range(IMAGENET, parents, rng, cost, 1, 2,
-                                                 max_tries=40),
+    "sample": lambda: nb.sample_in_range(IMAGENET, rng, cost, 1, 2, max_tries=40),
+    "mutate": lambda: nb.mutate_in_range(IMAGENET, parents, rng, cost, 1, 2, max_tries=40),
+    "crossover": lambda: nb.crossover_in_range(IMAGENET, parents, rng, cost, 1, 2, max_tries=40),
   }[helper]
   with pytest.raises(nb.InfeasibleRangeError) as e:
     call()
@@ -495,8 +529,7 @@ def test_impossible_range_raises_bounded_clear_error(helper):
 def test_exhausted_accept_predicate_is_explained():
   rng = np.random.default_rng(15)
   with pytest.raises(nb.InfeasibleRangeError, match="refused by the accept predicate.*exhausted"):
-    nb.sample_in_range(IMAGENET, rng, width_sum, 0, math.inf, accept=lambda a: False,
-                       max_tries=10)
+    nb.sample_in_range(IMAGENET, rng, width_sum, 0, math.inf, accept=lambda a: False, max_tries=10)
 
 
 def test_in_range_argument_checks():
@@ -512,11 +545,15 @@ def test_in_range_argument_checks():
 # ------------------------------------------------------------------ encoding
 
 
-@pytest.mark.parametrize("space", [IMAGENET, nb.SearchSpace.scaled(8), TOY],
-                         ids=["imagenet", "scaled", "toy"])
+@pytest.mark.parametrize(
+  "space", [IMAGENET, nb.SearchSpace.scaled(8), TOY], ids=["imagenet", "scaled", "toy"]
+)
 def test_encode_decode_round_trip_with_fixed_shapes(space):
-  archs = (random_archs(space, 17, 150) + random_archs(space, 18, 150, "uniform")
-           + [nb.biggest(space), nb.smallest(space)])
+  archs = (
+    random_archs(space, 17, 150)
+    + random_archs(space, 18, 150, "uniform")
+    + [nb.biggest(space), nb.smallest(space)]
+  )
   n, s = space.num_slots, space.num_stages
   for arch in archs:
     enc = nb.encode(space, arch)
@@ -571,8 +608,14 @@ def test_named_models_validate_and_match_cell_transcription():
     if name in TABLE6_CELLS:
       assert nb.Architecture.from_string(TABLE6_CELLS[name]) == arch, name
   depths = {n: nb.resolve(IMAGENET, n).depths for n in nb.NAMED}
-  assert depths == {"A": (2, 2, 2, 8, 2), "B": (2, 2, 2, 8, 3), "C": (2, 2, 3, 9, 3),
-                    "D": (2, 2, 3, 9, 3), "E": (2, 2, 3, 9, 3), "F": (3, 2, 3, 9, 3)}
+  assert depths == {
+    "A": (2, 2, 2, 8, 2),
+    "B": (2, 2, 2, 8, 3),
+    "C": (2, 2, 3, 9, 3),
+    "D": (2, 2, 3, 9, 3),
+    "E": (2, 2, 3, 9, 3),
+    "F": (3, 2, 3, 9, 3),
+  }
 
 
 def test_named_models_agree_with_paper_text():

@@ -18,9 +18,15 @@ from bnas_jax.trainers import nasbnn as nasbnn_trainer
 # A two-stage space with every kind of choice (depth, width, kernel {3, 5},
 # groups with g_min > 1, a strided stage) compiles in seconds.
 SPACE = nasbnn.SearchSpace(
-    name="tiny", stem_widths=(4, 8), resolution=8, num_classes=10,
-    stages=(nasbnn.StageSpec((1, 2), (8, 16), (3, 5), (1, 2), stride=1),
-            nasbnn.StageSpec((1, 2, 3), (16, 24, 32), (3, 5), (2, 4), stride=2)))
+  name="tiny",
+  stem_widths=(4, 8),
+  resolution=8,
+  num_classes=10,
+  stages=(
+    nasbnn.StageSpec((1, 2), (8, 16), (3, 5), (1, 2), stride=1),
+    nasbnn.StageSpec((1, 2, 3), (16, 24, 32), (3, 5), (2, 4), stride=2),
+  ),
+)
 MODEL = nasbnn_supernet.NasBnnSupernet(SPACE, 10)
 X = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
 
@@ -48,8 +54,9 @@ def _forward(variables, x, arch):
 
 def _archs():
   rng = np.random.default_rng(0)
-  return ([nasbnn.biggest(SPACE), nasbnn.smallest(SPACE)]
-          + [nasbnn.sample_uniform(SPACE, rng) for _ in range(6)])
+  return [nasbnn.biggest(SPACE), nasbnn.smallest(SPACE)] + [
+    nasbnn.sample_uniform(SPACE, rng) for _ in range(6)
+  ]
 
 
 def test_every_subnet_equals_its_extracted_standalone_network():
@@ -59,8 +66,13 @@ def test_every_subnet_equals_its_extracted_standalone_network():
     subnet = build_model(nasbnn_subnet.model_config(SPACE, arch), 10)
     extracted = nasbnn_supernet.extract_subnet_variables(SPACE, arch, variables)
     expected = jax.jit(functools.partial(subnet.apply, train=False))(extracted, X)
-    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * float(jnp.abs(expected).max()),
-                               err_msg=arch.to_string())
+    np.testing.assert_allclose(
+      logits,
+      expected,
+      rtol=1e-4,
+      atol=1e-4 * float(jnp.abs(expected).max()),
+      err_msg=arch.to_string(),
+    )
   assert len(TRACES) == 1  # eight different subnets, one compilation
 
 
@@ -69,8 +81,9 @@ def test_static_encoding_runs_the_same_subnet():
   for arch in (nasbnn.biggest(SPACE), nasbnn.smallest(SPACE)):
     enc = nasbnn.encode(SPACE, arch)  # numpy: picked at trace time where possible
     static = jax.jit(lambda v, x, enc=enc: MODEL.apply(v, x, enc, train=False))
-    np.testing.assert_allclose(static(variables, X), _forward(variables, X, enc), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+      static(variables, X), _forward(variables, X, enc), rtol=1e-5, atol=1e-5
+    )
   # The biggest subnet (the teacher) has identical slots within a stage: no switch at all.
   biggest = nasbnn.encode(SPACE, nasbnn.biggest(SPACE))
   jaxpr = str(jax.make_jaxpr(lambda v, x: MODEL.apply(v, x, biggest, train=False))(variables, X))
@@ -87,9 +100,11 @@ def test_inactive_blocks_keep_their_batch_statistics():
   assert inactive
   for i in inactive:
     for bn in ("bn_kxk", "bn_1x1"):
-      jax.tree.map(np.testing.assert_array_equal,
-                   nasbnn_supernet.slot_variables(updates["batch_stats"], SPACE, i)[bn],
-                   nasbnn_supernet.slot_variables(variables["batch_stats"], SPACE, i)[bn])
+      jax.tree.map(
+        np.testing.assert_array_equal,
+        nasbnn_supernet.slot_variables(updates["batch_stats"], SPACE, i)[bn],
+        nasbnn_supernet.slot_variables(variables["batch_stats"], SPACE, i)[bn],
+      )
   # An active block's statistics move only in its active channels.
   first = nasbnn_supernet.slot_variables(updates["batch_stats"], SPACE, 0)["bn_1x1"]["mean"]
   width = arch.stages[0][0].width
@@ -104,17 +119,28 @@ def test_teacher_modes_skip_the_bi_transformation(weight_mode, activation_mode):
   arch = nasbnn.encode(SPACE, nasbnn.biggest(SPACE))
 
   def loss(params, mode):
-    logits = MODEL.apply({"params": params, "batch_stats": variables["batch_stats"]}, X, arch,
-                         train=False, weight_mode=mode[0], activation_mode=mode[1])
-    return jnp.sum(logits ** 2)
+    logits = MODEL.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]},
+      X,
+      arch,
+      train=False,
+      weight_mode=mode[0],
+      activation_mode=mode[1],
+    )
+    return jnp.sum(logits**2)
 
-  grads_teacher = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"],
-                                                            (weight_mode, activation_mode))
-  grads_student = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], ("binary", "binary"))
+  grads_teacher = jax.jit(jax.grad(loss), static_argnums=1)(
+    variables["params"], (weight_mode, activation_mode)
+  )
+  grads_student = jax.jit(jax.grad(loss), static_argnums=1)(
+    variables["params"], ("binary", "binary")
+  )
   # Biggest subnet uses the largest kernel everywhere: Bi-Transformation (Eq. 5)
   # is used by binary-weight students only, never by the FP-weight teacher.
   for slot in range(len(nasbnn.block_slots(SPACE))):
-    assert not np.any(nasbnn_supernet.slot_variables(grads_teacher, SPACE, slot)["conv_kxk"]["fp2bin"])
+    assert not np.any(
+      nasbnn_supernet.slot_variables(grads_teacher, SPACE, slot)["conv_kxk"]["fp2bin"]
+    )
     assert np.any(nasbnn_supernet.slot_variables(grads_student, SPACE, slot)["conv_kxk"]["fp2bin"])
 
 
@@ -133,9 +159,15 @@ def test_gradients_equal_those_of_the_extracted_network():
   @jax.jit
   def super_grads(params, x, enc):
     def loss(params, x):
-      logits, _ = MODEL.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                              enc, train=True, mutable=["batch_stats"])
+      logits, _ = MODEL.apply(
+        {"params": params, "batch_stats": variables["batch_stats"]},
+        x,
+        enc,
+        train=True,
+        mutable=["batch_stats"],
+      )
       return xent(logits)
+
     return jax.grad(loss, argnums=(0, 1))(params, x)
 
   rng = np.random.default_rng(3)
@@ -145,8 +177,12 @@ def test_gradients_equal_those_of_the_extracted_network():
     extracted = nasbnn_supernet.extract_subnet_variables(SPACE, arch, variables)
 
     def sub_loss(params, x):
-      logits, _ = subnet.apply({"params": params, "batch_stats": extracted["batch_stats"]}, x,
-                               train=True, mutable=["batch_stats"])
+      logits, _ = subnet.apply(
+        {"params": params, "batch_stats": extracted["batch_stats"]},
+        x,
+        train=True,
+        mutable=["batch_stats"],
+      )
       return xent(logits)
 
     g_sub, gx_sub = jax.jit(jax.grad(sub_loss, argnums=(0, 1)))(extracted["params"], X)
@@ -162,12 +198,17 @@ def test_gradients_equal_those_of_the_extracted_network():
       c_in, c_out = want.shape[2], want.shape[3]
       np.testing.assert_allclose(got[:, :, :c_in, :c_out], want, **tol)
       assert not np.any(got[:, :, c_in:]) and not np.any(got[..., c_out:])
-      np.testing.assert_allclose(g_slot["bn_kxk"]["scale"][:c_in],
-                                 g_sub[f"block{n}"]["bn_kxk"]["scale"], **tol)
-      np.testing.assert_allclose(g_slot["conv_kxk"]["input_threshold"][:c_in],
-                                 g_sub[f"block{n}"]["conv_kxk"]["input_threshold"], **tol)
-    np.testing.assert_allclose(g_super["stem_conv"]["kernel"][..., :arch.stem_width],
-                               g_sub["stem"]["conv"]["kernel"], **tol)
+      np.testing.assert_allclose(
+        g_slot["bn_kxk"]["scale"][:c_in], g_sub[f"block{n}"]["bn_kxk"]["scale"], **tol
+      )
+      np.testing.assert_allclose(
+        g_slot["conv_kxk"]["input_threshold"][:c_in],
+        g_sub[f"block{n}"]["conv_kxk"]["input_threshold"],
+        **tol,
+      )
+    np.testing.assert_allclose(
+      g_super["stem_conv"]["kernel"][..., : arch.stem_width], g_sub["stem"]["conv"]["kernel"], **tol
+    )
 
 
 def test_zero_initialised_classifier_starts_at_uniform_predictions():
@@ -190,14 +231,23 @@ _GRAD_SCALE = 1e3  # the step's "optimizer" adds 1e3 x the gradient: params move
 def _sandwich_state():
   variables = _variables()
   return train_state_lib.TrainState.create(
-      params=variables["params"], batch_stats=variables["batch_stats"],
-      tx=optax.scale(_GRAD_SCALE), rng=jax.random.key_data(jax.random.key(0)))
+    params=variables["params"],
+    batch_stats=variables["batch_stats"],
+    tx=optax.scale(_GRAD_SCALE),
+    rng=jax.random.key_data(jax.random.key(0)),
+  )
 
 
 def _sandwich_step(**kw):
   return nasbnn_trainer.make_sandwich_step(
-      MODEL, 10, nasbnn.encode(SPACE, nasbnn.biggest(SPACE)), label_smoothing=0.1,
-      teacher_mode="fwba", distill=True, **kw)
+    MODEL,
+    10,
+    nasbnn.encode(SPACE, nasbnn.biggest(SPACE)),
+    label_smoothing=0.1,
+    teacher_mode="fwba",
+    distill=True,
+    **kw,
+  )
 
 
 def _reference_sandwich(variables, students, s_weight):
@@ -207,8 +257,12 @@ def _reference_sandwich(variables, students, s_weight):
   params = variables["params"]
 
   def teacher(p):
-    logits, upd = apply({"params": p, "batch_stats": variables["batch_stats"]}, X,
-                        nasbnn.encode(SPACE, nasbnn.biggest(SPACE)), weight_mode="fp")
+    logits, upd = apply(
+      {"params": p, "batch_stats": variables["batch_stats"]},
+      X,
+      nasbnn.encode(SPACE, nasbnn.biggest(SPACE)),
+      weight_mode="fp",
+    )
     targets = optax.smooth_labels(jax.nn.one_hot(_LABELS, 10), 0.1)
     return optax.softmax_cross_entropy(logits, targets).mean(), (logits, upd["batch_stats"])
 
@@ -232,12 +286,18 @@ def _check_step_against_reference(step, state, students, s_weight):
   batch = {"image": X, "label": _LABELS}
   new, metrics = step(state, batch, students, np.float32(s_weight))
   grads, stats, t_loss, s_loss = jax.jit(_reference_sandwich)(
-      {"params": state.params, "batch_stats": state.batch_stats}, students, s_weight)
+    {"params": state.params, "batch_stats": state.batch_stats}, students, s_weight
+  )
   tol = dict(rtol=2e-3, atol=1e-6)
-  jax.tree.map(lambda a, b, g: np.testing.assert_allclose((a - b) / _GRAD_SCALE, g, **tol),
-               new.params, state.params, grads)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               new.batch_stats, stats)
+  jax.tree.map(
+    lambda a, b, g: np.testing.assert_allclose((a - b) / _GRAD_SCALE, g, **tol),
+    new.params,
+    state.params,
+    grads,
+  )
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new.batch_stats, stats
+  )
   np.testing.assert_allclose(metrics["teacher_loss"], t_loss, rtol=1e-5)
   np.testing.assert_allclose(metrics["student_loss"], s_loss, rtol=1e-5)
   np.testing.assert_allclose(metrics["loss"], t_loss + s_weight * s_loss, rtol=1e-5)

@@ -13,8 +13,9 @@ def _uniform(rng):
 def test_keeps_the_closest_draw_at_or_under_the_target():
   rng = np.random.default_rng(0)
   draws = np.random.default_rng(0).integers(0, 1000, size=20)
-  arch, cost = random_baseline.sample_at_cost(_uniform, float, 500.0, rng, num_samples=20,
-                                              tolerance=0.0)
+  arch, cost = random_baseline.sample_at_cost(
+    _uniform, float, 500.0, rng, num_samples=20, tolerance=0.0
+  )
   assert cost == arch == max(d for d in draws if d <= 500)
 
 
@@ -25,15 +26,17 @@ def test_stops_at_a_draw_within_the_tolerance():
     calls.append(1)
     return [100, 480, 495, 499][len(calls) - 1]
 
-  arch, _ = random_baseline.sample_at_cost(sample, float, 500.0, None, num_samples=4,
-                                           tolerance=0.02)
+  arch, _ = random_baseline.sample_at_cost(
+    sample, float, 500.0, None, num_samples=4, tolerance=0.02
+  )
   assert arch == 495 and len(calls) == 3
 
 
 def test_without_a_draw_under_the_target_keeps_the_cheapest():
   seq = iter([900, 700, 800])
-  arch, cost = random_baseline.sample_at_cost(lambda rng: next(seq), float, 10.0, None,
-                                              num_samples=3)
+  arch, cost = random_baseline.sample_at_cost(
+    lambda rng: next(seq), float, 10.0, None, num_samples=3
+  )
   assert (arch, cost) == (700, 700.0)
 
 

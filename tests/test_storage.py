@@ -41,8 +41,9 @@ def _params_at(workdir, step):
   checkpointer = checkpointing.ocp.PyTreeCheckpointer()
   tree = checkpointer.metadata(path).item_metadata.tree
   args = jax.tree.map(lambda _: checkpointing.ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  return checkpointer.restore(path, args=checkpointing.ocp.args.PyTreeRestore(
-      restore_args=args))["params"]
+  return checkpointer.restore(path, args=checkpointing.ocp.args.PyTreeRestore(restore_args=args))[
+    "params"
+  ]
 
 
 def _truncate_array_data(step_dir):
@@ -67,7 +68,8 @@ def trained(tmp_path_factory):
 
 @pytest.mark.parametrize("damage", [_truncate_array_data, _garble_iterator_state])
 def test_unreadable_latest_checkpoint_is_reported_and_the_previous_one_used(
-    tmp_path, capsys, trained, damage):
+  tmp_path, capsys, trained, damage
+):
   workdir = tmp_path / "run"
   shutil.copytree(trained[0], workdir)
   damage(str(workdir / "checkpoints" / "4"))
@@ -126,10 +128,14 @@ def test_full_disk_is_reported_before_training(tmp_path, monkeypatch):
   state = {"w": np.zeros((1024, 1024), np.float32)}  # 4 MiB
   ckpt.check_free_space(state)  # this machine has room for 5 MiB
   usage = collections.namedtuple("usage", "total used free")
-  monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda _: usage(10 << 20, 7 << 20,
-                                                                          3 << 20))
-  with pytest.raises(UserInputError, match=r"3.0 MiB free but a checkpoint of this run needs up "
-                                           r"to 5.0 MiB"):
+  monkeypatch.setattr(
+    checkpointing.shutil, "disk_usage", lambda _: usage(10 << 20, 7 << 20, 3 << 20)
+  )
+  with pytest.raises(
+    UserInputError,
+    match=r"3.0 MiB free but a checkpoint of this run needs up "
+    r"to 5.0 MiB",
+  ):
     ckpt.check_free_space(state)
   ckpt.close()
 
@@ -140,11 +146,13 @@ def test_workdir_of_another_config_refuses_unless_forced(tmp_path):
   assert (tmp_path / "config.json").exists()
   # Watching the run differently is not a different run.
   run_directory.check(_tiny_config(progress_bar=True, log_every_steps=7, num_devices=1), workdir)
-  with pytest.raises(UserInputError,
-                     match=r"num_train_steps: 4 -> 8; seed: 0 -> 1.*--force_resume"):
+  with pytest.raises(
+    UserInputError, match=r"num_train_steps: 4 -> 8; seed: 0 -> 1.*--force_resume"
+  ):
     run_directory.check(_tiny_config(num_train_steps=8, seed=1), workdir)
   run_directory.record(
-      run_directory.check(_tiny_config(num_train_steps=8), workdir, force_resume=True))
+    run_directory.check(_tiny_config(num_train_steps=8), workdir, force_resume=True)
+  )
   assert len([f for f in os.listdir(workdir) if f.startswith("config.json.replaced-")]) == 1
   run_directory.check(_tiny_config(num_train_steps=8), workdir)  # the new config is the run's now
 
@@ -153,8 +161,19 @@ def test_cli_exits_2_on_another_configs_workdir(tmp_path):
   run_directory.record(run_directory.check(_tiny_config(), str(tmp_path)))
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   proc = subprocess.run(
-      [sys.executable, "-m", "bnas_jax.main", "--config=configs/reactnet.py",
-       f"--workdir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "bnas_jax.main",
+      "--config=configs/reactnet.py",
+      f"--workdir={tmp_path}",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   err = " ".join(proc.stderr.split())
   assert "holds a run of a different config (batch_size: 16 -> 64;" in err
@@ -162,18 +181,31 @@ def test_cli_exits_2_on_another_configs_workdir(tmp_path):
   assert not (tmp_path / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("args,expected", [
+@pytest.mark.parametrize(
+  "args,expected",
+  [
     (["--workdir="], "--workdir is empty"),
     (["--workdir={w}", "--config.batch_size=63"], "multiple of the number of devices"),
     (["--workdir={w}", "--config.optimizer.learning_rate=nan"], "learning_rate=nan must be"),
-])
+  ],
+)
 def test_rejected_run_leaves_nothing_on_disk(tmp_path, args, expected):
   workdir = tmp_path / "w"
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   proc = subprocess.run(
-      [sys.executable, "-m", "bnas_jax.main", f"--config={REPO}/configs/reactnet.py",
-       *[a.format(w=workdir) for a in args]], cwd=tmp_path, env=env, capture_output=True,
-      text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "bnas_jax.main",
+      f"--config={REPO}/configs/reactnet.py",
+      *[a.format(w=workdir) for a in args],
+    ],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert proc.stderr.startswith("error: ") and "\n\n" not in proc.stderr.strip()  # only it
   assert expected in " ".join(proc.stderr.split())

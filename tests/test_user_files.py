@@ -25,12 +25,15 @@ def test_read_text_accepts_plain_utf8(tmp_path):
   assert user_files.read_text(str(path), "f") == '{"a": "é"}\n'
 
 
-@pytest.mark.parametrize("content,expected", [
+@pytest.mark.parametrize(
+  "content,expected",
+  [
     (b"\xff\xfe{}", "not UTF-8 text (byte 0xff at offset 0)"),
     (b'{"a": 1}\x00', "control character '\\x00'"),
     ("stem:１６".encode(), "non-ASCII character '１' (U+FF11)"),
     ("stem:٣".encode(), "non-ASCII character '٣' (U+0663)"),  # Arabic-Indic three
-])
+  ],
+)
 def test_read_text_rejects_bad_bytes(tmp_path, content, expected):
   path = tmp_path / "f"
   path.write_bytes(content)
@@ -56,7 +59,10 @@ def test_parse_json_limits():
   assert "more than 18 digits" in _error(user_files.parse_json, "[" + "9" * 5000 + "]", "j")
   # Long fractions, exponents and digits inside strings are fine.
   assert user_files.parse_json('[0.30000000000000004, 1e-05, "12345678901234567890"]', "j") == [
-      0.30000000000000004, 1e-05, "12345678901234567890"]
+    0.30000000000000004,
+    1e-05,
+    "12345678901234567890",
+  ]
   assert "not a finite number" in _error(user_files.parse_json, "[NaN]", "j")
   assert "not a finite number" in _error(user_files.parse_json, "[Infinity]", "j")
   assert "not valid JSON" in _error(user_files.parse_json, '{"a": }', "j")
@@ -80,12 +86,15 @@ def test_check_spec_reads_files_and_inline_strings(tmp_path):
   assert "deeper than 32" in _error(user_files.check_spec, str(path), "--arch")
   assert "non-ASCII" in _error(user_files.check_spec, "c１６[MB3(6)]", "--arch")
   assert "the number 1,000,000,000; no width" in _error(
-      user_files.check_spec, "[16, 1000000000]", "--arch")
+    user_files.check_spec, "[16, 1000000000]", "--arch"
+  )
   path.write_text('{"widths": [16, 70000]}')
   assert "70,000" in _error(user_files.check_spec, str(path), "--arch")
 
 
-@pytest.mark.parametrize("source,expected", [
+@pytest.mark.parametrize(
+  "source,expected",
+  [
     (None, "does not exist"),
     ("def get_config(:\n", "is not valid Python (invalid syntax on line 1)"),
     ("raise RuntimeError('boom')\n", "fails while loading: RuntimeError: 'boom'"),
@@ -93,7 +102,8 @@ def test_check_spec_reads_files_and_inline_strings(tmp_path):
     ("def get_config():\n  return 1 / 0\n", "get_config() raised ZeroDivisionError"),
     ("def get_config():\n  return {'a': 1}\n", "returned a dict, not an ml_collections.ConfigDict"),
     ("def get_config(arg):\n  return None\n", "returned a NoneType"),
-])
+  ],
+)
 def test_load_config_failures(tmp_path, source, expected):
   path = tmp_path / "c.py"
   if source is not None:
@@ -102,13 +112,16 @@ def test_load_config_failures(tmp_path, source, expected):
   assert expected in _error(user_files.load_config, spec)
 
 
-@pytest.mark.parametrize("spec,expected", [
+@pytest.mark.parametrize(
+  "spec,expected",
+  [
     ("", "not a Python config file"),
     ("configs", "not a Python config file"),
     ("README.md", "not a Python config file"),
     ("configs/reactnet.py:", "ends with ':' but names no preset"),
     ("configs/reactnet.py:nope", "Unknown preset 'nope'"),
-])
+  ],
+)
 def test_load_config_specs(monkeypatch, spec, expected):
   monkeypatch.chdir(REPO)
   assert expected in _error(user_files.load_config, spec)
@@ -139,10 +152,10 @@ def test_architecture_parsers_quote_at_most_about_200_characters(tmp_path):
   nasbnn_space = nasbnn_subnet.space_from_config(nasbnn_config.get_config())
   mbconv_space = mbconv.space_from_config(bimodal_config.get_config("mbconv").model)
   readers = [
-      lambda spec: nasbnn.resolve(nasbnn_space, spec),
-      lambda spec: darts.load(spec),
-      lambda spec: mbconv.load(spec, mbconv_space),
-      lambda spec: dms_arch.resolve(dms_config.get_config(), spec),
+    lambda spec: nasbnn.resolve(nasbnn_space, spec),
+    lambda spec: darts.load(spec),
+    lambda spec: mbconv.load(spec, mbconv_space),
+    lambda spec: dms_arch.resolve(dms_config.get_config(), spec),
   ]
   for read in readers:
     for spec in (junk, str(junk_file), str(genotype_file), str(tmp_path / ("z" * 5_000))):

@@ -61,14 +61,14 @@ def get_dataset_info(data_config: Any) -> DatasetInfo:
   test = test_indices(settings, test_source, num_threads)
   size = settings.image_size
   return DatasetInfo(
-      name=settings.name, num_classes=class_count(settings),
-      image_shape=(size, size, 3),
-      num_examples={'train': int(train.size), 'holdout': int(holdout.size),
-                    'test': int(test.size)})
+    name=settings.name,
+    num_classes=class_count(settings),
+    image_shape=(size, size, 3),
+    num_examples={'train': int(train.size), 'holdout': int(holdout.size), 'test': int(test.size)},
+  )
 
 
-def num_batches_per_epoch(data_config: Any, split: str,
-                          global_batch_size: int) -> int:
+def num_batches_per_epoch(data_config: Any, split: str, global_batch_size: int) -> int:
   """Number of full global batches in one epoch of `split`.
 
   Args:
@@ -90,15 +90,15 @@ def num_batches_per_epoch(data_config: Any, split: str,
   return _full_batches(settings, split, indices.size, global_batch_size)
 
 
-def _full_batches(settings: Settings, split: str, size: int,
-                  global_batch_size: int) -> int:
+def _full_batches(settings: Settings, split: str, size: int, global_batch_size: int) -> int:
   batches = size // global_batch_size
   if batches == 0:
     raise UserInputError(
-        f'The global batch size {global_batch_size} is larger than the '
-        f'{size} examples of the {split!r} split of {settings.name!r}, so '
-        'not even one full batch fits. Use a batch size of at most '
-        f'{size}.')
+      f'The global batch size {global_batch_size} is larger than the '
+      f'{size} examples of the {split!r} split of {settings.name!r}, so '
+      'not even one full batch fits. Use a batch size of at most '
+      f'{size}.'
+    )
   return batches
 
 
@@ -112,11 +112,22 @@ class TrainIterator:
   number of hosts.
   """
 
-  def __init__(self, *, source, indices: np.ndarray,
-               label_map: np.ndarray | None, preprocess: Preprocessor,
-               augment: bool, image_size: int, global_batch_size: int,
-               seed: int, split: str, process_index: int,
-               process_count: int, num_threads: int):
+  def __init__(
+    self,
+    *,
+    source,
+    indices: np.ndarray,
+    label_map: np.ndarray | None,
+    preprocess: Preprocessor,
+    augment: bool,
+    image_size: int,
+    global_batch_size: int,
+    seed: int,
+    split: str,
+    process_index: int,
+    process_count: int,
+    num_threads: int,
+  ):
     self._source = source
     self._indices = indices
     self._label_map = label_map
@@ -144,8 +155,7 @@ class TrainIterator:
 
   def _permutation(self, epoch: int) -> np.ndarray:
     if epoch != self._perm_epoch:
-      rng = np.random.default_rng(
-          [PERMUTATION_TAG, self._seed, self._split_id, epoch])
+      rng = np.random.default_rng([PERMUTATION_TAG, self._seed, self._split_id, epoch])
       self._perm = rng.permutation(self._indices.size)
       self._perm_epoch = epoch
     return self._perm
@@ -155,7 +165,7 @@ class TrainIterator:
     perm = self._permutation(epoch)
     local = self._local_batch_size
     first = batch * self._global_batch_size + self._row_offset
-    example_ids = self._indices[perm[first:first + local]]
+    example_ids = self._indices[perm[first : first + local]]
     size = self._image_size
     images = np.empty((local, size, size, 3), np.float32)
     labels = np.empty((local,), np.int32)
@@ -164,11 +174,9 @@ class TrainIterator:
       image, label = self._source.load(example_ids[row])
       rng = None
       if self._augment:
-        rng = np.random.default_rng([AUGMENT_TAG, self._seed, self._split_id,
-                                     epoch, first + row])
+        rng = np.random.default_rng([AUGMENT_TAG, self._seed, self._split_id, epoch, first + row])
       images[row] = self._preprocess(image, rng)
-      labels[row] = (label if self._label_map is None
-                     else self._label_map[label])
+      labels[row] = label if self._label_map is None else self._label_map[label]
 
     map_rows(self._pool, fill, local)
     # Advance only after success so that a failed batch is retried, not lost.
@@ -192,13 +200,13 @@ class TrainIterator:
         batch = operator.index(state.get('batch_in_epoch'))
       except TypeError:
         epoch = batch = None
-    if (epoch is None or epoch < 0 or batch is None or
-        not 0 <= batch < self._num_batches):
+    if epoch is None or epoch < 0 or batch is None or not 0 <= batch < self._num_batches:
       raise UserInputError(
-          f'Invalid input pipeline state {state!r}: expected '
-          "{'epoch': e >= 0, 'batch_in_epoch': 0 <= b < "
-          f'{self._num_batches}}} as returned by TrainIterator.get_state() '
-          'for the same dataset, split and global batch size.')
+        f'Invalid input pipeline state {state!r}: expected '
+        "{'epoch': e >= 0, 'batch_in_epoch': 0 <= b < "
+        f'{self._num_batches}}} as returned by TrainIterator.get_state() '
+        'for the same dataset, split and global batch size.'
+      )
     self._epoch, self._batch = int(epoch), int(batch)
 
   def close(self) -> None:
@@ -214,10 +222,17 @@ class TrainIterator:
     self.close()
 
 
-def make_train_iterator(data_config: Any, split: str, global_batch_size: int,
-                        seed: int, *, augment: bool = True,
-                        process_index: int = 0, process_count: int = 1,
-                        num_threads: int | None = None) -> TrainIterator:
+def make_train_iterator(
+  data_config: Any,
+  split: str,
+  global_batch_size: int,
+  seed: int,
+  *,
+  augment: bool = True,
+  process_index: int = 0,
+  process_count: int = 1,
+  num_threads: int | None = None,
+) -> TrainIterator:
   """Creates the infinite, resumable training iterator of this process.
 
   Args:
@@ -246,25 +261,37 @@ def make_train_iterator(data_config: Any, split: str, global_batch_size: int,
   check_batch(global_batch_size, process_index, process_count)
   if not is_int(seed) or seed < 0:
     raise UserInputError(
-        f'Invalid seed {seed!r} for the input pipeline: it must be a '
-        'non-negative integer.')
+      f'Invalid seed {seed!r} for the input pipeline: it must be a non-negative integer.'
+    )
   num_threads = check_num_threads(num_threads)
   source, indices = split_source(settings, split, num_threads)
   _full_batches(settings, split, indices.size, global_batch_size)
   return TrainIterator(
-      source=source, indices=indices, label_map=class_label_map(settings),
-      preprocess=Preprocessor(settings, augment=augment),
-      augment=bool(augment), image_size=settings.image_size,
-      global_batch_size=int(global_batch_size), seed=int(seed), split=split,
-      process_index=int(process_index), process_count=int(process_count),
-      num_threads=num_threads)
+    source=source,
+    indices=indices,
+    label_map=class_label_map(settings),
+    preprocess=Preprocessor(settings, augment=augment),
+    augment=bool(augment),
+    image_size=settings.image_size,
+    global_batch_size=int(global_batch_size),
+    seed=int(seed),
+    split=split,
+    process_index=int(process_index),
+    process_count=int(process_count),
+    num_threads=num_threads,
+  )
 
 
-def make_eval_batches(data_config: Any, split: str, global_batch_size: int, *,
-                      process_index: int = 0, process_count: int = 1,
-                      num_threads: int | None = None,
-                      max_examples: int | None = None
-                      ) -> Iterator[dict[str, np.ndarray]]:
+def make_eval_batches(
+  data_config: Any,
+  split: str,
+  global_batch_size: int,
+  *,
+  process_index: int = 0,
+  process_count: int = 1,
+  num_threads: int | None = None,
+  max_examples: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
   """One pass over `split` in fixed order with eval preprocessing.
 
   Every process yields the same number of batches. The last global batch is
@@ -294,27 +321,40 @@ def make_eval_batches(data_config: Any, split: str, global_batch_size: int, *,
   settings = resolve(data_config)
   check_split(split, SPLITS)
   local = check_batch(global_batch_size, process_index, process_count)
-  if max_examples is not None and (not is_int(max_examples) or
-                                   max_examples <= 0):
+  if max_examples is not None and (not is_int(max_examples) or max_examples <= 0):
     raise UserInputError(
-        f'Invalid max_examples {max_examples!r}: it must be a positive '
-        'integer, or None for the whole split.')
+      f'Invalid max_examples {max_examples!r}: it must be a positive '
+      'integer, or None for the whole split.'
+    )
   num_threads = check_num_threads(num_threads)
   source, indices = split_source(settings, split, num_threads)
   if max_examples is not None:
     indices = indices[:max_examples]
   return _eval_batches(
-      source=source, indices=indices, label_map=class_label_map(settings),
-      preprocess=Preprocessor(settings, augment=False),
-      image_size=settings.image_size, global_batch_size=global_batch_size,
-      local=local, first_row=process_index * local, num_threads=num_threads)
+    source=source,
+    indices=indices,
+    label_map=class_label_map(settings),
+    preprocess=Preprocessor(settings, augment=False),
+    image_size=settings.image_size,
+    global_batch_size=global_batch_size,
+    local=local,
+    first_row=process_index * local,
+    num_threads=num_threads,
+  )
 
 
-def _eval_batches(*, source, indices: np.ndarray,
-                  label_map: np.ndarray | None, preprocess: Preprocessor,
-                  image_size: int, global_batch_size: int, local: int,
-                  first_row: int,
-                  num_threads: int) -> Iterator[dict[str, np.ndarray]]:
+def _eval_batches(
+  *,
+  source,
+  indices: np.ndarray,
+  label_map: np.ndarray | None,
+  preprocess: Preprocessor,
+  image_size: int,
+  global_batch_size: int,
+  local: int,
+  first_row: int,
+  num_threads: int,
+) -> Iterator[dict[str, np.ndarray]]:
   """Generator behind `make_eval_batches` (inputs already validated)."""
   total = indices.size
   num_batches = -(-total // global_batch_size)

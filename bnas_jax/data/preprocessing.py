@@ -28,23 +28,22 @@ def _ensure_rgb(image: np.ndarray) -> np.ndarray:
   return image[:, :, :3]
 
 
-def _resize(image: np.ndarray, size: tuple[int, int],
-            box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+def _resize(
+  image: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float] | None = None
+) -> np.ndarray:
   """Bilinear resize to (width, height), optionally of a crop box only."""
   return np.asarray(Image.fromarray(image).resize(size, BILINEAR, box=box))
 
 
-def _pad_crop(image: np.ndarray, pad: int,
-              rng: np.random.Generator) -> np.ndarray:
+def _pad_crop(image: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
   height, width = image.shape[:2]
   padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
   top = int(rng.integers(0, 2 * pad + 1))
   left = int(rng.integers(0, 2 * pad + 1))
-  return padded[top:top + height, left:left + width]
+  return padded[top : top + height, left : left + width]
 
 
-def _random_resized_crop(image: np.ndarray, size: int,
-                         rng: np.random.Generator) -> np.ndarray:
+def _random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
   """Inception-style crop of random area and aspect ratio, resized."""
   height, width = image.shape[:2]
   area = height * width
@@ -70,8 +69,7 @@ def _random_resized_crop(image: np.ndarray, size: int,
       crop_w, crop_h = width, height
     crop_h, crop_w = min(crop_h, height), min(crop_w, width)
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
-  return _resize(image, (size, size),
-                 box=(left, top, left + crop_w, top + crop_h))
+  return _resize(image, (size, size), box=(left, top, left + crop_w, top + crop_h))
 
 
 def _resize_shorter_centre_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -84,7 +82,7 @@ def _resize_shorter_centre_crop(image: np.ndarray, size: int) -> np.ndarray:
     new_h, new_w = max(short, int(round(height * short / width))), short
   resized = _resize(image, (new_w, new_h))
   top, left = (new_h - size) // 2, (new_w - size) // 2
-  return resized[top:top + size, left:left + size]
+  return resized[top : top + size, left : left + size]
 
 
 class Preprocessor:
@@ -100,11 +98,9 @@ class Preprocessor:
     std = np.asarray(spec.std, np.float32)
     # (x / 255 - mean) / std folded into one multiply-add.
     self._scale = (1.0 / (255.0 * std)).astype(np.float32)
-    self._offset = (-np.asarray(spec.mean, np.float32) / std).astype(
-        np.float32)
+    self._offset = (-np.asarray(spec.mean, np.float32) / std).astype(np.float32)
 
-  def __call__(self, image: np.ndarray,
-               rng: np.random.Generator | None) -> np.ndarray:
+  def __call__(self, image: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
     image = _ensure_rgb(np.asarray(image, np.uint8))
     size = self._size
     if self._imagenet_style:
@@ -122,8 +118,9 @@ class Preprocessor:
     return image.astype(np.float32) * self._scale + self._offset
 
 
-def map_rows(pool: concurrent.futures.ThreadPoolExecutor | None,
-              fn: Callable[[int], None], rows: int) -> None:
+def map_rows(
+  pool: concurrent.futures.ThreadPoolExecutor | None, fn: Callable[[int], None], rows: int
+) -> None:
   """Runs fn(row) for every row, in the pool when there is one."""
   if pool is None:
     for row in range(rows):
@@ -136,5 +133,4 @@ def map_rows(pool: concurrent.futures.ThreadPoolExecutor | None,
 def make_pool(num_threads: int):
   if num_threads <= 1:
     return None
-  return concurrent.futures.ThreadPoolExecutor(
-      num_threads, thread_name_prefix='bnas_input')
+  return concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix='bnas_input')

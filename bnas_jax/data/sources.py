@@ -32,17 +32,17 @@ _log = logging.getLogger(__name__)
 def _digits_base() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Returns the raw digits (N, 8, 8) float32 in 0..16, labels and test ids."""
   from sklearn import datasets  # Deferred: only the digits path needs it.
+
   digits = datasets.load_digits()
   images = np.asarray(digits.images, np.float32)
   labels = np.asarray(digits.target, np.int64)
-  test = _stratified_sample(labels, DIGITS_TEST_SIZE,
-                            np.random.default_rng(
-                                [DIGITS_TEST_TAG, DIGITS_TEST_SEED]))
+  test = _stratified_sample(
+    labels, DIGITS_TEST_SIZE, np.random.default_rng([DIGITS_TEST_TAG, DIGITS_TEST_SEED])
+  )
   return images, labels, test
 
 
-def _stratified_sample(labels: np.ndarray, size: int,
-                       rng: np.random.Generator) -> np.ndarray:
+def _stratified_sample(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
   """Returns `size` sorted indices with class shares matching `labels`."""
   classes, counts = np.unique(labels, return_counts=True)
   ideal = counts * size / labels.size
@@ -50,7 +50,7 @@ def _stratified_sample(labels: np.ndarray, size: int,
   # Largest-remainder rounding so the total is exactly `size`; ties go to the
   # lower class id (argsort is stable) to stay deterministic.
   order = np.argsort(-(ideal - take), kind='stable')
-  take[order[:size - take.sum()]] += 1
+  take[order[: size - take.sum()]] += 1
   chosen = []
   for cls, k in zip(classes, take):
     members = np.flatnonzero(labels == cls)
@@ -72,8 +72,10 @@ def _digits_arrays(image_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     resized[i] = np.clip(np.rint(image * (255.0 / 16.0)), 0, 255)
   is_test = np.zeros(len(images), bool)
   is_test[test] = True
-  out = {'train': (resized[~is_test], labels[~is_test]),
-         'test': (resized[is_test], labels[is_test])}
+  out = {
+    'train': (resized[~is_test], labels[~is_test]),
+    'test': (resized[is_test], labels[is_test]),
+  }
   for arrays in out.values():
     for array in arrays:
       array.setflags(write=False)  # Shared by every iterator via the cache.
@@ -106,62 +108,65 @@ class _ArraySource:
 def _import_tfds():
   # Deferred so that the digits path never pays for importing TFDS.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   return tfds
 
 
 def _effective_data_dir(data_dir: str | None) -> str:
   if data_dir:
     return data_dir
-  return os.path.expanduser(
-      os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')
+  return os.path.expanduser(os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')
 
 
-def _diagnose_tfds_dir(data_dir: str, tfds_name: str,
-                       error: Exception) -> str:
+def _diagnose_tfds_dir(data_dir: str, tfds_name: str, error: Exception) -> str:
   """Says in words what is wrong with the prepared data, if it can tell."""
   root = os.path.join(data_dir, tfds_name)
   # <name>/<version>/ or, for builders with configs, <name>/<config>/<version>/.
-  prepared = (glob.glob(os.path.join(root, '*', 'dataset_info.json')) +
-              glob.glob(os.path.join(root, '*', '*', 'dataset_info.json')))
+  prepared = glob.glob(os.path.join(root, '*', 'dataset_info.json')) + glob.glob(
+    os.path.join(root, '*', '*', 'dataset_info.json')
+  )
   if not prepared:
     return f'nothing is prepared at {root}'
   folders = sorted({os.path.dirname(path) for path in prepared})
-  if not any(glob.glob(os.path.join(folder, '*.array_record*'))
-             for folder in folders):
-    return (f'{", ".join(folders)} holds it only in another file format '
-            "(e.g. the TFRecord default of tfds.load), which has no random "
-            'access')
+  if not any(glob.glob(os.path.join(folder, '*.array_record*')) for folder in folders):
+    return (
+      f'{", ".join(folders)} holds it only in another file format '
+      "(e.g. the TFRecord default of tfds.load), which has no random "
+      'access'
+    )
   detail = ' '.join(f'{type(error).__name__}: {error}'.split())
   if len(detail) > 300:
     detail = detail[:300] + '...'
   return f'TFDS could not open it ({detail})'
 
 
-def _not_prepared_message(settings: Settings, tfds_name: str, split: str,
-                          error: Exception) -> str:
+def _not_prepared_message(settings: Settings, tfds_name: str, split: str, error: Exception) -> str:
   """One paragraph telling the user what is missing and how to prepare it."""
   data_dir = _effective_data_dir(settings.data_dir)
   prepare = (
-      'python -c "import tensorflow_datasets as tfds; '
-      f"tfds.builder('{tfds_name}', data_dir='{data_dir}', "
-      "file_format='array_record').download_and_prepare()\"")
+    'python -c "import tensorflow_datasets as tfds; '
+    f"tfds.builder('{tfds_name}', data_dir='{data_dir}', "
+    "file_format='array_record').download_and_prepare()\""
+  )
   manual = ''
   if tfds_name == 'imagenet2012':
     manual = (
-        ' (ImageNet cannot be downloaded automatically: first put '
-        'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from '
-        'image-net.org into '
-        f'{os.path.join(data_dir, "downloads", "manual")})')
+      ' (ImageNet cannot be downloaded automatically: first put '
+      'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from '
+      'image-net.org into '
+      f'{os.path.join(data_dir, "downloads", "manual")})'
+    )
   return (
-      f'Dataset {settings.name!r} reads the TFDS dataset {tfds_name!r} '
-      f'(split {split!r}) in the ArrayRecord format from {data_dir}, but '
-      f'{_diagnose_tfds_dir(data_dir, tfds_name, error)}. This pipeline never '
-      'downloads. To prepare the data, run '
-      f'`{prepare}` on a machine with network{manual}, or copy an already '
-      f'prepared {tfds_name}/<version>/ folder (with its .array_record files) '
-      'into a directory; then point to that directory with '
-      '--config.data.data_dir=DIR or the TFDS_DATA_DIR environment variable. '
-      '(--config.data.name=digits is built in and needs no data.)')
+    f'Dataset {settings.name!r} reads the TFDS dataset {tfds_name!r} '
+    f'(split {split!r}) in the ArrayRecord format from {data_dir}, but '
+    f'{_diagnose_tfds_dir(data_dir, tfds_name, error)}. This pipeline never '
+    'downloads. To prepare the data, run '
+    f'`{prepare}` on a machine with network{manual}, or copy an already '
+    f'prepared {tfds_name}/<version>/ folder (with its .array_record files) '
+    'into a directory; then point to that directory with '
+    '--config.data.data_dir=DIR or the TFDS_DATA_DIR environment variable. '
+    '(--config.data.name=digits is built in and needs no data.)'
+  )
 
 
 def _open_tfds(settings: Settings, split: str, skip_image: bool = False):
@@ -172,14 +177,14 @@ def _open_tfds(settings: Settings, split: str, skip_image: bool = False):
   try:
     # download=False: opening must never start a download, whatever is on
     # disk; a missing dataset has to become a clear error instead.
-    return tfds.data_source(tfds_name, split=split, data_dir=settings.data_dir,
-                            download=False, decoders=decoders)
+    return tfds.data_source(
+      tfds_name, split=split, data_dir=settings.data_dir, download=False, decoders=decoders
+    )
   except Exception as e:  # pylint: disable=broad-except
     # TFDS reports a missing or wrongly formatted dataset through several
     # exception types (NotImplementedError, ValueError, FileNotFoundError,
     # tf.errors.*); all of them mean the same to the user.
-    raise UserInputError(
-        _not_prepared_message(settings, tfds_name, split, e)) from e
+    raise UserInputError(_not_prepared_message(settings, tfds_name, split, e)) from e
 
 
 _LABEL_CACHE: dict[tuple[Any, ...], np.ndarray] = {}
@@ -205,8 +210,7 @@ class _TfdsSource:
   def labels(self, num_threads: int) -> np.ndarray:
     """Returns all labels of the split, from a cache when possible."""
     settings = self._settings
-    key = (settings.spec.tfds_name, self._split,
-           _effective_data_dir(settings.data_dir), self._len)
+    key = (settings.spec.tfds_name, self._split, _effective_data_dir(settings.data_dir), self._len)
     with _LABEL_CACHE_LOCK:
       cached = _LABEL_CACHE.get(key)
     if cached is not None:
@@ -214,8 +218,7 @@ class _TfdsSource:
     label_ds = _open_tfds(settings, self._split, skip_image=True)
     info = getattr(label_ds, 'dataset_info', None)
     version = str(getattr(info, 'version', 'unknown'))
-    filename = (f'bnas_jax_labels-{settings.spec.tfds_name}-{version}-'
-                f'{self._split}-{self._len}.npy')
+    filename = f'bnas_jax_labels-{settings.spec.tfds_name}-{version}-{self._split}-{self._len}.npy'
     cache_dirs = []
     if settings.cache_dir:
       cache_dirs.append(settings.cache_dir)
@@ -230,8 +233,7 @@ class _TfdsSource:
         if loaded.shape == (self._len,):
           labels = loaded.astype(np.int64)
           break
-        _log.warning('Ignoring label cache %s with shape %s.', path,
-                     loaded.shape)
+        _log.warning('Ignoring label cache %s with shape %s.', path, loaded.shape)
     if labels is None:
       labels = _scan_labels(label_ds, self._len, num_threads, filename)
       if cache_dirs:
@@ -240,21 +242,20 @@ class _TfdsSource:
     if labels.size and not 0 <= labels.min() <= labels.max() < num_classes:
       # A stale or foreign cache file would otherwise mislabel silently.
       raise UserInputError(
-          f'The label index for {settings.spec.tfds_name!r} split '
-          f'{self._split!r} has labels outside [0, {num_classes - 1}]; delete '
-          f'the file {filename} from {", ".join(cache_dirs)} so that it is '
-          'rebuilt.')
+        f'The label index for {settings.spec.tfds_name!r} split '
+        f'{self._split!r} has labels outside [0, {num_classes - 1}]; delete '
+        f'the file {filename} from {", ".join(cache_dirs)} so that it is '
+        'rebuilt.'
+      )
     labels.setflags(write=False)
     with _LABEL_CACHE_LOCK:
       _LABEL_CACHE[key] = labels
     return labels
 
 
-def _scan_labels(label_ds, length: int, num_threads: int,
-                 what: str) -> np.ndarray:
+def _scan_labels(label_ds, length: int, num_threads: int, what: str) -> np.ndarray:
   """Reads every label (images are left encoded) in parallel chunks."""
-  _log.info('Reading %d labels for %s (done once, then cached).', length,
-            what)
+  _log.info('Reading %d labels for %s (done once, then cached).', length, what)
   labels = np.empty(length, np.int64)
 
   def read_chunk(start: int) -> None:
@@ -288,8 +289,6 @@ def open_source(settings: Settings, test: bool):
   """Returns the underlying source of the train side or of the test split."""
   spec = settings.spec
   if spec.tfds_name is None:
-    images, labels = _digits_arrays(settings.image_size)[
-        'test' if test else 'train']
+    images, labels = _digits_arrays(settings.image_size)['test' if test else 'train']
     return _ArraySource(images, labels)
-  return _TfdsSource(settings,
-                     spec.tfds_test_split if test else spec.tfds_train_split)
+  return _TfdsSource(settings, spec.tfds_test_split if test else spec.tfds_train_split)

@@ -32,8 +32,9 @@ def class_count(settings: Settings) -> int:
   return settings.spec.num_base_classes if subset is None else len(subset)
 
 
-def train_side_indices(settings: Settings, source,
-                        num_threads: int) -> tuple[np.ndarray, np.ndarray]:
+def train_side_indices(
+  settings: Settings, source, num_threads: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Returns sorted source indices of ('train', 'holdout')."""
   mapping = class_label_map(settings)
   per_class = settings.holdout_per_class
@@ -46,8 +47,9 @@ def train_side_indices(settings: Settings, source,
     candidates = np.flatnonzero(mapping[labels] >= 0).astype(np.int64)
   rng = np.random.default_rng([HOLDOUT_TAG, settings.split_seed])
   if per_class > 0:
-    classes = (range(settings.spec.num_base_classes) if mapping is None
-               else sorted(_class_subset(settings)))
+    classes = (
+      range(settings.spec.num_base_classes) if mapping is None else sorted(_class_subset(settings))
+    )
     candidate_labels = labels[candidates]
     order = np.argsort(candidate_labels, kind='stable')
     sorted_labels = candidate_labels[order]
@@ -56,11 +58,12 @@ def train_side_indices(settings: Settings, source,
       lo, hi = np.searchsorted(sorted_labels, [cls, cls + 1])
       if hi - lo <= per_class:
         raise UserInputError(
-            f'holdout_per_class={per_class} is too large for dataset '
-            f'{settings.name!r}: class {cls} has only {hi - lo} training '
-            f'examples and at least one must stay in the train split. Use '
-            f'holdout_per_class <= {max(hi - lo - 1, 0)} or holdout_fraction '
-            'instead.')
+          f'holdout_per_class={per_class} is too large for dataset '
+          f'{settings.name!r}: class {cls} has only {hi - lo} training '
+          f'examples and at least one must stay in the train split. Use '
+          f'holdout_per_class <= {max(hi - lo - 1, 0)} or holdout_fraction '
+          'instead.'
+        )
       members = candidates[order[lo:hi]]
       held.append(members[rng.permutation(hi - lo)[:per_class]])
     holdout = np.sort(np.concatenate(held))
@@ -68,10 +71,11 @@ def train_side_indices(settings: Settings, source,
     count = int(math.floor(settings.holdout_fraction * candidates.size))
     if count == 0:
       raise UserInputError(
-          f'holdout_fraction={settings.holdout_fraction} of the '
-          f'{candidates.size} training examples of {settings.name!r} holds '
-          'out no example; use a larger fraction or 0 to disable the '
-          'holdout.')
+        f'holdout_fraction={settings.holdout_fraction} of the '
+        f'{candidates.size} training examples of {settings.name!r} holds '
+        'out no example; use a larger fraction or 0 to disable the '
+        'holdout.'
+      )
     holdout = np.sort(candidates[rng.permutation(candidates.size)[:count]])
   else:
     holdout = np.zeros(0, np.int64)
@@ -83,8 +87,7 @@ def test_indices(settings: Settings, source, num_threads: int) -> np.ndarray:
   mapping = class_label_map(settings)
   if mapping is None:
     return np.arange(len(source), dtype=np.int64)
-  return np.flatnonzero(mapping[source.labels(num_threads)] >= 0).astype(
-      np.int64)
+  return np.flatnonzero(mapping[source.labels(num_threads)] >= 0).astype(np.int64)
 
 
 def split_source(settings: Settings, split: str, num_threads: int):
@@ -97,8 +100,12 @@ def split_source(settings: Settings, split: str, num_threads: int):
   indices = train if split == 'train' else holdout
   if indices.size == 0:
     raise UserInputError(
-        f'The {split!r} split of dataset {settings.name!r} is empty'
-        + (': no holdout is configured. Set holdout_per_class (e.g. 50) or '
-           'holdout_fraction (e.g. 0.5) in the data config to carve one.'
-           if split == 'holdout' else '.'))
+      f'The {split!r} split of dataset {settings.name!r} is empty'
+      + (
+        ': no holdout is configured. Set holdout_per_class (e.g. 50) or '
+        'holdout_fraction (e.g. 0.5) in the data config to carve one.'
+        if split == 'holdout'
+        else '.'
+      )
+    )
   return source, indices

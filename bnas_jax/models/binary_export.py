@@ -40,8 +40,9 @@ Array = jax.Array
 BN_EPS = 1e-5  # layers.batch_norm (PyTorch's default)
 
 
-def _fold_bn(bn_params: Mapping[str, Array], bn_stats: Mapping[str, Array], scale: Array
-             ) -> tuple[np.ndarray, np.ndarray]:
+def _fold_bn(
+  bn_params: Mapping[str, Array], bn_stats: Mapping[str, Array], scale: Array
+) -> tuple[np.ndarray, np.ndarray]:
   """`BN(pre * scale)` in eval mode as `pre * a + b`."""
   inv = np.asarray(bn_params["scale"]) / np.sqrt(np.asarray(bn_stats["var"]) + BN_EPS)
   a = np.asarray(scale) * inv
@@ -49,24 +50,33 @@ def _fold_bn(bn_params: Mapping[str, Array], bn_stats: Mapping[str, Array], scal
   return a.astype(np.float32), b.astype(np.float32)
 
 
-def _binary_conv(conv: Mapping[str, Array], bn: Mapping[str, Array], stats: Mapping[str, Array],
-                 kernel_norm: bool) -> dict[str, np.ndarray]:
+def _binary_conv(
+  conv: Mapping[str, Array], bn: Mapping[str, Array], stats: Mapping[str, Array], kernel_norm: bool
+) -> dict[str, np.ndarray]:
   w = jnp.asarray(conv["kernel"])
   if kernel_norm:
     w = quantizers.channelwise_weight_norm(w)
   alpha = jnp.mean(jnp.abs(w), axis=(0, 1, 2))  # magnitude_aware_sign's scale
   scale, shift = _fold_bn(bn, stats, alpha)
-  return {"weight": np.where(np.asarray(w) >= 0, 1, -1).astype(np.int8),
-          "threshold": np.asarray(conv["input_threshold"], np.float32),
-          "scale": scale, "shift": shift}
+  return {
+    "weight": np.where(np.asarray(w) >= 0, 1, -1).astype(np.int8),
+    "threshold": np.asarray(conv["input_threshold"], np.float32),
+    "scale": scale,
+    "shift": shift,
+  }
 
 
 def _rprelu(p: Mapping[str, Array]) -> dict[str, np.ndarray]:
   return {k: np.asarray(v, np.float32) for k, v in p.items()}
 
 
-def export(blocks: Sequence[tuple[int, int, int, int]], variables: Mapping[str, Any], *,
-           kernel_norm: bool = True, stem_bits: int = 8) -> dict[str, Any]:
+def export(
+  blocks: Sequence[tuple[int, int, int, int]],
+  variables: Mapping[str, Any],
+  *,
+  kernel_norm: bool = True,
+  stem_bits: int = 8,
+) -> dict[str, Any]:
   """The compact arrays of a binary `ReActNet(blocks=blocks)` with 8-bit LSQ stem.
 
   Args:
@@ -82,20 +92,29 @@ def export(blocks: Sequence[tuple[int, int, int, int]], variables: Mapping[str, 
   q = np.asarray(jnp.round(jnp.clip(stem_w / step, qn, qp)))
   scale, shift = _fold_bn(p["stem"]["bn"], s["stem"]["bn"], step)
   out: dict[str, Any] = {
-      "stem": {"weight": q.astype(np.int8 if stem_bits <= 8 else np.int32), "scale": scale,
-               "shift": shift, "rprelu": _rprelu(p["stem"]["rprelu"])},
-      "blocks": [],
-      "classifier": {k: np.asarray(v, np.float32) for k, v in p["classifier"].items()},
+    "stem": {
+      "weight": q.astype(np.int8 if stem_bits <= 8 else np.int32),
+      "scale": scale,
+      "shift": shift,
+      "rprelu": _rprelu(p["stem"]["rprelu"]),
+    },
+    "blocks": [],
+    "classifier": {k: np.asarray(v, np.float32) for k, v in p["classifier"].items()},
   }
   for i, (width, stride, kernel, groups) in enumerate(blocks):
     bp, bs = p[f"block{i}"], s[f"block{i}"]
-    out["blocks"].append({
-        "stride": stride, "groups": groups, "width": width, "kernel": kernel,
+    out["blocks"].append(
+      {
+        "stride": stride,
+        "groups": groups,
+        "width": width,
+        "kernel": kernel,
         "kxk": _binary_conv(bp["conv_kxk"], bp["bn_kxk"], bs["bn_kxk"], kernel_norm),
         "rprelu_kxk": _rprelu(bp["rprelu_kxk"]),
         "1x1": _binary_conv(bp["conv_1x1"], bp["bn_1x1"], bs["bn_1x1"], kernel_norm),
         "rprelu_1x1": _rprelu(bp["rprelu_1x1"]),
-    })
+      }
+    )
   return out
 
 
@@ -111,8 +130,7 @@ def _sign_conv(x: Array, c: Mapping[str, Array], groups: int, stride: int) -> Ar
 
 def _stem(stem: Mapping[str, Array], x: Array) -> Array:
   # conv_im2col: the 3-channel stem as one matmul (2.5x faster than XLA:CPU's conv here).
-  y = convolution.conv_im2col(x.astype(jnp.float32), jnp.asarray(stem["weight"], jnp.float32),
-                              1, 2)
+  y = convolution.conv_im2col(x.astype(jnp.float32), jnp.asarray(stem["weight"], jnp.float32), 1, 2)
   return _rprelu_apply(y * stem["scale"] + stem["shift"], stem["rprelu"])
 
 
@@ -142,16 +160,26 @@ def size_bytes(net: Mapping[str, Any]) -> dict[str, float]:
   classifier) at 32 bits."""
   binary = sum(b[c]["weight"].size for b in net["blocks"] for c in ("kxk", "1x1")) / 8
   stem = float(net["stem"]["weight"].nbytes)
-  floats = float(sum(leaf.nbytes for leaf in jax.tree.leaves(net)
-                     if isinstance(leaf, np.ndarray) and leaf.dtype == np.float32))
-  return {"binary_weights": binary, "stem_weights": stem, "float32": floats,
-          "total": binary + stem + floats}
+  floats = float(
+    sum(
+      leaf.nbytes
+      for leaf in jax.tree.leaves(net)
+      if isinstance(leaf, np.ndarray) and leaf.dtype == np.float32
+    )
+  )
+  return {
+    "binary_weights": binary,
+    "stem_weights": stem,
+    "float32": floats,
+    "total": binary + stem + floats,
+  }
 
 
 def save(path: str, net: Mapping[str, Any]) -> None:
   """Writes the arrays to one .npz atomically (temp file + rename); weights stay int8."""
-  flat = {jax.tree_util.keystr(k): np.asarray(v)
-          for k, v in jax.tree_util.tree_leaves_with_path(net)}
+  flat = {
+    jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(net)
+  }
   atomic_files.write_npz(path, flat)
 
 
@@ -167,12 +195,17 @@ INT8_FILE = "binary_export.npz"  # `save`'s name in deploy/arch*/ (trainers/nasb
 def _spec(net: Mapping[str, Any]) -> dict[str, Any]:
   """The structure of an exported network: everything but its arrays' values."""
   stem_w = np.asarray(net["stem"]["weight"])
-  return {"format": PACKED_FORMAT, "version": PACKED_VERSION,
-          "in_channels": int(stem_w.shape[2]), "stem_features": int(stem_w.shape[3]),
-          "stem_dtype": str(stem_w.dtype),
-          "num_classes": int(np.asarray(net["classifier"]["kernel"]).shape[1]),
-          "blocks": [[int(b["width"]), int(b["stride"]), int(b["kernel"]), int(b["groups"])]
-                     for b in net["blocks"]]}
+  return {
+    "format": PACKED_FORMAT,
+    "version": PACKED_VERSION,
+    "in_channels": int(stem_w.shape[2]),
+    "stem_features": int(stem_w.shape[3]),
+    "stem_dtype": str(stem_w.dtype),
+    "num_classes": int(np.asarray(net["classifier"]["kernel"]).shape[1]),
+    "blocks": [
+      [int(b["width"]), int(b["stride"]), int(b["kernel"]), int(b["groups"])] for b in net["blocks"]
+    ],
+  }
 
 
 def _template(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -181,18 +214,37 @@ def _template(spec: Mapping[str, Any]) -> dict[str, Any]:
   rprelu = lambda c: {"bias_in": f32(c), "bias_out": f32(c), "slope": f32(c)}
 
   def conv(k, cin, cout, groups):
-    return {"weight": np.zeros((k, k, cin // groups, cout), np.int8), "threshold": f32(cin),
-            "scale": f32(cout), "shift": f32(cout)}
+    return {
+      "weight": np.zeros((k, k, cin // groups, cout), np.int8),
+      "threshold": f32(cin),
+      "scale": f32(cout),
+      "shift": f32(cout),
+    }
 
   c = spec["stem_features"]
-  net = {"stem": {"weight": np.zeros((3, 3, spec["in_channels"], c), spec["stem_dtype"]),
-                  "scale": f32(c), "shift": f32(c), "rprelu": rprelu(c)},
-         "blocks": [],
-         "classifier": {"kernel": f32(c, spec["num_classes"]), "bias": f32(spec["num_classes"])}}
+  net = {
+    "stem": {
+      "weight": np.zeros((3, 3, spec["in_channels"], c), spec["stem_dtype"]),
+      "scale": f32(c),
+      "shift": f32(c),
+      "rprelu": rprelu(c),
+    },
+    "blocks": [],
+    "classifier": {"kernel": f32(c, spec["num_classes"]), "bias": f32(spec["num_classes"])},
+  }
   for width, stride, kernel, groups in spec["blocks"]:
-    net["blocks"].append({"stride": stride, "groups": groups, "width": width, "kernel": kernel,
-                          "kxk": conv(kernel, c, c, groups), "rprelu_kxk": rprelu(c),
-                          "1x1": conv(1, c, width, 1), "rprelu_1x1": rprelu(width)})
+    net["blocks"].append(
+      {
+        "stride": stride,
+        "groups": groups,
+        "width": width,
+        "kernel": kernel,
+        "kxk": conv(kernel, c, c, groups),
+        "rprelu_kxk": rprelu(c),
+        "1x1": conv(1, c, width, 1),
+        "rprelu_1x1": rprelu(width),
+      }
+    )
     c = width
   net["classifier"]["kernel"] = f32(c, spec["num_classes"])
   return net
@@ -203,9 +255,11 @@ def _binary_weights(net: Mapping[str, Any]) -> list[np.ndarray]:
 
 
 def _float_leaves(net: Mapping[str, Any]) -> list[tuple[str, np.ndarray]]:
-  return [(jax.tree_util.keystr(k), np.asarray(v))
-          for k, v in jax.tree_util.tree_leaves_with_path(net)
-          if isinstance(v, np.ndarray) and v.dtype == np.float32]
+  return [
+    (jax.tree_util.keystr(k), np.asarray(v))
+    for k, v in jax.tree_util.tree_leaves_with_path(net)
+    if isinstance(v, np.ndarray) and v.dtype == np.float32
+  ]
 
 
 def save_packed(path: str, net: Mapping[str, Any], *, image_size: int | None = None) -> int:
@@ -224,27 +278,41 @@ def save_packed(path: str, net: Mapping[str, Any], *, image_size: int | None = N
   bits = np.packbits(negative, bitorder="little")
   bits = np.pad(bits, (0, -bits.size % 4)).view("<u4")
   floats = np.concatenate([v.reshape(-1) for _, v in _float_leaves(net)])
-  atomic_files.write_npz(path, {
+  atomic_files.write_npz(
+    path,
+    {
       "spec": np.frombuffer(json.dumps(spec, separators=(",", ":")).encode(), np.uint8),
-      "binary_bits": bits, "stem_weight": np.asarray(net["stem"]["weight"]), "float32": floats})
+      "binary_bits": bits,
+      "stem_weight": np.asarray(net["stem"]["weight"]),
+      "float32": floats,
+    },
+  )
   return os.path.getsize(path)
 
 
 def _bad(path: str, why: str) -> UserInputError:
   return UserInputError(
-      f"{path} is not a usable binary network export: {why}. --export takes a file written by "
-      f"bnas_jax.models.binary_export.save_packed ({PACKED_FILE}) or save ({INT8_FILE}, e.g. "
-      "WORKDIR/deploy/arch0/ of a NAS-BNN run), or a directory holding one.")
+    f"{path} is not a usable binary network export: {why}. --export takes a file written by "
+    f"bnas_jax.models.binary_export.save_packed ({PACKED_FILE}) or save ({INT8_FILE}, e.g. "
+    "WORKDIR/deploy/arch0/ of a NAS-BNN run), or a directory holding one."
+  )
 
 
 def resolve_export_path(path: str) -> str:
   """The export file `path` names: the file itself, or the one export inside a directory."""
   if os.path.isdir(path):
-    found = [os.path.join(path, n) for n in (PACKED_FILE, INT8_FILE)
-             if os.path.isfile(os.path.join(path, n))]
+    found = [
+      os.path.join(path, n)
+      for n in (PACKED_FILE, INT8_FILE)
+      if os.path.isfile(os.path.join(path, n))
+    ]
     if not found:
-      subdirs = sorted(d for d in os.listdir(path) if os.path.isfile(
-          os.path.join(path, d, INT8_FILE)) or os.path.isfile(os.path.join(path, d, PACKED_FILE)))
+      subdirs = sorted(
+        d
+        for d in os.listdir(path)
+        if os.path.isfile(os.path.join(path, d, INT8_FILE))
+        or os.path.isfile(os.path.join(path, d, PACKED_FILE))
+      )
       hint = f"; pick one of its networks: {', '.join(subdirs)}" if subdirs else ""
       raise _bad(path, f"the directory holds neither {PACKED_FILE} nor {INT8_FILE}{hint}")
     return found[0]
@@ -264,8 +332,11 @@ def _fill(path: str, spec: Mapping[str, Any], get) -> dict[str, Any]:
       continue
     value = np.asarray(get(jax.tree_util.keystr(k), leaf))
     if value.shape != leaf.shape:
-      raise _bad(path, f"array {jax.tree_util.keystr(k)} has shape {value.shape}, the network's "
-                 f"structure needs {leaf.shape}")
+      raise _bad(
+        path,
+        f"array {jax.tree_util.keystr(k)} has shape {value.shape}, the network's "
+        f"structure needs {leaf.shape}",
+      )
     out.append(value.astype(leaf.dtype))
   return jax.tree_util.tree_unflatten(treedef, [l for l in out])
 
@@ -279,25 +350,38 @@ def _spec_of_int8_file(path: str, f: Mapping[str, np.ndarray]) -> dict[str, Any]
   stem = f["['stem']['weight']"]
   if stem.ndim != 4:
     raise _bad(path, f"the stem weight has shape {stem.shape}, not (3, 3, C_in, C_out)")
-  return {"format": PACKED_FORMAT, "version": PACKED_VERSION, "in_channels": int(stem.shape[2]),
-          "stem_features": int(stem.shape[3]), "stem_dtype": str(stem.dtype),
-          "num_classes": int(f["['classifier']['bias']"].shape[0]),
-          "blocks": [[get(i, "width"), get(i, "stride"), get(i, "kernel"), get(i, "groups")]
-                     for i in range(n)]}
+  return {
+    "format": PACKED_FORMAT,
+    "version": PACKED_VERSION,
+    "in_channels": int(stem.shape[2]),
+    "stem_features": int(stem.shape[3]),
+    "stem_dtype": str(stem.dtype),
+    "num_classes": int(f["['classifier']['bias']"].shape[0]),
+    "blocks": [
+      [get(i, "width"), get(i, "stride"), get(i, "kernel"), get(i, "groups")] for i in range(n)
+    ],
+  }
 
 
 def _check_spec(path: str, spec: Any) -> None:
   if not isinstance(spec, dict) or spec.get("format") != PACKED_FORMAT:
     raise _bad(path, "its spec does not name the format " + PACKED_FORMAT)
   if spec.get("version") != PACKED_VERSION:
-    raise _bad(path, f"format version {spec.get('version')!r}, this reader knows "
-               f"{PACKED_VERSION}")
+    raise _bad(path, f"format version {spec.get('version')!r}, this reader knows {PACKED_VERSION}")
   c = spec.get("stem_features")
   for block in spec.get("blocks", []):
-    if (len(block) != 4 or any(not isinstance(v, int) or v <= 0 for v in block)
-        or block[1] not in (1, 2) or block[2] % 2 == 0 or c % block[3]):
-      raise _bad(path, f"block {block} is not (width, stride 1|2, odd kernel, groups dividing "
-                 f"its {c} input channels)")
+    if (
+      len(block) != 4
+      or any(not isinstance(v, int) or v <= 0 for v in block)
+      or block[1] not in (1, 2)
+      or block[2] % 2 == 0
+      or c % block[3]
+    ):
+      raise _bad(
+        path,
+        f"block {block} is not (width, stride 1|2, odd kernel, groups dividing "
+        f"its {c} input channels)",
+      )
     c = block[0]
   if spec.get("stem_dtype") not in ("int8", "int32", "float32"):
     raise _bad(path, f"stem dtype {spec.get('stem_dtype')!r}")
@@ -333,19 +417,21 @@ def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
           raise _bad(path, f"arrays {sorted(missing)} are missing")
         template = _template(spec)
         sizes = [w.size for w in _binary_weights(template)]
-        bits = np.unpackbits(np.asarray(f["binary_bits"], "<u4").view(np.uint8),
-                             bitorder="little")
+        bits = np.unpackbits(np.asarray(f["binary_bits"], "<u4").view(np.uint8), bitorder="little")
         if bits.size < sum(sizes) or bits.size >= sum(sizes) + 32:
           raise _bad(path, f"{bits.size} stored weight bits for {sum(sizes)} binary weights")
-        signs = (1 - 2 * bits[:sum(sizes)].astype(np.int8)).astype(np.int8)
+        signs = (1 - 2 * bits[: sum(sizes)].astype(np.int8)).astype(np.int8)
         floats = np.asarray(f["float32"])
         wanted = [(k, v) for k, v in _float_leaves(template)]
         if floats.dtype != np.float32 or floats.size != sum(v.size for _, v in wanted):
-          raise _bad(path, f"{floats.size} float32 values stored, the structure needs "
-                     f"{sum(v.size for _, v in wanted)}")
+          raise _bad(
+            path,
+            f"{floats.size} float32 values stored, the structure needs "
+            f"{sum(v.size for _, v in wanted)}",
+          )
         values, offset = {}, 0
         for k, v in wanted:
-          values[k] = floats[offset:offset + v.size].reshape(v.shape)
+          values[k] = floats[offset : offset + v.size].reshape(v.shape)
           offset += v.size
         offsets = np.cumsum([0] + sizes)
         binaries = {}
@@ -353,7 +439,8 @@ def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
           for j, c in enumerate(("kxk", "1x1")):
             n = 2 * i + j
             binaries[f"['blocks'][{i}]['{c}']['weight']"] = signs[
-                offsets[n]:offsets[n + 1]].reshape(b[c]["weight"].shape)
+              offsets[n] : offsets[n + 1]
+            ].reshape(b[c]["weight"].shape)
         binaries["['stem']['weight']"] = f["stem_weight"]
         net = _fill(path, spec, lambda k, _: binaries[k] if k in binaries else values[k])
         fmt, image_size = "packed", spec.get("image_size")
@@ -373,47 +460,73 @@ def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
       raise _bad(path, f"{type(e).__name__}: {e}") from e
   if not all(np.isfinite(v).all() for _, v in _float_leaves(net)):
     raise _bad(path, "a scale, shift, threshold or classifier value is not finite")
-  return net, {"path": path, "format": fmt, "size_bytes": os.path.getsize(path),
-               "image_size": image_size}
+  return net, {
+    "path": path,
+    "format": fmt,
+    "size_bytes": os.path.getsize(path),
+    "image_size": image_size,
+  }
 
 
 def _pack_conv(c: Mapping[str, Any], groups: int) -> dict[str, Any]:
   w = np.asarray(c["weight"])
   k, _, cg, out = w.shape
-  return {"words": jnp.asarray(packed.pack_conv_weight(w, groups)),
-          # Eq. (2) of packed.py: per-tap weight sums for the zero-padding correction.
-          "wsum": jnp.asarray(w.astype(np.float32).sum(axis=2).reshape(k * k, out)),
-          "threshold": jnp.asarray(c["threshold"]), "scale": jnp.asarray(c["scale"]),
-          "shift": jnp.asarray(c["shift"])}
+  return {
+    "words": jnp.asarray(packed.pack_conv_weight(w, groups)),
+    # Eq. (2) of packed.py: per-tap weight sums for the zero-padding correction.
+    "wsum": jnp.asarray(w.astype(np.float32).sum(axis=2).reshape(k * k, out)),
+    "threshold": jnp.asarray(c["threshold"]),
+    "scale": jnp.asarray(c["scale"]),
+    "shift": jnp.asarray(c["shift"]),
+  }
 
 
 def pack(net: Mapping[str, Any]) -> dict[str, Any]:
   """The engine form of `net`: binary weights as (k*k, G, Wg, O_g) uint32 words."""
-  out = {"stem": jax.tree.map(jnp.asarray, dict(net["stem"])),
-         "classifier": jax.tree.map(jnp.asarray, dict(net["classifier"])), "blocks": []}
+  out = {
+    "stem": jax.tree.map(jnp.asarray, dict(net["stem"])),
+    "classifier": jax.tree.map(jnp.asarray, dict(net["classifier"])),
+    "blocks": [],
+  }
   out["stem"]["weight"] = jnp.asarray(net["stem"]["weight"], jnp.float32)
   for b in net["blocks"]:
-    out["blocks"].append({
-        "stride": int(b["stride"]), "groups": int(b["groups"]), "width": int(b["width"]),
-        "kernel": int(b["kernel"]), "kxk": _pack_conv(b["kxk"], int(b["groups"])),
+    out["blocks"].append(
+      {
+        "stride": int(b["stride"]),
+        "groups": int(b["groups"]),
+        "width": int(b["width"]),
+        "kernel": int(b["kernel"]),
+        "kxk": _pack_conv(b["kxk"], int(b["groups"])),
         "1x1": _pack_conv(b["1x1"], 1),
         "rprelu_kxk": jax.tree.map(jnp.asarray, dict(b["rprelu_kxk"])),
-        "rprelu_1x1": jax.tree.map(jnp.asarray, dict(b["rprelu_1x1"]))})
+        "rprelu_1x1": jax.tree.map(jnp.asarray, dict(b["rprelu_1x1"])),
+      }
+    )
   return out
 
 
 def float_twin(net: Mapping[str, Any]) -> dict[str, Any]:
   """`net` with every weight already float32: `apply_exported`'s XLA float-conv run."""
-  return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32) if isinstance(v, np.ndarray) else v,
-                      net)
+  return jax.tree.map(
+    lambda v: jnp.asarray(v, jnp.float32) if isinstance(v, np.ndarray) else v, net
+  )
 
 
 def packed_sign_conv(x: Array, c: Mapping[str, Array], groups: int, stride: int) -> Array:
   """`_sign_conv` through the XNOR-popcount engine (exact, fused threshold and affine)."""
   k = int(math.isqrt(c["words"].shape[0]))
-  return packed.sign_conv(x, c["words"], threshold=c["threshold"], scale=c["scale"],
-                          shift=c["shift"], in_channels=x.shape[-1], groups=groups,
-                          kernel_size=k, stride=stride, wsum=c["wsum"])
+  return packed.sign_conv(
+    x,
+    c["words"],
+    threshold=c["threshold"],
+    scale=c["scale"],
+    shift=c["shift"],
+    in_channels=x.shape[-1],
+    groups=groups,
+    kernel_size=k,
+    stride=stride,
+    wsum=c["wsum"],
+  )
 
 
 def apply_packed(net: Mapping[str, Any], x: Array) -> Array:
@@ -462,8 +575,9 @@ def blockwise_network(net: Mapping[str, Any], *, packed_convs: bool):
   compiled = []
   for fn, part in stages:
     arrays, rebuild = _split_static(part)
-    compiled.append((jax.jit(lambda arrays, x, fn=fn, rebuild=rebuild: fn(rebuild(arrays), x)),
-                     arrays))
+    compiled.append(
+      (jax.jit(lambda arrays, x, fn=fn, rebuild=rebuild: fn(rebuild(arrays), x)), arrays)
+    )
 
   def run(x):
     for program, arrays in compiled:

@@ -120,8 +120,9 @@ def hidden_mask(widths: Sequence[int], probs: Array, expansion: int, groups: int
   """
   per_group = expansion * max(widths) // groups
   q = np.arange(per_group)
-  hard = np.stack([np.tile((q < expansion * w // groups).astype(np.float32), groups)
-                   for w in widths])
+  hard = np.stack(
+    [np.tile((q < expansion * w // groups).astype(np.float32), groups) for w in widths]
+  )
   return jnp.einsum("i,ic->c", probs, hard)
 
 
@@ -152,13 +153,13 @@ class SplitGroupQuantConv(layers.QuantConv):
     in_features = x.shape[-1]
     self._check(in_features)
     k, g = self.kernel_size, self.feature_group_count
-    kernel = self.param("kernel", self.kernel_init, (k, k, in_features // g, self.features),
-                        jnp.float32)
+    kernel = self.param(
+      "kernel", self.kernel_init, (k, k, in_features // g, self.features), jnp.float32
+    )
     w = self.quantized_kernel(kernel).astype(jnp.float32)
     quantize_input = quantizers.get_quantizer(self.input_quantizer)
     if self.learnable_threshold:
-      threshold = self.param("input_threshold", nn.initializers.zeros, (in_features,),
-                             jnp.float32)
+      threshold = self.param("input_threshold", nn.initializers.zeros, (in_features,), jnp.float32)
       x = quantizers.rsign(x, threshold, sign_fn=quantize_input)
     elif quantize_input is not None:
       x = quantize_input(x)
@@ -188,27 +189,48 @@ class MBConvBlock(nn.Module):
   binary_weights: bool = True
   kernel_norm: Optional[str] = None
 
-  def _unit(self, name: str, x: Array, train: bool, features: int, kernel_size: int,
-            strides: int = 1, groups: int = 1, in_mask: Optional[Array] = None) -> Array:
+  def _unit(
+    self,
+    name: str,
+    x: Array,
+    train: bool,
+    features: int,
+    kernel_size: int,
+    strides: int = 1,
+    groups: int = 1,
+    in_mask: Optional[Array] = None,
+  ) -> Array:
     """RSign -> binary conv -> BN (RPReLU is left to the caller)."""
-    quantizer = ("approx_sign" if in_mask is None
-                 else functools.partial(_masked_sign, mask=in_mask))
+    quantizer = "approx_sign" if in_mask is None else functools.partial(_masked_sign, mask=in_mask)
     y = SplitGroupQuantConv(
-        features, kernel_size, strides, feature_group_count=groups, input_quantizer=quantizer,
-        learnable_threshold=True,
-        kernel_quantizer="magnitude_aware_sign" if self.binary_weights else None,
-        kernel_norm=self.kernel_norm, name=f"conv_{name}")(x)
+      features,
+      kernel_size,
+      strides,
+      feature_group_count=groups,
+      input_quantizer=quantizer,
+      learnable_threshold=True,
+      kernel_quantizer="magnitude_aware_sign" if self.binary_weights else None,
+      kernel_norm=self.kernel_norm,
+      name=f"conv_{name}",
+    )(x)
     return layers.batch_norm(train, name=f"bn_{name}")(y)
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False, shortcut: Optional[Array] = None,
-               in_mask: Optional[Array] = None, hid_mask: Optional[Array] = None) -> Array:
+  def __call__(
+    self,
+    x: Array,
+    train: bool = False,
+    shortcut: Optional[Array] = None,
+    in_mask: Optional[Array] = None,
+    hid_mask: Optional[Array] = None,
+  ) -> Array:
     """Block output; `shortcut`, `in_mask`, `hid_mask` are given by the search network."""
     hidden = self.expansion * x.shape[-1]
     h = self._unit("expand", x, train, hidden, 1, in_mask=in_mask)
     h = layers.RPReLU(name="rprelu_expand")(h)
-    h = self._unit("group", h, train, hidden, self.kernel_size, self.strides, self.groups,
-                   in_mask=hid_mask)
+    h = self._unit(
+      "group", h, train, hidden, self.kernel_size, self.strides, self.groups, in_mask=hid_mask
+    )
     h = layers.RPReLU(name="rprelu_group")(h)
     y = self._unit("project", h, train, self.features, 1, in_mask=hid_mask)
     if shortcut is None:
@@ -261,8 +283,17 @@ class MBConvNetwork(nn.Module):
     del drop_path_prob
     x = Stem(self.space.stem_width, self.space.stem_stride, name="stem")(x, train)
     for i, (width, strides, k, e) in enumerate(self.choices.blocks(self.space)):
-      x = MBConvBlock(width, k, e, strides, self.space.groups, self.shortcut,
-                      self.binary_weights, self.kernel_norm, name=f"block{i}")(x, train)
+      x = MBConvBlock(
+        width,
+        k,
+        e,
+        strides,
+        self.space.groups,
+        self.shortcut,
+        self.binary_weights,
+        self.kernel_norm,
+        name=f"block{i}",
+      )(x, train)
     return _classifier(x, self.num_classes)
 
 
@@ -287,8 +318,9 @@ class MBConvSearchNetwork(nn.Module):
   temperature: float = 1.0
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False,
-               op_weight_noise: Optional[dict[str, Array]] = None) -> Array:
+  def __call__(
+    self, x: Array, train: bool = False, op_weight_noise: Optional[dict[str, Array]] = None
+  ) -> Array:
     """Logits; `op_weight_noise` (keys of "arch") is added to softmax(alpha / T)."""
     space = self.space
     probs = {}
@@ -305,26 +337,40 @@ class MBConvSearchNetwork(nn.Module):
       soft_in = len(in_widths) > 1
       in_mask = width_mask(in_widths, in_probs) if soft_in else None
       if slot.position == 0:
-        shortcut = _mixed_shortcut(x, in_widths, in_probs, out_widths, out_probs,
-                                   slot.stride, self.shortcut)
+        shortcut = _mixed_shortcut(
+          x, in_widths, in_probs, out_widths, out_probs, slot.stride, self.shortcut
+        )
       else:
         shortcut = x
       out = 0.0
       for o, (k, e) in enumerate(space.ops):
         hid = hidden_mask(in_widths, in_probs, e, space.groups) if soft_in else None
-        y = MBConvBlock(max(out_widths), k, e, slot.stride, space.groups, self.shortcut,
-                        self.binary_weights, self.kernel_norm,
-                        name=f"layer{slot.index}_{mbconv.op_name(k, e)}")(
-                            x, train, shortcut, in_mask, hid)
+        y = MBConvBlock(
+          max(out_widths),
+          k,
+          e,
+          slot.stride,
+          space.groups,
+          self.shortcut,
+          self.binary_weights,
+          self.kernel_norm,
+          name=f"layer{slot.index}_{mbconv.op_name(k, e)}",
+        )(x, train, shortcut, in_mask, hid)
         out = out + probs[mbconv.OPS_KEY][slot.index, o] * y
       x = out * width_mask(out_widths, out_probs) if len(out_widths) > 1 else out
       in_widths, in_probs = out_widths, out_probs
     return _classifier(x, self.num_classes)
 
 
-def _mixed_shortcut(x: Array, in_widths: Sequence[int], in_probs: Array,
-                    out_widths: Sequence[int], out_probs: Array, strides: int,
-                    kind: str) -> Array:
+def _mixed_shortcut(
+  x: Array,
+  in_widths: Sequence[int],
+  in_probs: Array,
+  out_widths: Sequence[int],
+  out_probs: Array,
+  strides: int,
+  kind: str,
+) -> Array:
   """sum over (w_in, w_out) of p(w_in) p(w_out) * shortcut(x[:w_in] -> w_out), padded."""
   c_max = max(out_widths)
   total = 0.0
@@ -342,24 +388,37 @@ def _mixed_shortcut(x: Array, in_widths: Sequence[int], in_probs: Array,
 
 def check_shortcut(kind: str) -> str:
   if kind not in mbconv.SHORTCUTS:
-    raise UserInputError(f"config.model.shortcut={kind!r} is not one of {mbconv.SHORTCUTS} "
-                         "(supp. Sec. 1; 'partially_duplicate' is the paper's choice).")
+    raise UserInputError(
+      f"config.model.shortcut={kind!r} is not one of {mbconv.SHORTCUTS} "
+      "(supp. Sec. 1; 'partially_duplicate' is the paper's choice)."
+    )
   return kind
 
 
-def search_network(config: Any, space: mbconv.MBConvSpace,
-                   num_classes: int) -> MBConvSearchNetwork:
+def search_network(config: Any, space: mbconv.MBConvSpace, num_classes: int) -> MBConvSearchNetwork:
   m = config.model
-  return MBConvSearchNetwork(space, num_classes, check_shortcut(m.shortcut),
-                             binary_weights=config.search.binary_weights,
-                             kernel_norm=m.kernel_norm, temperature=config.search.temperature)
+  return MBConvSearchNetwork(
+    space,
+    num_classes,
+    check_shortcut(m.shortcut),
+    binary_weights=config.search.binary_weights,
+    kernel_norm=m.kernel_norm,
+    temperature=config.search.temperature,
+  )
 
 
-def final_network(config: Any, space: mbconv.MBConvSpace, choices: mbconv.ChoiceList,
-                  num_classes: int) -> MBConvNetwork:
+def final_network(
+  config: Any, space: mbconv.MBConvSpace, choices: mbconv.ChoiceList, num_classes: int
+) -> MBConvNetwork:
   m = config.model
-  return MBConvNetwork(space, choices, num_classes, check_shortcut(m.shortcut),
-                       binary_weights=m.binary_weights, kernel_norm=m.kernel_norm)
+  return MBConvNetwork(
+    space,
+    choices,
+    num_classes,
+    check_shortcut(m.shortcut),
+    binary_weights=m.binary_weights,
+    kernel_norm=m.kernel_norm,
+  )
 
 
 def cost_summary(model: nn.Module, image_shape: tuple[int, ...]) -> dict[str, Any]:
@@ -371,9 +430,17 @@ def cost_summary(model: nn.Module, image_shape: tuple[int, ...]) -> dict[str, An
   """
   report = cost_model.count_costs(model, (1, *image_shape), train=False)
   real = {l.name: l.macs[32] for l in report.layers if l.macs.get(32)}
-  return {"flops": report.flops, "bops": report.bops,
-          "equivalent_ops": report.flops + report.bops / 64, "ops": report.ops,
-          "real_flops_by_layer": real, "params": report.params,
-          "binary_params": report.binary_params, "model_size_bytes": report.model_size_bytes,
-          "shortcut_flops": 0, "shortcut_params": 0,
-          "flops_without_shortcuts": report.flops, "ops_without_shortcuts": report.ops}
+  return {
+    "flops": report.flops,
+    "bops": report.bops,
+    "equivalent_ops": report.flops + report.bops / 64,
+    "ops": report.ops,
+    "real_flops_by_layer": real,
+    "params": report.params,
+    "binary_params": report.binary_params,
+    "model_size_bytes": report.model_size_bytes,
+    "shortcut_flops": 0,
+    "shortcut_params": 0,
+    "flops_without_shortcuts": report.flops,
+    "ops_without_shortcuts": report.ops,
+  }

@@ -29,8 +29,11 @@ SHORTCUT_LAYER = "res_conv"  # the real 2x2 projections of BNAS's inter-cell ski
 
 
 def op_options(model_config: Any, binary_weights: bool) -> darts_ops.OpOptions:
-  return darts_ops.OpOptions(binary_weights=binary_weights, groups=model_config.groups,
-                             shuffle_groups=model_config.shuffle_groups)
+  return darts_ops.OpOptions(
+    binary_weights=binary_weights,
+    groups=model_config.groups,
+    shuffle_groups=model_config.shuffle_groups,
+  )
 
 
 def check_network_config(config: Any, space: Any) -> None:
@@ -38,8 +41,10 @@ def check_network_config(config: Any, space: Any) -> None:
   if isinstance(space, mbconv.MBConvSpace):
     binary_mbconv.check_shortcut(config.model.shortcut)
     if config.final.drop_path_prob:
-      raise UserInputError("config.final.drop_path_prob must be 0 for config.space='mbconv' "
-                           "(the MBConv network has no drop-path).")
+      raise UserInputError(
+        "config.final.drop_path_prob must be 0 for config.space='mbconv' "
+        "(the MBConv network has no drop-path)."
+      )
 
 
 def search_network(config: Any, space: Any, num_classes: int) -> Any:
@@ -48,10 +53,17 @@ def search_network(config: Any, space: Any, num_classes: int) -> Any:
     return binary_mbconv.search_network(config, space, num_classes)
   m = config.model
   return darts_cells.SearchNetwork(
-      space, num_classes, channels=m.channels, num_cells=m.num_cells,
-      stem_multiplier=m.stem_multiplier, inter_cell_skip=m.inter_cell_skip,
-      temperature=space.temperature, options=op_options(m, config.search.binary_weights),
-      stem=m.stem, fused=m.get("fused", True))
+    space,
+    num_classes,
+    channels=m.channels,
+    num_cells=m.num_cells,
+    stem_multiplier=m.stem_multiplier,
+    inter_cell_skip=m.inter_cell_skip,
+    temperature=space.temperature,
+    options=op_options(m, config.search.binary_weights),
+    stem=m.stem,
+    fused=m.get("fused", True),
+  )
 
 
 def final_network(config: Any, space: Any, genotype: Any, num_classes: int) -> Any:
@@ -60,9 +72,16 @@ def final_network(config: Any, space: Any, genotype: Any, num_classes: int) -> A
     return binary_mbconv.final_network(config, space, genotype, num_classes)
   f, m = config.final, config.model
   return darts_cells.GenotypeNetwork(
-      genotype, num_classes, channels=f.channels, num_cells=f.num_cells,
-      stem_multiplier=m.stem_multiplier, inter_cell_skip=m.inter_cell_skip,
-      options=op_options(m, m.binary_weights), stem=f.stem, drop_path=f.drop_path_prob > 0)
+    genotype,
+    num_classes,
+    channels=f.channels,
+    num_cells=f.num_cells,
+    stem_multiplier=m.stem_multiplier,
+    inter_cell_skip=m.inter_cell_skip,
+    options=op_options(m, m.binary_weights),
+    stem=f.stem,
+    drop_path=f.drop_path_prob > 0,
+  )
 
 
 def cell_cost_summary(model: Any, image_shape: tuple[int, ...]) -> dict[str, Any]:
@@ -71,12 +90,18 @@ def cell_cost_summary(model: Any, image_shape: tuple[int, ...]) -> dict[str, Any
   shortcut = [l for l in report.layers if SHORTCUT_LAYER in l.name]
   shortcut_flops = sum(l.macs.get(32, 0) for l in shortcut)
   shortcut_params = sum(sum(l.params.values()) for l in shortcut)
-  return {"flops": report.flops, "bops": report.bops, "ops": report.ops,
-          "params": report.params, "binary_params": report.binary_params,
-          "model_size_bytes": report.model_size_bytes,
-          "shortcut_flops": shortcut_flops, "shortcut_params": shortcut_params,
-          "flops_without_shortcuts": report.flops - shortcut_flops,
-          "ops_without_shortcuts": report.ops - shortcut_flops}
+  return {
+    "flops": report.flops,
+    "bops": report.bops,
+    "ops": report.ops,
+    "params": report.params,
+    "binary_params": report.binary_params,
+    "model_size_bytes": report.model_size_bytes,
+    "shortcut_flops": shortcut_flops,
+    "shortcut_params": shortcut_params,
+    "flops_without_shortcuts": report.flops - shortcut_flops,
+    "ops_without_shortcuts": report.ops - shortcut_flops,
+  }
 
 
 def cost_summary(space: Any, model: Any, image_shape: tuple[int, ...]) -> dict[str, Any]:

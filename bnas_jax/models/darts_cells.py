@@ -56,8 +56,9 @@ class ResidualProjection(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     x = darts_ops.batch_norm(train, affine=True, name="bn")(x)
-    return layers.QuantConv(self.features, kernel_size=2, strides=2, use_bias=True,
-                            name="res_conv")(x)
+    return layers.QuantConv(
+      self.features, kernel_size=2, strides=2, use_bias=True, name="res_conv"
+    )(x)
 
 
 def _inter_cell_skip(out: Array, s1_raw: Array, reduction: bool, train: bool) -> Array:
@@ -65,9 +66,10 @@ def _inter_cell_skip(out: Array, s1_raw: Array, reduction: bool, train: bool) ->
     return out + ResidualProjection(out.shape[-1], name="preprocess_res")(s1_raw, train)
   if s1_raw.shape != out.shape:
     raise UserInputError(
-        f"The inter-cell skip adds the cell input {s1_raw.shape} to the cell output "
-        f"{out.shape}; they differ (a genotype concatenating fewer than 4 nodes?). Use all four "
-        "nodes in *_concat or set config.model.inter_cell_skip=False.")
+      f"The inter-cell skip adds the cell input {s1_raw.shape} to the cell output "
+      f"{out.shape}; they differ (a genotype concatenating fewer than 4 nodes?). Use all four "
+      "nodes in *_concat or set config.model.inter_cell_skip=False."
+    )
   return out + s1_raw
 
 
@@ -88,8 +90,9 @@ class MixedOp(nn.Module):
     for i, op in enumerate(self.space.ops):
       if op == darts_space.ZEROISE:
         continue
-      y = darts_ops.make_op(self.space, op, self.channels, self.strides, search=True,
-                            options=self.options, name=op)(x, train)
+      y = darts_ops.make_op(
+        self.space, op, self.channels, self.strides, search=True, options=self.options, name=op
+      )(x, train)
       out = weights[i] * y if out is None else out + weights[i] * y
     return out
 
@@ -137,13 +140,26 @@ class BnasSourceOps(nn.Module):
     for _, op in convs:
       k, d = spec[op]
       kernel = jnp.concatenate(
-          [_KernelBank((k, k, c_in, c), self.binary_weights, name=f"conv_e{e}_{op}")()
-           for e in self.edges], axis=-1)
+        [
+          _KernelBank((k, k, c_in, c), self.binary_weights, name=f"conv_e{e}_{op}")()
+          for e in self.edges
+        ],
+        axis=-1,
+      )
       pad = d * (k - 1) // 2
-      per_op.append(nn.relu(jax.lax.conv_general_dilated(
-          xb.astype(jnp.float32), kernel, window_strides=(self.strides, self.strides),
-          padding=((pad, pad), (pad, pad)), rhs_dilation=(d, d),
-          dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)))
+      per_op.append(
+        nn.relu(
+          jax.lax.conv_general_dilated(
+            xb.astype(jnp.float32),
+            kernel,
+            window_strides=(self.strides, self.strides),
+            padding=((pad, pad), (pad, pad)),
+            rhs_dilation=(d, d),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            preferred_element_type=jnp.float32,
+          )
+        )
+      )
     # (B, H, W, edges, conv ops, C)
     y = jnp.stack([p.reshape(p.shape[:3] + (len(self.edges), c)) for p in per_op], axis=-2)
     pools = {}
@@ -160,15 +176,20 @@ class BnasSourceOps(nn.Module):
     return outs
 
 
-def _preprocess_inputs(cell: nn.Module, s0: Array, s1: Array, train: bool, *, search: bool
-                       ) -> list[Array]:
+def _preprocess_inputs(
+  cell: nn.Module, s0: Array, s1: Array, train: bool, *, search: bool
+) -> list[Array]:
   """A cell's two input states at its width (s0 halved if the previous cell reduced);
   the submodules `preprocess0/1` are created in `cell`'s scope."""
   kw = dict(search=search, options=cell.options)
-  return [darts_ops.make_preprocess(cell.space, cell.channels, reduce_input=cell.reduction_prev,
-                                    name="preprocess0", **kw)(s0, train),
-          darts_ops.make_preprocess(cell.space, cell.channels, reduce_input=False,
-                                    name="preprocess1", **kw)(s1, train)]
+  return [
+    darts_ops.make_preprocess(
+      cell.space, cell.channels, reduce_input=cell.reduction_prev, name="preprocess0", **kw
+    )(s0, train),
+    darts_ops.make_preprocess(
+      cell.space, cell.channels, reduce_input=False, name="preprocess1", **kw
+    )(s1, train),
+  ]
 
 
 class SearchCell(nn.Module):
@@ -195,16 +216,23 @@ class SearchCell(nn.Module):
         if fused and node == max(0, src - 1):
           targets = tuple(range(node, darts_space.NUM_NODES))
           rows = tuple(darts_space.edge_index(t, src) for t in targets)
-          outs = BnasSourceOps(self.space, self.channels, 2 if self.reduction and src < 2 else 1,
-                               rows, self.options.binary_weights, name=f"source{src}")(
-                                   states[src], weights, train)
+          outs = BnasSourceOps(
+            self.space,
+            self.channels,
+            2 if self.reduction and src < 2 else 1,
+            rows,
+            self.options.binary_weights,
+            name=f"source{src}",
+          )(states[src], weights, train)
           for t, out in zip(targets, outs):
             incoming.setdefault(t, []).append(out)
         elif not fused:
           strides = 2 if self.reduction and src < 2 else 1
-          incoming.setdefault(node, []).append(MixedOp(
-              self.space, self.channels, strides, self.options, name=f"edge{node}_{src}")(
-                  states[src], weights[darts_space.edge_index(node, src)], train))
+          incoming.setdefault(node, []).append(
+            MixedOp(self.space, self.channels, strides, self.options, name=f"edge{node}_{src}")(
+              states[src], weights[darts_space.edge_index(node, src)], train
+            )
+          )
       states.append(sum(incoming[node]))
     out = jnp.concatenate(states[2:], axis=-1)
     if self.skip:
@@ -223,8 +251,9 @@ class _Stem(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool) -> tuple[Array, Array, bool]:
     if self.kind == "cifar":
-      s = darts_ops.RealConvBnRelu(self.stem_multiplier * self.channels, 3, 1,
-                                   affine=self.affine, name="stem")(x, train)
+      s = darts_ops.RealConvBnRelu(
+        self.stem_multiplier * self.channels, 3, 1, affine=self.affine, name="stem"
+      )(x, train)
       return s, s, False
     if self.kind == "imagenet":
       bn = lambda name: darts_ops.batch_norm(train, self.affine, name=name)
@@ -274,8 +303,9 @@ class SearchNetwork(nn.Module):
     return jax.nn.softmax(alpha / self.temperature, axis=-1)
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False,
-               op_weight_noise: Optional[dict[str, Array]] = None) -> Array:
+  def __call__(
+    self, x: Array, train: bool = False, op_weight_noise: Optional[dict[str, Array]] = None
+  ) -> Array:
     """Logits; `op_weight_noise` (keys of "arch") is added to softmax(alpha / T)."""
     shape = (darts_space.NUM_EDGES, len(self.space.ops))
     init = lambda: 1e-3 * jax.random.normal(self.make_rng("params"), shape, jnp.float32)
@@ -283,17 +313,25 @@ class SearchNetwork(nn.Module):
     weights = {k: self.arch_weights(v) for k, v in alpha.items()}
     if op_weight_noise is not None:
       weights = {k: weights[k] + op_weight_noise[k] for k in weights}
-    s0, s1, reduction_prev = _Stem(self.channels, self.stem, self.stem_multiplier, affine=False,
-                                   name="stem")(x, train)
+    s0, s1, reduction_prev = _Stem(
+      self.channels, self.stem, self.stem_multiplier, affine=False, name="stem"
+    )(x, train)
     c = self.channels
     reductions = reduction_layers(self.num_cells)
     for i in range(self.num_cells):
       reduction = i in reductions
       if reduction:
         c *= 2
-      cell = SearchCell(self.space, c, reduction, reduction_prev,
-                        skip=self.inter_cell_skip and i > 0, options=self.options,
-                        fused=self.fused, name=f"cell{i}")
+      cell = SearchCell(
+        self.space,
+        c,
+        reduction,
+        reduction_prev,
+        skip=self.inter_cell_skip and i > 0,
+        options=self.options,
+        fused=self.fused,
+        name=f"cell{i}",
+      )
       s0, s1 = s1, cell(s0, s1, weights["reduce" if reduction else "normal"], train)
       reduction_prev = reduction
     return _classifier(s1, self.num_classes)
@@ -321,8 +359,15 @@ class GenotypeCell(nn.Module):
       for j in (2 * node, 2 * node + 1):
         op, src = self.pairs[j]
         strides = 2 if self.reduction and src < 2 else 1
-        y = darts_ops.make_op(self.space, op, self.channels, strides, search=False,
-                              options=self.options, name=f"edge{j}_{op}")(states[src], train)
+        y = darts_ops.make_op(
+          self.space,
+          op,
+          self.channels,
+          strides,
+          search=False,
+          options=self.options,
+          name=f"edge{j}_{op}",
+        )(states[src], train)
         is_identity = op == "skip_connect" and strides == 1
         if self.drop_path and train and op != darts_space.ZEROISE and not is_identity:
           keep = 1.0 - drop_path_prob
@@ -360,19 +405,32 @@ class GenotypeNetwork(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False, drop_path_prob: Any = 0.0) -> Array:
     space = darts_space.get_space(self.genotype.space)
-    s0, s1, reduction_prev = _Stem(self.channels, self.stem, self.stem_multiplier, affine=True,
-                                   name="stem")(x, train)
+    s0, s1, reduction_prev = _Stem(
+      self.channels, self.stem, self.stem_multiplier, affine=True, name="stem"
+    )(x, train)
     c = self.channels
     reductions = reduction_layers(self.num_cells)
     for i in range(self.num_cells):
       reduction = i in reductions
       if reduction:
         c *= 2
-      pairs, concat = ((self.genotype.reduce, self.genotype.reduce_concat) if reduction else
-                       (self.genotype.normal, self.genotype.normal_concat))
-      cell = GenotypeCell(space, pairs, concat, c, reduction, reduction_prev,
-                          skip=self.inter_cell_skip and i > 0, options=self.options,
-                          drop_path=self.drop_path, name=f"cell{i}")
+      pairs, concat = (
+        (self.genotype.reduce, self.genotype.reduce_concat)
+        if reduction
+        else (self.genotype.normal, self.genotype.normal_concat)
+      )
+      cell = GenotypeCell(
+        space,
+        pairs,
+        concat,
+        c,
+        reduction,
+        reduction_prev,
+        skip=self.inter_cell_skip and i > 0,
+        options=self.options,
+        drop_path=self.drop_path,
+        name=f"cell{i}",
+      )
       s0, s1 = s1, cell(s0, s1, train, drop_path_prob)
       reduction_prev = reduction
     return _classifier(s1, self.num_classes)

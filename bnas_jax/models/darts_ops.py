@@ -63,12 +63,26 @@ class OpOptions:
 
 def batch_norm(train: bool, affine: bool, name: Optional[str] = None) -> nn.BatchNorm:
   """PyTorch-default BN; `affine=False` drops scale and bias (DARTS/BNAS search)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      use_scale=affine, use_bias=affine, name=name)
+  return nn.BatchNorm(
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-5,
+    use_scale=affine,
+    use_bias=affine,
+    name=name,
+  )
 
 
-def binary_conv(features: int, kernel_size: int, strides: int = 1, dilation: int = 1,
-                groups: int = 1, *, binary_weights: bool = True, name: str) -> nn.Module:
+def binary_conv(
+  features: int,
+  kernel_size: int,
+  strides: int = 1,
+  dilation: int = 1,
+  groups: int = 1,
+  *,
+  binary_weights: bool = True,
+  name: str,
+) -> nn.Module:
   """The ops' binary conv: sign(x) input, XNOR weights sign(W) * mean|W| per filter.
 
   XNOR-Net / BNAS Eq. 1 without K (`quantizers.xnor_weight`), zero padding
@@ -76,9 +90,15 @@ def binary_conv(features: int, kernel_size: int, strides: int = 1, dilation: int
   `binary_weights=False` the kernel stays real (binary activations only).
   """
   return layers.QuantConv(
-      features, kernel_size, strides, feature_group_count=groups, kernel_dilation=dilation,
-      input_quantizer="ste_sign", kernel_quantizer="xnor_weight" if binary_weights else None,
-      name=name)
+    features,
+    kernel_size,
+    strides,
+    feature_group_count=groups,
+    kernel_dilation=dilation,
+    input_quantizer="ste_sign",
+    kernel_quantizer="xnor_weight" if binary_weights else None,
+    name=name,
+  )
 
 
 class PReLU(nn.Module):
@@ -105,11 +125,10 @@ class Zeroise(nn.Module):
 
   def __call__(self, x: Array, train: bool = False) -> Array:
     del train
-    return jnp.zeros_like(x[:, ::self.strides, ::self.strides, :])
+    return jnp.zeros_like(x[:, :: self.strides, :: self.strides, :])
 
 
 class Identity(nn.Module):
-
   def __call__(self, x: Array, train: bool = False) -> Array:
     del train
     return x
@@ -148,8 +167,14 @@ class BnasConv(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     x = batch_norm(train, self.affine, name="bn")(x)
-    y = binary_conv(self.features, self.kernel_size, self.strides, self.dilation,
-                    binary_weights=self.binary_weights, name="conv")(x)
+    y = binary_conv(
+      self.features,
+      self.kernel_size,
+      self.strides,
+      self.dilation,
+      binary_weights=self.binary_weights,
+      name="conv",
+    )(x)
     return nn.relu(y)
 
 
@@ -183,8 +208,15 @@ class BatsConv(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     y = batch_norm(train, self.affine, name="bn")(x)
-    y = binary_conv(self.features, self.kernel_size, self.strides, self.dilation, self.groups,
-                    binary_weights=self.binary_weights, name="conv")(y)
+    y = binary_conv(
+      self.features,
+      self.kernel_size,
+      self.strides,
+      self.dilation,
+      self.groups,
+      binary_weights=self.binary_weights,
+      name="conv",
+    )(y)
     y = channel_shuffle(PReLU(name="prelu")(y), self.shuffle_groups)
     if self.strides == 1 and x.shape[-1] == self.features:
       y = y + x  # the `bnn` library's unconditional identity (`skip or True`)
@@ -228,8 +260,16 @@ class BatsPreprocess(nn.Module):
 _KERNELS = {"3x3": 3, "5x5": 5}
 
 
-def make_op(space: CellSpace, op: str, channels: int, strides: int, *, search: bool,
-            options: OpOptions = OpOptions(), name: Optional[str] = None) -> nn.Module:
+def make_op(
+  space: CellSpace,
+  op: str,
+  channels: int,
+  strides: int,
+  *,
+  search: bool,
+  options: OpOptions = OpOptions(),
+  name: Optional[str] = None,
+) -> nn.Module:
   """The module of candidate `op` on an edge with `channels` in and out."""
   affine = not search
   if op == ZEROISE:
@@ -240,22 +280,44 @@ def make_op(space: CellSpace, op: str, channels: int, strides: int, *, search: b
     return Pool(op[:3], strides, bn_after=search and space.name == "bnas", name=name)
   kernel = _KERNELS.get(op[-3:])
   if space.name == "bnas" and op.startswith("bin_"):
-    return BnasConv(channels, kernel, strides, 2 if "_dil_" in op else 1, affine,
-                    options.binary_weights, name=name)
+    return BnasConv(
+      channels,
+      kernel,
+      strides,
+      2 if "_dil_" in op else 1,
+      affine,
+      options.binary_weights,
+      name=name,
+    )
   if space.name == "bats":
     if op == "skip_connect":
       if strides == 1:
         return Identity(name=name)
       return FactorizedReduce(channels, affine, options.binary_weights, name=name)
     if op.endswith(("group_conv_3x3", "group_conv_5x5")):
-      return BatsConv(channels, kernel, strides, 2 if op.startswith("dil_") else 1,
-                      options.groups, options.shuffle_groups, affine, options.binary_weights,
-                      name=name)
+      return BatsConv(
+        channels,
+        kernel,
+        strides,
+        2 if op.startswith("dil_") else 1,
+        options.groups,
+        options.shuffle_groups,
+        affine,
+        options.binary_weights,
+        name=name,
+      )
   raise UserInputError(f"Op {op!r} is not in the {space.name} space ({', '.join(space.ops)}).")
 
 
-def make_preprocess(space: CellSpace, channels: int, *, reduce_input: bool, search: bool,
-                    options: OpOptions = OpOptions(), name: Optional[str] = None) -> nn.Module:
+def make_preprocess(
+  space: CellSpace,
+  channels: int,
+  *,
+  reduce_input: bool,
+  search: bool,
+  options: OpOptions = OpOptions(),
+  name: Optional[str] = None,
+) -> nn.Module:
   """The layer that maps a cell input to `channels` (stride 2 if `reduce_input`).
 
   BNAS: real BN-conv-ReLU in the supernet (its code keeps 'preprocess' real

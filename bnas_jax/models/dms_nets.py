@@ -111,17 +111,24 @@ class UnsignedActivation(nn.Module):
   def __call__(self, x: Array) -> Array:
     alpha = self.param("alpha", nn.initializers.constant(self.alpha_init), (), jnp.float32)
     features = int(np.prod(x.shape[1:]))
-    return quantizers.unsigned_activation_quantizer(x, alpha, grad_scale=features ** -0.5)
+    return quantizers.unsigned_activation_quantizer(x, alpha, grad_scale=features**-0.5)
 
 
-def _conv(features: int, kernel: int, stride: int, binary: bool, binary_weights: bool,
-          name: str) -> layers.QuantConv:
+def _conv(
+  features: int, kernel: int, stride: int, binary: bool, binary_weights: bool, name: str
+) -> layers.QuantConv:
   """A 3x3/1x1 conv; binary ones take an already quantized 1-bit input."""
   if not binary:
     return layers.QuantConv(features, kernel, stride, name=name)
   return layers.QuantConv(
-      features, kernel, stride, input_precision=1, kernel_norm="standardize",
-      kernel_quantizer="xnor_weight" if binary_weights else None, name=name)
+    features,
+    kernel,
+    stride,
+    input_precision=1,
+    kernel_norm="standardize",
+    kernel_quantizer="xnor_weight" if binary_weights else None,
+    name=name,
+  )
 
 
 def _masked(x: Array, masks: Optional[Sequence[Array]], slot: int) -> Array:
@@ -132,8 +139,9 @@ def _check_widths(family: str, widths: Sequence[int]) -> None:
   n = len(base_widths(family))
   if len(widths) != n or any(int(w) != w or w < 1 for w in widths):
     raise UserInputError(
-        f"{family} needs {n} positive integer widths, one per slot "
-        f"({', '.join(slot_names(family))}); got {tuple(widths)!r}.")
+      f"{family} needs {n} positive integer widths, one per slot "
+      f"({', '.join(slot_names(family))}); got {tuple(widths)!r}."
+    )
 
 
 class DMSVGG11(nn.Module):
@@ -153,8 +161,9 @@ class DMSVGG11(nn.Module):
   binary_weights: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = True,
-               channel_masks: Optional[Sequence[Array]] = None) -> Array:
+  def __call__(
+    self, x: Array, train: bool = True, channel_masks: Optional[Sequence[Array]] = None
+  ) -> Array:
     _check_widths("dms_vgg11", self.widths)
     for i, width in enumerate(self.widths):
       binary = self.binary and i > 0
@@ -200,8 +209,9 @@ class BasicBlock(nn.Module):
     h = _masked(layers.batch_norm(train, name="bn2")(h), channel_masks, self.out_slot)
     if self.stride != 1 or x.shape[-1] != self.out_width:
       shortcut = conv(self.out_width, 1, self.stride, name="conv_shortcut")(a)
-      shortcut = _masked(layers.batch_norm(train, name="bn_shortcut")(shortcut),
-                         channel_masks, self.out_slot)
+      shortcut = _masked(
+        layers.batch_norm(train, name="bn_shortcut")(shortcut), channel_masks, self.out_slot
+      )
     else:
       shortcut = x
     return nn.relu(h + shortcut)
@@ -223,8 +233,9 @@ class DMSResNet18(nn.Module):
   binary_weights: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = True,
-               channel_masks: Optional[Sequence[Array]] = None) -> Array:
+  def __call__(
+    self, x: Array, train: bool = True, channel_masks: Optional[Sequence[Array]] = None
+  ) -> Array:
     _check_widths("dms_resnet18", self.widths)
     x = _conv(self.widths[0], 3, 1, False, False, "conv_stem")(x)
     x = nn.relu(_masked(layers.batch_norm(train, name="bn_stem")(x), channel_masks, 0))
@@ -236,50 +247,76 @@ class DMSResNet18(nn.Module):
         if b == 0 and s > 0:
           residual_slot = slot
           slot += 1
-        x = BasicBlock(self.widths[mid_slot], self.widths[residual_slot],
-                       stride if b == 0 else 1, mid_slot, residual_slot, self.binary,
-                       self.binary_weights, name=f"layer{s + 1}_{b}")(x, train, channel_masks)
+        x = BasicBlock(
+          self.widths[mid_slot],
+          self.widths[residual_slot],
+          stride if b == 0 else 1,
+          mid_slot,
+          residual_slot,
+          self.binary,
+          self.binary_weights,
+          name=f"layer{s + 1}_{b}",
+        )(x, train, channel_masks)
     x = jnp.mean(x, axis=(1, 2))
     return layers.QuantDense(self.num_classes, name="classifier")(x)
 
 
-def make_net(family: str, widths: Sequence[int], num_classes: int, *, binary: bool = True,
-             binary_weights: bool = True) -> nn.Module:
+def make_net(
+  family: str,
+  widths: Sequence[int],
+  num_classes: int,
+  *,
+  binary: bool = True,
+  binary_weights: bool = True,
+) -> nn.Module:
   """The `family` network at `widths` (validated)."""
   if family not in FAMILIES:
     raise UserInputError(f"DMS model family {family!r} is not one of {FAMILIES}.")
   widths = tuple(int(w) if int(w) == w else w for w in widths)
   _check_widths(family, widths)
   cls = DMSVGG11 if family == "dms_vgg11" else DMSResNet18
-  return cls(widths=widths, num_classes=num_classes, binary=binary,
-             binary_weights=binary_weights)
+  return cls(widths=widths, num_classes=num_classes, binary=binary, binary_weights=binary_weights)
 
 
 def build(model_config: Any, num_classes: int, *, binary_weights: bool = True) -> nn.Module:
   """`models.build_model` for `model.name` in FAMILIES: fields `widths`, `binary`."""
-  return make_net(model_config.name, tuple(model_config.widths), num_classes,
-                  binary=model_config.get("binary", True),
-                  binary_weights=binary_weights and model_config.get("binary_weights", True))
+  return make_net(
+    model_config.name,
+    tuple(model_config.widths),
+    num_classes,
+    binary=model_config.get("binary", True),
+    binary_weights=binary_weights and model_config.get("binary_weights", True),
+  )
 
 
-def uniform_widths(family: str, multiplier: float,
-                   base: Optional[Sequence[int]] = None) -> tuple[int, ...]:
+def uniform_widths(
+  family: str, multiplier: float, base: Optional[Sequence[int]] = None
+) -> tuple[int, ...]:
   """Table 1's uniform baselines: every base width (default: CIFAR's) times `multiplier`."""
   base = base_widths(family) if base is None else base
   return tuple(max(1, int(round(w * multiplier))) for w in base)
 
 
 @functools.lru_cache(maxsize=None)
-def _size_bytes_by_layer(family: str, widths: tuple[int, ...], num_classes: int,
-                         image_shape: tuple[int, int, int], binary: bool) -> dict[str, float]:
+def _size_bytes_by_layer(
+  family: str,
+  widths: tuple[int, ...],
+  num_classes: int,
+  image_shape: tuple[int, int, int],
+  binary: bool,
+) -> dict[str, float]:
   model = make_net(family, widths, num_classes, binary=binary)
   report = cost_model.count_costs(model, (1, *image_shape), train=False)
   return {l.name: sum(b * n for b, n in l.params.items()) / 8 for l in report.layers}
 
 
 @functools.lru_cache(maxsize=None)
-def size_polynomial(family: str, num_classes: int, image_shape: tuple[int, int, int] = (32, 32, 3),
-                    binary: bool = True) -> dict[str, np.ndarray]:
+def size_polynomial(
+  family: str,
+  num_classes: int,
+  image_shape: tuple[int, int, int] = (32, 32, 3),
+  binary: bool = True,
+) -> dict[str, np.ndarray]:
   """Model size in bytes as a polynomial of the width vector, read off the cost model.
 
   Every parameter tensor's size is a product of at most two widths, so the size is
@@ -294,8 +331,9 @@ def size_polynomial(family: str, num_classes: int, image_shape: tuple[int, int, 
     {"const": float, "linear": (n,), "pairwise": (n, n) strictly upper triangular}.
   """
   n = len(base_widths(family))
-  size = functools.partial(_size_bytes_by_layer, family, num_classes=num_classes,
-                           image_shape=image_shape, binary=binary)
+  size = functools.partial(
+    _size_bytes_by_layer, family, num_classes=num_classes, image_shape=image_shape, binary=binary
+  )
   at_base = size((2,) * n)
   single = [size(tuple(3 if i == j else 2 for i in range(n))) for j in range(n)]
   all_raised = size((3,) * n)

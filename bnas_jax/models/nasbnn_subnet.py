@@ -36,14 +36,19 @@ def space_from_config(config: Any) -> nasbnn.SearchSpace:
     base = nasbnn.SearchSpace.imagenet(nd_constraint=sc.nd_constraint)
   else:
     if not isinstance(stages, (list, tuple)) or not all(
-        isinstance(st, (list, tuple)) and len(st) == 5 for st in stages):
+      isinstance(st, (list, tuple)) and len(st) == 5 for st in stages
+    ):
       raise UserInputError(
-          f"config.space.stages={stages!r} must list one (depths, widths, kernels, groups, "
-          "stride) tuple per stage.")
+        f"config.space.stages={stages!r} must list one (depths, widths, kernels, groups, "
+        "stride) tuple per stage."
+      )
     base = nasbnn.SearchSpace(
-        name="custom", stem_widths=sc.stem_widths,
-        stages=tuple(nasbnn.StageSpec(*st) for st in stages),
-        resolution=sc.resolution, nd_constraint=sc.nd_constraint)
+      name="custom",
+      stem_widths=sc.stem_widths,
+      stages=tuple(nasbnn.StageSpec(*st) for st in stages),
+      resolution=sc.resolution,
+      nd_constraint=sc.nd_constraint,
+    )
   if sc.width_divisor == 1 and sc.resolution == base.resolution:
     return base
   return nasbnn.SearchSpace.scaled(sc.width_divisor, sc.resolution, base=base)
@@ -58,13 +63,20 @@ def subnet_blocks(space: nasbnn.SearchSpace, arch: nasbnn.Architecture) -> tuple
   return tuple(blocks)
 
 
-def model_config(space: nasbnn.SearchSpace, arch: nasbnn.Architecture,
-                 base: Any = None) -> ml_collections.ConfigDict:
+def model_config(
+  space: nasbnn.SearchSpace, arch: nasbnn.Architecture, base: Any = None
+) -> ml_collections.ConfigDict:
   """The `config.model` of the standalone network of `arch` (validated)."""
   nasbnn.validate(space, arch)
-  model = ml_collections.ConfigDict(dict(
-      name="reactnet", kernel_norm="channelwise", stem_weight_bits=8, binary_weights=True,
-      width_multiplier=1.0))
+  model = ml_collections.ConfigDict(
+    dict(
+      name="reactnet",
+      kernel_norm="channelwise",
+      stem_weight_bits=8,
+      binary_weights=True,
+      width_multiplier=1.0,
+    )
+  )
   if base is not None:
     model.update({k: v for k, v in base.items() if k in ("kernel_norm", "stem_weight_bits")})
   model.blocks = subnet_blocks(space, arch)
@@ -81,15 +93,18 @@ def resolve(config: Any, arch_spec: str) -> ml_collections.ConfigDict:
 def build_model(config: Any, arch_spec: str, num_classes: int) -> Any:
   """`summary --arch`: the standalone network of `arch_spec` (see `resolve`)."""
   from bnas_jax.models import build_model as build  # pylint: disable=g-import-not-at-top
+
   return build(resolve(config, arch_spec), num_classes)
 
 
 def space_counts(config: Any) -> dict[str, int]:
   """`summary --space`: exact numbers of architectures with and without ND (Eq. 3)."""
   space = space_from_config(config)
-  return {"architectures_nd": nasbnn.count_architectures(space, nd=True),
-          "architectures_no_nd": nasbnn.count_architectures(space, nd=False),
-          "nd_constraint": space.nd_constraint}
+  return {
+    "architectures_nd": nasbnn.count_architectures(space, nd=True),
+    "architectures_no_nd": nasbnn.count_architectures(space, nd=False),
+    "nd_constraint": space.nd_constraint,
+  }
 
 
 @functools.lru_cache(maxsize=None)
@@ -108,8 +123,9 @@ def _part_cost(kind: str, *args) -> tuple[int, int, int, int]:
   return r.flops, r.int8_ops, r.bops, r.params
 
 
-def subnet_cost(space: nasbnn.SearchSpace, arch: nasbnn.Architecture,
-                num_classes: int) -> dict[str, float]:
+def subnet_cost(
+  space: nasbnn.SearchSpace, arch: nasbnn.Architecture, num_classes: int
+) -> dict[str, float]:
   """Cost of `arch`'s standalone network, summed from per-part counts.
 
   Each distinct (stem | block | classifier) configuration is counted once on
@@ -127,5 +143,10 @@ def subnet_cost(space: nasbnn.SearchSpace, arch: nasbnn.Architecture,
     width = w
   parts.append(_part_cost("classifier", width, num_classes))
   flops, int8_ops, bops, params = (sum(p[i] for p in parts) for i in range(4))
-  return {"flops": flops, "int8_ops": int8_ops, "bops": bops, "params": params,
-          "ops": flops + int8_ops / 8 + bops / 64}
+  return {
+    "flops": flops,
+    "int8_ops": int8_ops,
+    "bops": bops,
+    "params": params,
+    "ops": flops + int8_ops / 8 + bops / 64,
+  }

@@ -107,8 +107,9 @@ def _is_static(*values: Any) -> bool:
   return all(isinstance(v, (int, bool, np.integer, np.bool_, np.ndarray)) for v in values)
 
 
-def choice_index(values: Sequence[Array], choices: Sequence[tuple[int, ...]],
-                 active: Array = True) -> Array:
+def choice_index(
+  values: Sequence[Array], choices: Sequence[tuple[int, ...]], active: Array = True
+) -> Array:
   """Position of `values` in the static list `choices`; len(choices) if not `active`.
 
   Python/numpy values give a Python int (the branch is picked at trace time),
@@ -129,8 +130,9 @@ def _pad_channels(y: Array, size: int) -> Array:
   return jnp.pad(y, ((0, 0),) * (y.ndim - 1) + ((0, size - y.shape[-1]),))
 
 
-def true_size_switch(index: Array, branches: Sequence[Callable[..., Array]],
-                     out_shape: tuple[int, ...], *operands: Any) -> Array:
+def true_size_switch(
+  index: Array, branches: Sequence[Callable[..., Array]], out_shape: tuple[int, ...], *operands: Any
+) -> Array:
   """`lax.switch` over true-size branches, plus a last branch returning zeros.
 
   Every branch runs under `jax.checkpoint`: under `grad` a switch otherwise
@@ -159,8 +161,9 @@ def normalize_and_binarize(w: Array, binary: bool, weight_norm: bool = True) -> 
   return quantizers.magnitude_aware_sign(w) if binary else w
 
 
-def grouped_kernel(params: Mapping[str, Array], kernels: Sequence[int], c: int, k: int, g: int,
-                   binary_weights: bool) -> Array:
+def grouped_kernel(
+  params: Mapping[str, Array], kernels: Sequence[int], c: int, k: int, g: int, binary_weights: bool
+) -> Array:
   """The real-valued (k, k, c/g, c) kernel of the static choice (c, k, g).
 
   `params` holds an `ElasticGroupConv`'s stored weight (K, K, Cmax / g_min,
@@ -176,7 +179,7 @@ def grouped_kernel(params: Mapping[str, Array], kernels: Sequence[int], c: int, 
   sub = c // g
   r = max(stored.shape[2] // sub, 1)
   out = np.arange(c)
-  src_in = ((out // sub) % r)[None, :] * sub + np.arange(sub)[:, None]   # (sub, c)
+  src_in = ((out // sub) % r)[None, :] * sub + np.arange(sub)[:, None]  # (sub, c)
   w = stored[:, :, src_in, out[None, :]]
   if k == big:
     if binary_weights and "fp2bin" in params and big > 1:
@@ -219,15 +222,28 @@ class ElasticGroupConv(nn.Module):
   conv_forward: str = "lax"
 
   @nn.compact
-  def __call__(self, x: Array, width: Array, k: Array, g: Array, *, active: Array = True,
-               binary_weights: bool, binary_activations: bool) -> Array:
+  def __call__(
+    self,
+    x: Array,
+    width: Array,
+    k: Array,
+    g: Array,
+    *,
+    active: Array = True,
+    binary_weights: bool,
+    binary_activations: bool,
+  ) -> Array:
     big, g_min, cmax = max(self.kernels), min(self.groups), max(self.in_widths)
-    params = {"kernel": self.param("kernel", layers.torch_default_init,
-                                   (big, big, cmax // g_min, cmax), jnp.float32)}
+    params = {
+      "kernel": self.param(
+        "kernel", layers.torch_default_init, (big, big, cmax // g_min, cmax), jnp.float32
+      )
+    }
     order = sorted(self.kernels, reverse=True)
     for a, b in zip(order[:-1], order[1:]):
       params[f"matrix_{a}to{b}"] = self.param(
-          f"matrix_{a}to{b}", lambda _, n=b * b: jnp.eye(n, dtype=jnp.float32))
+        f"matrix_{a}to{b}", lambda _, n=b * b: jnp.eye(n, dtype=jnp.float32)
+      )
     if self.bi_transformation:
       params["fp2bin"] = self.param("fp2bin", lambda _: jnp.eye(big * big, dtype=jnp.float32))
     threshold = self.param("input_threshold", nn.initializers.zeros, (cmax,), jnp.float32)
@@ -240,8 +256,11 @@ class ElasticGroupConv(nn.Module):
       c, kk, gg = choice
 
       def run(params, x):
-        w = normalize_and_binarize(grouped_kernel(params, self.kernels, c, kk, gg, binary_weights),
-                                   binary_weights, self.weight_norm)
+        w = normalize_and_binarize(
+          grouped_kernel(params, self.kernels, c, kk, gg, binary_weights),
+          binary_weights,
+          self.weight_norm,
+        )
         y = convolution.conv2d(x[..., :c], w, gg, self.strides, self.conv_forward)
         return _pad_channels(y, cmax)
 
@@ -266,11 +285,18 @@ class Elastic1x1Conv(nn.Module):
   weight_norm: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, in_width: Array, out_width: Array, *, active: Array = True,
-               binary_weights: bool, binary_activations: bool) -> Array:
+  def __call__(
+    self,
+    x: Array,
+    in_width: Array,
+    out_width: Array,
+    *,
+    active: Array = True,
+    binary_weights: bool,
+    binary_activations: bool,
+  ) -> Array:
     max_in, max_out = max(self.in_widths), max(self.out_widths)
-    kernel = self.param("kernel", layers.torch_default_init, (1, 1, max_in, max_out),
-                        jnp.float32)
+    kernel = self.param("kernel", layers.torch_default_init, (1, 1, max_in, max_out), jnp.float32)
     threshold = self.param("input_threshold", nn.initializers.zeros, (max_in,), jnp.float32)
     x = x + threshold
     if binary_activations:
@@ -282,15 +308,15 @@ class Elastic1x1Conv(nn.Module):
 
       def run(kernel, x):
         w = normalize_and_binarize(kernel[:, :, :ci, :co], binary_weights, self.weight_norm)
-        y = jnp.einsum("nhwi,io->nhwo", x[..., :ci], w[0, 0],
-                       preferred_element_type=jnp.float32)
+        y = jnp.einsum("nhwi,io->nhwo", x[..., :ci], w[0, 0], preferred_element_type=jnp.float32)
         return _pad_channels(y, max_out)
 
       return run
 
     index = choice_index((in_width, out_width), choices, active)
-    return true_size_switch(index, [branch(c) for c in choices], x.shape[:-1] + (max_out,),
-                            kernel, x)
+    return true_size_switch(
+      index, [branch(c) for c in choices], x.shape[:-1] + (max_out,), kernel, x
+    )
 
 
 def repeat_channels(residual: Array, width: Array, out_width: Array, size: int) -> Array:
@@ -331,21 +357,35 @@ class SupernetBlock(nn.Module):
       if not active:  # a static inactive slot: nothing to run
         return (x, jnp.asarray(width, jnp.int32)), None
     else:
-      active, block_width, k, g = (choice["active"] > 0, choice["width"], choice["kernel"],
-                                   choice["groups"])
-    spec, binary = self.spec, dict(binary_weights=self.binary_weights,
-                                   binary_activations=self.binary_activations)
+      active, block_width, k, g = (
+        choice["active"] > 0,
+        choice["width"],
+        choice["kernel"],
+        choice["groups"],
+      )
+    spec, binary = (
+      self.spec,
+      dict(binary_weights=self.binary_weights, binary_activations=self.binary_activations),
+    )
     in_max, out_max = max(self.in_widths), max(spec.widths)
     out_width = (np if _is_static(active, width) else jnp).where(active, block_width, width)
     mask_in = channel_mask(width, in_max)
-    y = ElasticGroupConv(self.in_widths, spec.kernels, spec.groups, self.strides,
-                         self.bi_transformation, self.weight_norm, self.conv_forward,
-                         name="conv_kxk")(x, width, k, g, active=active, **binary)
+    y = ElasticGroupConv(
+      self.in_widths,
+      spec.kernels,
+      spec.groups,
+      self.strides,
+      self.bi_transformation,
+      self.weight_norm,
+      self.conv_forward,
+      name="conv_kxk",
+    )(x, width, k, g, active=active, **binary)
     y = MaskedBatchNorm(name="bn_kxk")(y, mask_in, train=self.train, update=active)
     shortcut = layers.avg_pool_2x2(x) if self.strides == 2 else x
     out1 = MaskedRPReLU(name="rprelu_kxk")(y + shortcut, mask_in)
     y = Elastic1x1Conv(self.in_widths, tuple(spec.widths), self.weight_norm, name="conv_1x1")(
-        out1, width, out_width, active=active, **binary)
+      out1, width, out_width, active=active, **binary
+    )
     mask_out = channel_mask(out_width, out_max)
     y = MaskedBatchNorm(name="bn_1x1")(y, mask_out, train=self.train, update=active)
     y = y + repeat_channels(out1, width, out_width, out_max)
@@ -395,8 +435,15 @@ class NasBnnSupernet(nn.Module):
   zero_init_classifier: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, arch: Mapping[str, Array], *, train: bool = False,
-               weight_mode: str = "binary", activation_mode: str = "binary") -> Array:
+  def __call__(
+    self,
+    x: Array,
+    arch: Mapping[str, Array],
+    *,
+    train: bool = False,
+    weight_mode: str = "binary",
+    activation_mode: str = "binary",
+  ) -> Array:
     space = self.space
     stem_max = max(space.stem_widths)
     # numpy encodings stay static: their subnet is picked at trace time.
@@ -404,35 +451,51 @@ class NasBnnSupernet(nn.Module):
     width = arch["stem_width"]
     stem_mask = channel_mask(width, stem_max)
     # Stem: 8-bit LSQ weights (sliced output filters), BN, RPReLU.
-    y = layers.QuantConv(stem_max, kernel_size=space.stem_kernel, strides=space.stem_stride,
-                         kernel_quantizer="lsq", kernel_bits=8, input_precision=8,
-                         name="stem_conv")(x, active_features=width)
+    y = layers.QuantConv(
+      stem_max,
+      kernel_size=space.stem_kernel,
+      strides=space.stem_stride,
+      kernel_quantizer="lsq",
+      kernel_bits=8,
+      input_precision=8,
+      name="stem_conv",
+    )(x, active_features=width)
     y = MaskedBatchNorm(name="stem_bn")(y * stem_mask, stem_mask, train=train)
     x = MaskedRPReLU(name="stem_rprelu")(y, stem_mask)
-    common = dict(train=train, binary_weights=weight_mode == "binary",
-                  binary_activations=activation_mode == "binary",
-                  bi_transformation=self.bi_transformation, weight_norm=self.weight_norm,
-                  conv_forward=self.conv_forward)
+    common = dict(
+      train=train,
+      binary_weights=weight_mode == "binary",
+      binary_activations=activation_mode == "binary",
+      bi_transformation=self.bi_transformation,
+      weight_norm=self.weight_norm,
+      conv_forward=self.conv_forward,
+    )
     fields = ("active", "width", "kernel", "groups")
     in_widths = tuple(space.stem_widths)
     for name, s, first in _slot_modules(space):
       spec = space.stages[s]
       scan = name.endswith("rest")
       n = spec.max_depth - 1 if scan else 1
-      choice = {f: arch[f][first:first + n] for f in fields}
+      choice = {f: arch[f][first : first + n] for f in fields}
       # A static encoding whose slots in this module are all alike (the
       # teacher) runs without switches; otherwise the choices are traced.
-      rows = ({tuple(int(choice[f][j]) for f in fields) for j in range(n)}
-              if _is_static(width, *choice.values()) else set())
+      rows = (
+        {tuple(int(choice[f][j]) for f in fields) for j in range(n)}
+        if _is_static(width, *choice.values())
+        else set()
+      )
       static = None
       if len(rows) == 1 and (not scan or width == next(iter(rows))[1]):
         active, w, k, g = rows.pop()
         static = (active, int(width), w, k, g)
       kw = dict(common, name=name, static_choice=static)
       if scan:
-        block = nn.scan(SupernetBlock, variable_axes={"params": 0, "batch_stats": 0,
-                                                      "batch_moments": 0},
-                        split_rngs={"params": True}, length=n)(in_widths, spec, 1, **kw)
+        block = nn.scan(
+          SupernetBlock,
+          variable_axes={"params": 0, "batch_stats": 0, "batch_moments": 0},
+          split_rngs={"params": True},
+          length=n,
+        )(in_widths, spec, 1, **kw)
         xs = None if static else {f: jnp.asarray(v) for f, v in choice.items()}
       else:
         block = SupernetBlock(in_widths, spec, spec.stride, **kw)
@@ -445,13 +508,18 @@ class NasBnnSupernet(nn.Module):
     # `zero_init_classifier`: first logits 0 instead of the std ~20 logits the
     # deep residual trunk gives with PyTorch's default init (the reference's);
     # see configs/nasbnn.py.
-    return layers.QuantDense(self.num_classes, zero_init=self.zero_init_classifier,
-                             name="classifier")(x)
+    return layers.QuantDense(
+      self.num_classes, zero_init=self.zero_init_classifier, name="classifier"
+    )(x)
 
 
-def extract_subnet_variables(space: nasbnn.SearchSpace, arch: nasbnn.Architecture,
-                             variables: Mapping[str, Any], *, bi_transformation: bool = True
-                             ) -> dict[str, Any]:
+def extract_subnet_variables(
+  space: nasbnn.SearchSpace,
+  arch: nasbnn.Architecture,
+  variables: Mapping[str, Any],
+  *,
+  bi_transformation: bool = True,
+) -> dict[str, Any]:
   """Deployment pipeline 1: the supernet's weights sliced to `arch`'s own sizes.
 
   Returns `{"params", "batch_stats"}` for `reactnet.ReActNet` built from
@@ -465,10 +533,14 @@ def extract_subnet_variables(space: nasbnn.SearchSpace, arch: nasbnn.Architectur
   p, s = variables["params"], variables["batch_stats"]
   w_stem = arch.stem_width
   params: dict[str, Any] = {
-      "stem": {"conv": {"kernel": p["stem_conv"]["kernel"][..., :w_stem],
-                        "kernel_scale": p["stem_conv"]["kernel_scale"][:w_stem]},
-               "bn": {k: v[:w_stem] for k, v in p["stem_bn"].items()},
-               "rprelu": {k: v[:w_stem] for k, v in p["stem_rprelu"].items()}},
+    "stem": {
+      "conv": {
+        "kernel": p["stem_conv"]["kernel"][..., :w_stem],
+        "kernel_scale": p["stem_conv"]["kernel_scale"][:w_stem],
+      },
+      "bn": {k: v[:w_stem] for k, v in p["stem_bn"].items()},
+      "rprelu": {k: v[:w_stem] for k, v in p["stem_rprelu"].items()},
+    },
   }
   stats: dict[str, Any] = {"stem": {"bn": {k: v[:w_stem] for k, v in s["stem_bn"].items()}}}
   slots = nasbnn.block_slots(space)
@@ -484,19 +556,26 @@ def extract_subnet_variables(space: nasbnn.SearchSpace, arch: nasbnn.Architectur
       kxk.pop("fp2bin", None)
     c = width
     params[f"block{n}"] = {
-        "conv_kxk": {"kernel": grouped_kernel(kxk, spec.kernels, c, block.kernel, block.groups,
-                                              True),
-                     "input_threshold": bp["conv_kxk"]["input_threshold"][:c]},
-        "bn_kxk": {k_: v[:c] for k_, v in bp["bn_kxk"].items()},
-        "rprelu_kxk": {k_: v[:c] for k_, v in bp["rprelu_kxk"].items()},
-        "conv_1x1": {"kernel": bp["conv_1x1"]["kernel"][:, :, :c, :block.width],
-                     "input_threshold": bp["conv_1x1"]["input_threshold"][:c]},
-        "bn_1x1": {k_: v[:block.width] for k_, v in bp["bn_1x1"].items()},
-        "rprelu_1x1": {k_: v[:block.width] for k_, v in bp["rprelu_1x1"].items()},
+      "conv_kxk": {
+        "kernel": grouped_kernel(kxk, spec.kernels, c, block.kernel, block.groups, True),
+        "input_threshold": bp["conv_kxk"]["input_threshold"][:c],
+      },
+      "bn_kxk": {k_: v[:c] for k_, v in bp["bn_kxk"].items()},
+      "rprelu_kxk": {k_: v[:c] for k_, v in bp["rprelu_kxk"].items()},
+      "conv_1x1": {
+        "kernel": bp["conv_1x1"]["kernel"][:, :, :c, : block.width],
+        "input_threshold": bp["conv_1x1"]["input_threshold"][:c],
+      },
+      "bn_1x1": {k_: v[: block.width] for k_, v in bp["bn_1x1"].items()},
+      "rprelu_1x1": {k_: v[: block.width] for k_, v in bp["rprelu_1x1"].items()},
     }
-    stats[f"block{n}"] = {"bn_kxk": {k_: v[:c] for k_, v in bs["bn_kxk"].items()},
-                          "bn_1x1": {k_: v[:block.width] for k_, v in bs["bn_1x1"].items()}}
+    stats[f"block{n}"] = {
+      "bn_kxk": {k_: v[:c] for k_, v in bs["bn_kxk"].items()},
+      "bn_1x1": {k_: v[: block.width] for k_, v in bs["bn_1x1"].items()},
+    }
     width = block.width
-  params["classifier"] = {"kernel": p["classifier"]["kernel"][:width],
-                          "bias": p["classifier"]["bias"]}
+  params["classifier"] = {
+    "kernel": p["classifier"]["kernel"][:width],
+    "bias": p["classifier"]["bias"],
+  }
   return {"params": params, "batch_stats": stats}

@@ -32,9 +32,20 @@ BlockSpec = tuple[int, int, int, int]
 
 # ReActNet-A / MobileNetV1 layout (ReActNet Table 1, full 3x3 convs, no groups).
 REACTNET_A: tuple[BlockSpec, ...] = (
-    (64, 1, 3, 1), (128, 2, 3, 1), (128, 1, 3, 1), (256, 2, 3, 1), (256, 1, 3, 1),
-    (512, 2, 3, 1), (512, 1, 3, 1), (512, 1, 3, 1), (512, 1, 3, 1), (512, 1, 3, 1),
-    (512, 1, 3, 1), (1024, 2, 3, 1), (1024, 1, 3, 1))
+  (64, 1, 3, 1),
+  (128, 2, 3, 1),
+  (128, 1, 3, 1),
+  (256, 2, 3, 1),
+  (256, 1, 3, 1),
+  (512, 2, 3, 1),
+  (512, 1, 3, 1),
+  (512, 1, 3, 1),
+  (512, 1, 3, 1),
+  (512, 1, 3, 1),
+  (512, 1, 3, 1),
+  (1024, 2, 3, 1),
+  (1024, 1, 3, 1),
+)
 
 
 class ReActBlock(nn.Module):
@@ -53,11 +64,21 @@ class ReActBlock(nn.Module):
     kernel_quantizer = "magnitude_aware_sign" if self.binary_weights else None
     # RSign is the conv's own input quantizer with a learnable threshold.
     conv = lambda name, **kw: layers.QuantConv(
-        input_quantizer=self.input_quantizer, learnable_threshold=True,
-        kernel_norm=self.kernel_norm, kernel_quantizer=kernel_quantizer, name=name, **kw)
+      input_quantizer=self.input_quantizer,
+      learnable_threshold=True,
+      kernel_norm=self.kernel_norm,
+      kernel_quantizer=kernel_quantizer,
+      name=name,
+      **kw,
+    )
     width = x.shape[-1]
-    y = conv("conv_kxk", features=width, kernel_size=self.kernel_size, strides=self.strides,
-             feature_group_count=self.groups)(x)
+    y = conv(
+      "conv_kxk",
+      features=width,
+      kernel_size=self.kernel_size,
+      strides=self.strides,
+      feature_group_count=self.groups,
+    )(x)
     y = layers.batch_norm(train, name="bn_kxk")(y)
     shortcut = layers.avg_pool_2x2(x) if self.strides == 2 else x
     out1 = layers.RPReLU(name="rprelu_kxk")(y + shortcut)
@@ -75,11 +96,15 @@ class Stem(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     quantized = self.weight_bits is not None
-    x = layers.QuantConv(self.features, kernel_size=3, strides=2,
-                         kernel_quantizer="lsq" if quantized else None,
-                         kernel_bits=self.weight_bits or 32,
-                         input_precision=self.weight_bits if quantized else None,
-                         name="conv")(x)
+    x = layers.QuantConv(
+      self.features,
+      kernel_size=3,
+      strides=2,
+      kernel_quantizer="lsq" if quantized else None,
+      kernel_bits=self.weight_bits or 32,
+      input_precision=self.weight_bits if quantized else None,
+      name="conv",
+    )(x)
     x = layers.batch_norm(train, name="bn")(x)
     return layers.RPReLU(name="rprelu")(x)
 
@@ -108,7 +133,14 @@ class ReActNet(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     x = Stem(self.stem_features, self.stem_weight_bits, name="stem")(x, train)
     for i, (features, strides, kernel, groups) in enumerate(self.blocks):
-      x = ReActBlock(features, strides, kernel, groups, binary_weights=self.binary_weights,
-                     kernel_norm=self.kernel_norm, name=f"block{i}")(x, train)
+      x = ReActBlock(
+        features,
+        strides,
+        kernel,
+        groups,
+        binary_weights=self.binary_weights,
+        kernel_norm=self.kernel_norm,
+        name=f"block{i}",
+      )(x, train)
     x = jnp.mean(x, axis=(1, 2))
     return layers.QuantDense(self.num_classes, name="classifier")(x)

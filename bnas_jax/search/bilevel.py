@@ -45,7 +45,10 @@ from bnas_jax.errors import UserInputError
 # Parameter rules of the search: alpha is its own group; weight decay only on
 # conv and classifier kernels, as everywhere in bnas_jax.
 SEARCH_RULES: param_policies.Rules = (
-    (r"arch/.*", "arch"), (r".*(conv[^/]*|classifier)/kernel", "decay"), (r".*", "no_decay"))
+  (r"arch/.*", "arch"),
+  (r".*(conv[^/]*|classifier)/kernel", "decay"),
+  (r".*", "no_decay"),
+)
 
 DISTRIBUTIONS = ("uniform", "gaussian")
 NOISE_STEPS = ("weights", "arch")
@@ -78,11 +81,13 @@ class NoiseConfig:
 
   def validate(self) -> "NoiseConfig":
     if self.distribution not in DISTRIBUTIONS:
-      raise UserInputError(f"noise.distribution={self.distribution!r} is not one of "
-                           f"{DISTRIBUTIONS}.")
+      raise UserInputError(
+        f"noise.distribution={self.distribution!r} is not one of {DISTRIBUTIONS}."
+      )
     if self.arch_placement not in ARCH_PLACEMENTS:
-      raise UserInputError(f"noise.arch_placement={self.arch_placement!r} is not one of "
-                           f"{ARCH_PLACEMENTS}.")
+      raise UserInputError(
+        f"noise.arch_placement={self.arch_placement!r} is not one of {ARCH_PLACEMENTS}."
+      )
     if not set(self.steps) <= set(NOISE_STEPS):
       raise UserInputError(f"noise.steps={self.steps!r} must be a subset of {NOISE_STEPS}.")
     if self.arch_scale < 0 or self.weight_scale < 0:
@@ -129,18 +134,24 @@ class SearchState(flax.struct.PyTreeNode):
 
   @classmethod
   def create(cls, *, params, batch_stats, weight_tx, arch_tx, rng) -> "SearchState":
-    return cls(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-               weight_opt_state=weight_tx.init(params), arch_opt_state=arch_tx.init(params),
-               rng=rng, weight_tx=weight_tx, arch_tx=arch_tx)
+    return cls(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=batch_stats,
+      weight_opt_state=weight_tx.init(params),
+      arch_opt_state=arch_tx.init(params),
+      rng=rng,
+      weight_tx=weight_tx,
+      arch_tx=arch_tx,
+    )
 
   def step_key(self) -> jax.Array:
     return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
 
 
-def make_optimizers(weight_cfg: Any, arch_cfg: Any, params: Any, total_steps: int,
-                    steps_per_epoch: int
-                    ) -> tuple[optax.GradientTransformation, optax.GradientTransformation,
-                               optax.Schedule]:
+def make_optimizers(
+  weight_cfg: Any, arch_cfg: Any, params: Any, total_steps: int, steps_per_epoch: int
+) -> tuple[optax.GradientTransformation, optax.GradientTransformation, optax.Schedule]:
   """(weight tx, arch tx, weight lr schedule) as partitions of {"weights", "arch"}.
 
   Args:
@@ -149,16 +160,25 @@ def make_optimizers(weight_cfg: Any, arch_cfg: Any, params: Any, total_steps: in
     params: the combined parameter tree (or its shapes).
     total_steps, steps_per_epoch: weight schedule length.
   """
-  weight_tx = optimizers.make_optimizer(weight_cfg, params, total_steps, steps_per_epoch,
-                                        rules=SEARCH_RULES, extra={"arch": optax.set_to_zero()})
+  weight_tx = optimizers.make_optimizer(
+    weight_cfg,
+    params,
+    total_steps,
+    steps_per_epoch,
+    rules=SEARCH_RULES,
+    extra={"arch": optax.set_to_zero()},
+  )
   labels = param_policies.label_params(params, SEARCH_RULES)
   adam = optax.chain(
-      optax.add_decayed_weights(arch_cfg.weight_decay) if arch_cfg.weight_decay
-      else optax.identity(),  # L2 added to the gradient, as torch.optim.Adam
-      optax.scale_by_adam(b1=arch_cfg.b1, b2=arch_cfg.b2),
-      optax.scale_by_learning_rate(arch_cfg.learning_rate))
-  arch_tx = optax.partition({"arch": adam, "decay": optax.set_to_zero(),
-                             "no_decay": optax.set_to_zero()}, labels)
+    optax.add_decayed_weights(arch_cfg.weight_decay)
+    if arch_cfg.weight_decay
+    else optax.identity(),  # L2 added to the gradient, as torch.optim.Adam
+    optax.scale_by_adam(b1=arch_cfg.b1, b2=arch_cfg.b2),
+    optax.scale_by_learning_rate(arch_cfg.learning_rate),
+  )
+  arch_tx = optax.partition(
+    {"arch": adam, "decay": optax.set_to_zero(), "no_decay": optax.set_to_zero()}, labels
+  )
   return weight_tx, arch_tx, optimizers.make_schedule(weight_cfg, total_steps, steps_per_epoch)
 
 
@@ -177,14 +197,21 @@ def mean_entropy(arch: dict, temperature: float = 1.0) -> jax.Array:
   return jnp.mean(rows)
 
 
-def diversity_regularizer(arch: dict, epoch: jax.Array, lam: float, tau: float,
-                          temperature: float = 1.0) -> jax.Array:
+def diversity_regularizer(
+  arch: dict, epoch: jax.Array, lam: float, tau: float, temperature: float = 1.0
+) -> jax.Array:
   """lambda * H(alpha) * exp(-t / tau), the term BNAS Eq. 5 subtracts from the alpha loss."""
   return lam * mean_entropy(arch, temperature) * jnp.exp(-epoch / tau)
 
 
-def sample_noise(key: jax.Array, tree: Any, scale: float, distribution: str, relative: bool,
-                 select: Callable[[str], bool] = lambda name: True) -> Any:
+def sample_noise(
+  key: jax.Array,
+  tree: Any,
+  scale: float,
+  distribution: str,
+  relative: bool,
+  select: Callable[[str], bool] = lambda name: True,
+) -> Any:
   """Noise like `tree` (zeros where `select(name)` is False), stop-gradient."""
   leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
   keys = jax.random.split(key, max(1, len(leaves)))
@@ -207,9 +234,14 @@ def is_conv_kernel(name: str) -> bool:
   return name.endswith("kernel") and "classifier" not in name
 
 
-def unrolled_arch_grad(train_loss: Callable[[Any, Any], jax.Array],
-                       val_loss: Callable[[Any, Any], jax.Array], weights: Any, arch: Any,
-                       xi: jax.Array, weight_decay: float) -> Any:
+def unrolled_arch_grad(
+  train_loss: Callable[[Any, Any], jax.Array],
+  val_loss: Callable[[Any, Any], jax.Array],
+  weights: Any,
+  arch: Any,
+  xi: jax.Array,
+  weight_decay: float,
+) -> Any:
   """d/d alpha of L_val(w - xi * (grad_w L_train(w, alpha) + wd * w), alpha) (DARTS Eq. 7).
 
   Exact: autodiff through the virtual step (DARTS approximates the Hessian-vector
@@ -224,9 +256,9 @@ def unrolled_arch_grad(train_loss: Callable[[Any, Any], jax.Array],
   return jax.grad(unrolled)(arch)
 
 
-def make_search_step(model: Any, cfg: SearchStepConfig,
-                     weight_schedule: Optional[optax.Schedule] = None
-                     ) -> Callable[[SearchState, dict], tuple[SearchState, dict]]:
+def make_search_step(
+  model: Any, cfg: SearchStepConfig, weight_schedule: Optional[optax.Schedule] = None
+) -> Callable[[SearchState, dict], tuple[SearchState, dict]]:
   """The bilevel step `(state, batch) -> (state, metrics)`.
 
   `batch` holds the train half's "image"/"label" and the held-out half's
@@ -237,9 +269,13 @@ def make_search_step(model: Any, cfg: SearchStepConfig,
     raise ValueError("second_order needs the weight learning-rate schedule.")
 
   def forward(weights, arch, batch_stats, images, op_weight_noise=None):
-    logits, upd = model.apply({"params": weights, "arch": arch, "batch_stats": batch_stats},
-                              images, train=True, op_weight_noise=op_weight_noise,
-                              mutable=["batch_stats"])
+    logits, upd = model.apply(
+      {"params": weights, "arch": arch, "batch_stats": batch_stats},
+      images,
+      train=True,
+      op_weight_noise=op_weight_noise,
+      mutable=["batch_stats"],
+    )
     return logits, upd["batch_stats"]
 
   def ce(logits, labels):
@@ -251,9 +287,18 @@ def make_search_step(model: Any, cfg: SearchStepConfig,
       return weights, arch, None
     k_w, k_a = jax.random.split(key)
     if noise.weight_scale:
-      weights = jax.tree.map(jnp.add, weights, sample_noise(
-          k_w, weights, noise.weight_scale, noise.distribution, noise.weight_relative,
-          is_conv_kernel))
+      weights = jax.tree.map(
+        jnp.add,
+        weights,
+        sample_noise(
+          k_w,
+          weights,
+          noise.weight_scale,
+          noise.distribution,
+          noise.weight_relative,
+          is_conv_kernel,
+        ),
+      )
     soft_noise = None
     if noise.arch_scale:
       eps = sample_noise(k_a, arch, noise.arch_scale, noise.distribution, noise.arch_relative)
@@ -275,22 +320,33 @@ def make_search_step(model: Any, cfg: SearchStepConfig,
       return ce(logits, batch["val_label"]), logits
 
     def regularizer(a):
-      return diversity_regularizer(a, epoch, cfg.diversity_lambda, cfg.diversity_tau,
-                                   cfg.temperature)
+      return diversity_regularizer(
+        a, epoch, cfg.diversity_lambda, cfg.diversity_tau, cfg.temperature
+      )
 
     (val_ce, val_logits), g_val = jax.value_and_grad(val_loss, argnums=1, has_aux=True)(
-        weights, arch)
+      weights, arch
+    )
     if cfg.second_order:
+
       def train_loss_virtual(w, a):
         logits, _ = forward(w, a, state.batch_stats, batch["image"])
         return ce(logits, batch["label"])
-      g_val = unrolled_arch_grad(train_loss_virtual, lambda w, a: val_loss(w, a)[0], weights,
-                                 arch, weight_schedule(state.step), cfg.weight_decay)
+
+      g_val = unrolled_arch_grad(
+        train_loss_virtual,
+        lambda w, a: val_loss(w, a)[0],
+        weights,
+        arch,
+        weight_schedule(state.step),
+        cfg.weight_decay,
+      )
     g_reg = jax.grad(regularizer)(arch)
     g_arch = jax.tree.map(jnp.subtract, g_val, g_reg)
     zero_w = jax.tree.map(jnp.zeros_like, weights)
     updates, arch_opt_state = state.arch_tx.update(
-        {"weights": zero_w, "arch": g_arch}, state.arch_opt_state, state.params)
+      {"weights": zero_w, "arch": g_arch}, state.arch_opt_state, state.params
+    )
     params = optax.apply_updates(state.params, updates)
     arch = params["arch"]
 
@@ -302,21 +358,26 @@ def make_search_step(model: Any, cfg: SearchStepConfig,
 
     (loss, (logits, batch_stats)), g_w = jax.value_and_grad(train_loss, has_aux=True)(weights)
     updates, weight_opt_state = state.weight_tx.update(
-        {"weights": g_w, "arch": jax.tree.map(jnp.zeros_like, arch)}, state.weight_opt_state,
-        params)
+      {"weights": g_w, "arch": jax.tree.map(jnp.zeros_like, arch)}, state.weight_opt_state, params
+    )
     params = optax.apply_updates(params, updates)
 
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              weight_opt_state=weight_opt_state, arch_opt_state=arch_opt_state)
+    new_state = state.replace(
+      step=state.step + 1,
+      params=params,
+      batch_stats=batch_stats,
+      weight_opt_state=weight_opt_state,
+      arch_opt_state=arch_opt_state,
+    )
     metrics = {
-        "loss": loss,
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-        "val_loss": val_ce,
-        "val_accuracy": jnp.mean(jnp.argmax(val_logits, -1) == batch["val_label"]),
-        "grad_norm": optax.tree.norm(g_w),
-        "arch_grad_norm": optax.tree.norm(g_arch),
-        "entropy": mean_entropy(arch, cfg.temperature),
-        "diversity_weight": cfg.diversity_lambda * jnp.exp(-epoch / cfg.diversity_tau),
+      "loss": loss,
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+      "val_loss": val_ce,
+      "val_accuracy": jnp.mean(jnp.argmax(val_logits, -1) == batch["val_label"]),
+      "grad_norm": optax.tree.norm(g_w),
+      "arch_grad_norm": optax.tree.norm(g_arch),
+      "entropy": mean_entropy(arch, cfg.temperature),
+      "diversity_weight": cfg.diversity_lambda * jnp.exp(-epoch / cfg.diversity_tau),
     }
     return new_state, metrics
 

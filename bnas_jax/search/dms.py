@@ -106,8 +106,9 @@ def candidate_probabilities(mu: Array, sigma: Array, ratios: Array) -> Array:
   ratios = jnp.asarray(ratios, jnp.float32)
   delta = HALF_BIN * sigma
   mass = logistic_cdf(ratios + delta, mu, sigma) - logistic_cdf(ratios - delta, mu, sigma)
-  total = (logistic_cdf(jnp.max(ratios, -1, keepdims=True) + delta, mu, sigma)
-           - logistic_cdf(jnp.min(ratios, -1, keepdims=True) - delta, mu, sigma))
+  total = logistic_cdf(jnp.max(ratios, -1, keepdims=True) + delta, mu, sigma) - logistic_cdf(
+    jnp.min(ratios, -1, keepdims=True) - delta, mu, sigma
+  )
   p = mass / total
   return p / jnp.sum(p, -1, keepdims=True)
 
@@ -178,9 +179,11 @@ def memory_at(polynomial: dict, widths: Array) -> Array:
   value at the expected widths is the expected size under independent layer distributions.
   """
   w = jnp.asarray(widths, jnp.float32)
-  return (jnp.asarray(polynomial["const"], jnp.float32)
-          + jnp.dot(jnp.asarray(polynomial["linear"], jnp.float32), w)
-          + w @ jnp.asarray(polynomial["pairwise"], jnp.float32) @ w)
+  return (
+    jnp.asarray(polynomial["const"], jnp.float32)
+    + jnp.dot(jnp.asarray(polynomial["linear"], jnp.float32), w)
+    + w @ jnp.asarray(polynomial["pairwise"], jnp.float32) @ w
+  )
 
 
 def memory_penalty(memory: Array, target: float, lam: float) -> Array:
@@ -198,8 +201,7 @@ def deflation_factor(num_blocks: int, sigma_initial: float, sigma_final: float) 
   return (sigma_final / sigma_initial) ** (1.0 / max(1, num_blocks))
 
 
-def sigma_for_block(block: int, num_blocks: int, sigma_initial: float,
-                    sigma_final: float) -> float:
+def sigma_for_block(block: int, num_blocks: int, sigma_initial: float, sigma_final: float) -> float:
   """sigma during block `block` (0-based): deflated by beta after each earlier block."""
   return sigma_initial * deflation_factor(num_blocks, sigma_initial, sigma_final) ** block
 

@@ -101,15 +101,29 @@ from bnas_jax.errors import InfeasibleRangeError
 from bnas_jax.errors import UserInputError
 from bnas_jax.search import pareto
 
-__all__ = ["EvolutionConfig", "INIT_SAMPLINGS", "STATE_FORMAT", "SearchResult",
-           "bucket_coverage", "run_evolution", "validate_config", "write_outputs"]
+__all__ = [
+  "EvolutionConfig",
+  "INIT_SAMPLINGS",
+  "STATE_FORMAT",
+  "SearchResult",
+  "bucket_coverage",
+  "run_evolution",
+  "validate_config",
+  "write_outputs",
+]
 
 STATE_FORMAT = "bnas_jax.evolution_state/1"
 
 # The space module protocol: these functions plus `Architecture.from_string`.
 # Architectures must be hashable and have `to_string()`.
-SPACE_METHODS = ("smallest", "biggest", "parse", "sample_in_range", "mutate_in_range",
-                 "crossover_in_range")
+SPACE_METHODS = (
+  "smallest",
+  "biggest",
+  "parse",
+  "sample_in_range",
+  "mutate_in_range",
+  "crossover_in_range",
+)
 
 INIT_SAMPLINGS = ("per_bucket", "uniform")
 
@@ -195,38 +209,42 @@ def validate_config(cfg: EvolutionConfig) -> EvolutionConfig:
   if not isinstance(cfg, EvolutionConfig):
     raise UserInputError(f"Expected an EvolutionConfig, got {type(cfg).__name__}.")
   out = EvolutionConfig(
-      population_size=_int_field(cfg, "population_size", 1),
-      generations=_int_field(cfg, "generations", 0),
-      num_mutations=_int_field(cfg, "num_mutations", 0),
-      num_crossovers=_int_field(cfg, "num_crossovers", 0),
-      mutation_prob=_float_field(cfg, "mutation_prob"),
-      ops_min=_float_field(cfg, "ops_min"),
-      ops_max=_float_field(cfg, "ops_max"),
-      bucket_step=_float_field(cfg, "bucket_step"),
-      seed=_int_field(cfg, "seed", 0),
-      max_tries=_int_field(cfg, "max_tries", 1),
-      init_sampling=cfg.init_sampling,
+    population_size=_int_field(cfg, "population_size", 1),
+    generations=_int_field(cfg, "generations", 0),
+    num_mutations=_int_field(cfg, "num_mutations", 0),
+    num_crossovers=_int_field(cfg, "num_crossovers", 0),
+    mutation_prob=_float_field(cfg, "mutation_prob"),
+    ops_min=_float_field(cfg, "ops_min"),
+    ops_max=_float_field(cfg, "ops_max"),
+    bucket_step=_float_field(cfg, "bucket_step"),
+    seed=_int_field(cfg, "seed", 0),
+    max_tries=_int_field(cfg, "max_tries", 1),
+    init_sampling=cfg.init_sampling,
   )
   if out.init_sampling not in INIT_SAMPLINGS:
     raise UserInputError(
-        f"EvolutionConfig.init_sampling={cfg.init_sampling!r} is not one of "
-        f"{', '.join(map(repr, INIT_SAMPLINGS))}.")
+      f"EvolutionConfig.init_sampling={cfg.init_sampling!r} is not one of "
+      f"{', '.join(map(repr, INIT_SAMPLINGS))}."
+    )
   if out.generations and not out.num_mutations + out.num_crossovers:
     raise UserInputError(
-        f"EvolutionConfig asks for {out.generations} generations with no children "
-        f"(num_mutations = num_crossovers = 0); set at least one to >= 1 or "
-        f"generations to 0.")
+      f"EvolutionConfig asks for {out.generations} generations with no children "
+      f"(num_mutations = num_crossovers = 0); set at least one to >= 1 or "
+      f"generations to 0."
+    )
   if not 0.0 <= out.mutation_prob <= 1.0:
     raise UserInputError(
-        f"EvolutionConfig.mutation_prob must be in [0, 1], got {cfg.mutation_prob!r}.")
+      f"EvolutionConfig.mutation_prob must be in [0, 1], got {cfg.mutation_prob!r}."
+    )
   if not math.isfinite(out.ops_min) or not out.ops_min < out.ops_max:
     raise UserInputError(
-        f"EvolutionConfig needs a finite ops_min below ops_max, got ops_min="
-        f"{cfg.ops_min!r}, ops_max={cfg.ops_max!r} (ops_max may be inf).")
+      f"EvolutionConfig needs a finite ops_min below ops_max, got ops_min="
+      f"{cfg.ops_min!r}, ops_max={cfg.ops_max!r} (ops_max may be inf)."
+    )
   if not (math.isfinite(out.bucket_step) and out.bucket_step > 0):
     raise UserInputError(
-        f"EvolutionConfig.bucket_step must be a positive finite number, got "
-        f"{cfg.bucket_step!r}.")
+      f"EvolutionConfig.bucket_step must be a positive finite number, got {cfg.bucket_step!r}."
+    )
   return out
 
 
@@ -265,24 +283,28 @@ class SearchResult:
     return out
 
 
-def _summary(records: Sequence[dict[str, Any]], generation: int,
-             cfg: EvolutionConfig) -> dict[str, Any]:
+def _summary(
+  records: Sequence[dict[str, Any]], generation: int, cfg: EvolutionConfig
+) -> dict[str, Any]:
   in_range = [r for r in records if cfg.ops_min <= r["ops"] <= cfg.ops_max]
   best = max(in_range, key=lambda r: r["acc"], default=None)
   return {
-      "generation": generation,
-      "evaluated": len(records),
-      "best_acc": None if best is None else best["acc"],
-      "best_ops": None if best is None else best["ops"],
-      "front_size": len(pareto.pareto_front(in_range)),
-      "table_size": len(pareto.best_per_bucket(in_range, cfg.bucket_step,
-                                               cfg.ops_min, cfg.ops_max)),
+    "generation": generation,
+    "evaluated": len(records),
+    "best_acc": None if best is None else best["acc"],
+    "best_ops": None if best is None else best["ops"],
+    "front_size": len(pareto.pareto_front(in_range)),
+    "table_size": len(pareto.best_per_bucket(in_range, cfg.bucket_step, cfg.ops_min, cfg.ops_max)),
   }
 
 
 def _record_json(r: dict[str, Any]) -> dict[str, Any]:
-  return {"arch": r["arch"].to_string(), "ops": r["ops"], "acc": r["acc"],
-          "generation": r["generation"]}
+  return {
+    "arch": r["arch"].to_string(),
+    "ops": r["ops"],
+    "acc": r["acc"],
+    "generation": r["generation"],
+  }
 
 
 def _space_identity(space: Any) -> tuple[str, str]:
@@ -303,8 +325,9 @@ def _check_space(space: Any) -> None:
   missing = [f for f in SPACE_METHODS if not callable(getattr(space, f, None))]
   if missing:
     raise UserInputError(
-        f"Search space {type(space).__name__} lacks {', '.join(missing)}; like "
-        f"bnas_jax.search_spaces.nasbnn.SearchSpace it must provide {', '.join(SPACE_METHODS)}.")
+      f"Search space {type(space).__name__} lacks {', '.join(missing)}; like "
+      f"bnas_jax.search_spaces.nasbnn.SearchSpace it must provide {', '.join(SPACE_METHODS)}."
+    )
 
 
 class _CostCache:
@@ -338,48 +361,68 @@ def _read_state(path: str) -> dict[str, Any]:
       state = json.loads(f.read())
   except (OSError, ValueError) as e:
     raise UserInputError(
-        f"Cannot read the search state {path!r} ({e}); delete it or pass "
-        f"force_restart=True to start the search over.") from None
+      f"Cannot read the search state {path!r} ({e}); delete it or pass "
+      f"force_restart=True to start the search over."
+    ) from None
   if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
     raise UserInputError(
-        f"{path!r} is not a search state of format {STATE_FORMAT!r}; point "
-        f"state_path elsewhere or pass force_restart=True to overwrite it.")
+      f"{path!r} is not a search state of format {STATE_FORMAT!r}; point "
+      f"state_path elsewhere or pass force_restart=True to overwrite it."
+    )
   return state
 
 
 def _check_resume(state: dict[str, Any], current: dict[str, Any], path: str) -> None:
   saved = state.get("config", {})
-  diffs = [f"{k}: saved {saved.get(k)!r}, now {current[k]!r}" for k in current
-           if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k]]
+  diffs = [
+    f"{k}: saved {saved.get(k)!r}, now {current[k]!r}"
+    for k in current
+    if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k]
+  ]
   if diffs:
     raise UserInputError(
-        f"The search state {path!r} was written by a different search ("
-        + "; ".join(diffs) + "). Resuming would mix two searches; restore those "
-        "settings, use another state_path, or pass force_restart=True to discard "
-        "the saved state.")
+      f"The search state {path!r} was written by a different search ("
+      + "; ".join(diffs)
+      + "). Resuming would mix two searches; restore those "
+      "settings, use another state_path, or pass force_restart=True to discard "
+      "the saved state."
+    )
   done = state.get("generation")
   if isinstance(done, int) and done > current["generations"]:
     raise UserInputError(
-        f"The search state {path!r} already holds {done} generations, more than "
-        f"the {current['generations']} requested; ask for generations >= {done}, "
-        f"or pass force_restart=True to start over.")
+      f"The search state {path!r} already holds {done} generations, more than "
+      f"the {current['generations']} requested; ask for generations >= {done}, "
+      f"or pass force_restart=True to start over."
+    )
 
 
-def _save_state(path: str, config: dict[str, Any], generation: int,
-                rng: np.random.Generator, records: list[dict[str, Any]]) -> None:
-  state = {"format": STATE_FORMAT, "config": config, "generation": generation,
-           "rng_state": rng.bit_generator.state,
-           "records": [_record_json(r) for r in records]}
+def _save_state(
+  path: str,
+  config: dict[str, Any],
+  generation: int,
+  rng: np.random.Generator,
+  records: list[dict[str, Any]],
+) -> None:
+  state = {
+    "format": STATE_FORMAT,
+    "config": config,
+    "generation": generation,
+    "rng_state": rng.bit_generator.state,
+    "records": [_record_json(r) for r in records],
+  }
   # repr-exact floats (json's default) make a resumed run bit-identical.
   atomic_files.write_json(path, state)
 
 
-def _evaluate(evaluate_fn: Callable[[list[Any]], Sequence[float]], archs: list[Any],
-              what: str) -> list[float]:
+def _evaluate(
+  evaluate_fn: Callable[[list[Any]], Sequence[float]], archs: list[Any], what: str
+) -> list[float]:
   accs = list(evaluate_fn(list(archs)))
   if len(accs) != len(archs):
-    raise ValueError(f"evaluate_fn returned {len(accs)} accuracies for the {len(archs)} "
-                     f"architectures of {what}; it must return one per architecture.")
+    raise ValueError(
+      f"evaluate_fn returned {len(accs)} accuracies for the {len(archs)} "
+      f"architectures of {what}; it must return one per architecture."
+    )
   out = [float(a) for a in accs]
   bad = [a for a in out if not math.isfinite(a)]
   if bad:
@@ -387,11 +430,19 @@ def _evaluate(evaluate_fn: Callable[[list[Any]], Sequence[float]], archs: list[A
   return out
 
 
-def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], float],
-                  evaluate_fn: Callable[[list[Any]], Sequence[float]], state_path: str,
-                  ops_fn_name: str = "OPs", log: Callable[[str], Any] = print,
-                  force_restart: bool = False, save_state: bool = True,
-                  after_generation: Optional[Callable[[int], Any]] = None) -> SearchResult:
+def run_evolution(
+  space: Any,
+  cfg: EvolutionConfig,
+  *,
+  cost_fn: Callable[[Any], float],
+  evaluate_fn: Callable[[list[Any]], Sequence[float]],
+  state_path: str,
+  ops_fn_name: str = "OPs",
+  log: Callable[[str], Any] = print,
+  force_restart: bool = False,
+  save_state: bool = True,
+  after_generation: Optional[Callable[[int], Any]] = None,
+) -> SearchResult:
   """Runs (or resumes) NAS-BNN's evolutionary search; see the module docstring.
 
   Args:
@@ -439,19 +490,28 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
     try:
       for r in state["records"]:
         arch = space.parse(r["arch"])
-        records.append({"arch": arch, "ops": float(r["ops"]), "acc": float(r["acc"]),
-                        "generation": int(r["generation"])})
+        records.append(
+          {
+            "arch": arch,
+            "ops": float(r["ops"]),
+            "acc": float(r["acc"]),
+            "generation": int(r["generation"]),
+          }
+        )
         cost.kept[arch] = float(r["ops"])
         evaluated.add(arch)
       rng.bit_generator.state = state["rng_state"]
       done = int(state["generation"])
     except (KeyError, TypeError, ValueError) as e:
       raise UserInputError(
-          f"The search state {state_path!r} is corrupt ({type(e).__name__}: {e}); "
-          f"delete it or pass force_restart=True.") from None
+        f"The search state {state_path!r} is corrupt ({type(e).__name__}: {e}); "
+        f"delete it or pass force_restart=True."
+      ) from None
     _check_cached_costs(records, cost_fn, state_path, ops_fn_name)
-    log(f"Resuming the search from {state_path}: {done} of {cfg.generations} "
-        f"generations done, {len(records)} subnets evaluated.")
+    log(
+      f"Resuming the search from {state_path}: {done} of {cfg.generations} "
+      f"generations done, {len(records)} subnets evaluated."
+    )
 
   def persist(generation: int) -> None:
     if save_state:
@@ -459,17 +519,19 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
 
   def add(archs: list[Any], accs: list[float], generation: int) -> None:
     for arch, acc in zip(archs, accs):
-      records.append({"arch": arch, "ops": cost.keep(arch), "acc": acc,
-                      "generation": generation})
+      records.append({"arch": arch, "ops": cost.keep(arch), "acc": acc, "generation": generation})
       evaluated.add(arch)
 
   def report(generation: int) -> None:
     s = _summary(records, generation, cfg)
-    best = ("none" if s["best_acc"] is None
-            else f"{s['best_acc']:.4f} at {s['best_ops']:g} {ops_fn_name}")
-    log(f"Search generation {generation}/{cfg.generations}: best accuracy in "
-        f"[{lo:g}, {hi:g}] {ops_fn_name} {best}; Pareto front {s['front_size']}, "
-        f"table {s['table_size']} buckets; {s['evaluated']} subnets evaluated.")
+    best = (
+      "none" if s["best_acc"] is None else f"{s['best_acc']:.4f} at {s['best_ops']:g} {ops_fn_name}"
+    )
+    log(
+      f"Search generation {generation}/{cfg.generations}: best accuracy in "
+      f"[{lo:g}, {hi:g}] {ops_fn_name} {best}; Pareto front {s['front_size']}, "
+      f"table {s['table_size']} buckets; {s['evaluated']} subnets evaluated."
+    )
 
   if done < 0:
     population: list[Any] = []
@@ -477,26 +539,37 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
     for extreme in (space.smallest(), space.biggest()):
       c = cost(extreme)
       if not lo <= c <= hi:
-        log(f"Not seeding the population with {extreme.to_string()} ({c:g} "
-            f"{ops_fn_name}): outside [{lo:g}, {hi:g}] (the reference adds it anyway).")
+        log(
+          f"Not seeding the population with {extreme.to_string()} ({c:g} "
+          f"{ops_fn_name}): outside [{lo:g}, {hi:g}] (the reference adds it anyway)."
+        )
       elif extreme not in pending and len(population) < cfg.population_size:
         population.append(extreme)
         pending.add(extreme)
     if cfg.init_sampling == "per_bucket":
       _fill_per_bucket(space, cfg, rng, cost, population, pending, ops_fn_name)
     while len(population) < cfg.population_size:
-      arch = space.sample_in_range(rng, cost, lo, hi,
-                                 accept=lambda a: a not in pending,
-                                 max_tries=cfg.max_tries, cost_name=ops_fn_name)
+      arch = space.sample_in_range(
+        rng,
+        cost,
+        lo,
+        hi,
+        accept=lambda a: a not in pending,
+        max_tries=cfg.max_tries,
+        cost_name=ops_fn_name,
+      )
       population.append(arch)
       pending.add(arch)
     add(population, _evaluate(evaluate_fn, population, "the initial population"), 0)
-    covered, feasible = bucket_coverage([cost(a) for a in population], cfg,
-                                        cost(space.smallest()), cost(space.biggest()))
-    log(f"Initial population ({cfg.init_sampling} sampling): {len(population)} subnets cover "
-        f"{len(covered)} of the {feasible} {ops_fn_name} buckets of width {cfg.bucket_step:g} "
-        f"between the smallest and biggest subnets in [{lo:g}, {hi:g}]; cheapest "
-        f"{min(cost(a) for a in population):g}, dearest {max(cost(a) for a in population):g}.")
+    covered, feasible = bucket_coverage(
+      [cost(a) for a in population], cfg, cost(space.smallest()), cost(space.biggest())
+    )
+    log(
+      f"Initial population ({cfg.init_sampling} sampling): {len(population)} subnets cover "
+      f"{len(covered)} of the {feasible} {ops_fn_name} buckets of width {cfg.bucket_step:g} "
+      f"between the smallest and biggest subnets in [{lo:g}, {hi:g}]; cheapest "
+      f"{min(cost(a) for a in population):g}, dearest {max(cost(a) for a in population):g}."
+    )
     done = 0
     persist(done)
     report(done)
@@ -515,14 +588,23 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
       return arch not in evaluated and arch not in drawn
 
     for _ in range(cfg.num_mutations):
-      child = space.mutate_in_range(parents, rng, cost, lo, hi,
-                                  prob=cfg.mutation_prob, accept=unseen,
-                                  max_tries=cfg.max_tries, cost_name=ops_fn_name)
+      child = space.mutate_in_range(
+        parents,
+        rng,
+        cost,
+        lo,
+        hi,
+        prob=cfg.mutation_prob,
+        accept=unseen,
+        max_tries=cfg.max_tries,
+        cost_name=ops_fn_name,
+      )
       children.append(child)
       drawn.add(child)
     for _ in range(cfg.num_crossovers):
-      child = space.crossover_in_range(parents, rng, cost, lo, hi, accept=unseen,
-                                     max_tries=cfg.max_tries, cost_name=ops_fn_name)
+      child = space.crossover_in_range(
+        parents, rng, cost, lo, hi, accept=unseen, max_tries=cfg.max_tries, cost_name=ops_fn_name
+      )
       children.append(child)
       drawn.add(child)
     add(children, _evaluate(evaluate_fn, children, f"generation {generation}"), generation)
@@ -533,31 +615,37 @@ def run_evolution(space: Any, cfg: EvolutionConfig, *, cost_fn: Callable[[Any], 
       after_generation(done)
 
   return SearchResult(
-      records=records,
-      table=pareto.best_per_bucket(records, cfg.bucket_step, lo, hi),
-      front=pareto.pareto_front([r for r in records if lo <= r["ops"] <= hi]),
-      generations_completed=done,
-      config=cfg,
-      cost_name=ops_fn_name,
+    records=records,
+    table=pareto.best_per_bucket(records, cfg.bucket_step, lo, hi),
+    front=pareto.pareto_front([r for r in records if lo <= r["ops"] <= hi]),
+    generations_completed=done,
+    config=cfg,
+    cost_name=ops_fn_name,
   )
 
 
-def bucket_coverage(costs: Sequence[float], cfg: EvolutionConfig, smallest_cost: float,
-                    biggest_cost: float) -> tuple[set[str], int]:
+def bucket_coverage(
+  costs: Sequence[float], cfg: EvolutionConfig, smallest_cost: float, biggest_cost: float
+) -> tuple[set[str], int]:
   """(bucket keys holding one of `costs` in range, number of buckets a subnet can be in).
 
   Buckets are `pareto.bucket_key`'s, in [ops_min, ops_max] clipped to the costs
   of the space's smallest and biggest subnets.
   """
   lo, hi = max(cfg.ops_min, smallest_cost), min(cfg.ops_max, biggest_cost)
-  keys = {pareto.bucket_key(c, cfg.bucket_step) for c in costs
-          if cfg.ops_min <= c <= cfg.ops_max}
+  keys = {pareto.bucket_key(c, cfg.bucket_step) for c in costs if cfg.ops_min <= c <= cfg.ops_max}
   return keys, len(pareto.bucket_indices(lo, hi, cfg.bucket_step)) if lo <= hi else 0
 
 
-def _fill_per_bucket(space: Any, cfg: EvolutionConfig,
-                     rng: np.random.Generator, cost: Callable[[Any], float],
-                     population: list[Any], pending: set[Any], cost_name: str) -> None:
+def _fill_per_bucket(
+  space: Any,
+  cfg: EvolutionConfig,
+  rng: np.random.Generator,
+  cost: Callable[[Any], float],
+  population: list[Any],
+  pending: set[Any],
+  cost_name: str,
+) -> None:
   """Adds members to `population` round-robin over the cost buckets (module docstring)."""
   lo = max(cfg.ops_min, cost(space.smallest()))
   hi = min(cfg.ops_max, cost(space.biggest()))
@@ -583,15 +671,36 @@ def _fill_per_bucket(space: Any, cfg: EvolutionConfig,
       near = sorted(population or seeds, key=lambda a: abs(cost(a) - centre))
       parents = near[:_BUCKET_PARENTS]
       draws = (
-          lambda: space.sample_in_range(rng, cost, b_lo, b_hi, accept=fresh,
-                                      max_tries=min(cfg.max_tries, _UNIFORM_TRIES_PER_BUCKET),
-                                      cost_name=cost_name),
-          lambda: space.mutate_in_range(parents, rng, cost, b_lo, b_hi,
-                                      prob=cfg.mutation_prob, accept=fresh,
-                                      max_tries=cfg.max_tries, cost_name=cost_name),
-          lambda: space.crossover_in_range(parents + seeds[:1], rng, cost, b_lo, b_hi,
-                                         accept=fresh, max_tries=cfg.max_tries,
-                                         cost_name=cost_name),
+        lambda: space.sample_in_range(
+          rng,
+          cost,
+          b_lo,
+          b_hi,
+          accept=fresh,
+          max_tries=min(cfg.max_tries, _UNIFORM_TRIES_PER_BUCKET),
+          cost_name=cost_name,
+        ),
+        lambda: space.mutate_in_range(
+          parents,
+          rng,
+          cost,
+          b_lo,
+          b_hi,
+          prob=cfg.mutation_prob,
+          accept=fresh,
+          max_tries=cfg.max_tries,
+          cost_name=cost_name,
+        ),
+        lambda: space.crossover_in_range(
+          parents + seeds[:1],
+          rng,
+          cost,
+          b_lo,
+          b_hi,
+          accept=fresh,
+          max_tries=cfg.max_tries,
+          cost_name=cost_name,
+        ),
       )
       for draw in draws:
         try:
@@ -605,8 +714,13 @@ def _fill_per_bucket(space: Any, cfg: EvolutionConfig,
         given_up.add(b)
 
 
-def _check_cached_costs(records: list[dict[str, Any]], cost_fn: Callable[[Any], float],
-                        path: str, cost_name: str, samples: int = 8) -> None:
+def _check_cached_costs(
+  records: list[dict[str, Any]],
+  cost_fn: Callable[[Any], float],
+  path: str,
+  cost_name: str,
+  samples: int = 8,
+) -> None:
   """Refuses a state whose stored costs disagree with the current cost_fn.
 
   The state caches costs, so a changed cost model (another resolution, another
@@ -617,14 +731,16 @@ def _check_cached_costs(records: list[dict[str, Any]], cost_fn: Callable[[Any], 
     now = float(cost_fn(r["arch"]))
     if not math.isclose(now, r["ops"], rel_tol=1e-9, abs_tol=1e-12):
       raise UserInputError(
-          f"The search state {path!r} records {r['ops']!r} {cost_name} for "
-          f"{r['arch'].to_string()}, but cost_fn now gives {now!r}: the cost model "
-          f"changed since the state was written. Use another state_path or pass "
-          f"force_restart=True.")
+        f"The search state {path!r} records {r['ops']!r} {cost_name} for "
+        f"{r['arch'].to_string()}, but cost_fn now gives {now!r}: the cost model "
+        f"changed since the state was written. Use another state_path or pass "
+        f"force_restart=True."
+      )
 
 
-def write_outputs(result: SearchResult, workdir: str, *,
-                  xlabel: Optional[str] = None) -> dict[str, str]:
+def write_outputs(
+  result: SearchResult, workdir: str, *, xlabel: Optional[str] = None
+) -> dict[str, str]:
   """Writes the search's results to `workdir`, each file atomically.
 
   Files:
@@ -643,9 +759,15 @@ def write_outputs(result: SearchResult, workdir: str, *,
     File kind ("table", "front", "records", "plot") -> path written.
   """
   os.makedirs(workdir, exist_ok=True)
-  paths = {k: os.path.join(workdir, f) for k, f in (
-      ("table", "search_table.json"), ("front", "pareto_front.json"),
-      ("records", "search_records.json"), ("plot", "search.png"))}
+  paths = {
+    k: os.path.join(workdir, f)
+    for k, f in (
+      ("table", "search_table.json"),
+      ("front", "pareto_front.json"),
+      ("records", "search_records.json"),
+      ("plot", "search.png"),
+    )
+  }
 
   def dump(path: str, obj: Any) -> None:
     atomic_files.write_json(path, obj)
@@ -658,9 +780,15 @@ def write_outputs(result: SearchResult, workdir: str, *,
   if xlabel is None:
     xlabel = "OPs (M)" if result.cost_name == "OPs" else result.cost_name
   pareto.plot_search(
-      result.records, result.front, paths["plot"],
-      title=(f"Evolutionary search: {len(result.records)} subnets, "
-             f"{result.generations_completed} generations, "
-             f"range [{cfg.ops_min:g}, {cfg.ops_max:g}]"),
-      xlabel=xlabel, table=list(result.table.values()))
+    result.records,
+    result.front,
+    paths["plot"],
+    title=(
+      f"Evolutionary search: {len(result.records)} subnets, "
+      f"{result.generations_completed} generations, "
+      f"range [{cfg.ops_min:g}, {cfg.ops_max:g}]"
+    ),
+    xlabel=xlabel,
+    table=list(result.table.values()),
+  )
   return paths

@@ -32,8 +32,9 @@ def _acc_ops(record: Record, index: int) -> tuple[float, float]:
   try:
     acc, ops = float(record["acc"]), float(record["ops"])
   except (KeyError, TypeError, ValueError):
-    raise ValueError(f"Record {index} must be a mapping with numeric 'acc' and 'ops', "
-                     f"got {record!r}.") from None
+    raise ValueError(
+      f"Record {index} must be a mapping with numeric 'acc' and 'ops', got {record!r}."
+    ) from None
   # Dominance is undefined for NaN, and a NaN would silently break the sort.
   if math.isnan(acc) or math.isnan(ops):
     raise ValueError(f"Record {index} has a NaN accuracy or OPs: {record!r}.")
@@ -112,8 +113,9 @@ def bucket_indices(lo: float, hi: float, step: float) -> range:
   return range(int(math.floor(lo / step + 0.5)), int(math.floor(hi / step + 0.5)) + 1)
 
 
-def best_per_bucket(records: Sequence[Record], step: float, lo: float = -math.inf,
-                    hi: float = math.inf) -> dict[str, Record]:
+def best_per_bucket(
+  records: Sequence[Record], step: float, lo: float = -math.inf, hi: float = math.inf
+) -> dict[str, Record]:
   """The reference's search table: the most accurate record per OPs bucket.
 
   Only records with lo <= ops <= hi take part (the search range). Each record
@@ -148,9 +150,16 @@ def best_per_bucket(records: Sequence[Record], step: float, lo: float = -math.in
   return {key: r for key, (_, _, r) in ordered}
 
 
-def plot_search(records: Sequence[Record], front: Sequence[Record], path: str,
-                title: str = "Evolutionary search", *, xlabel: str = "OPs (M)",
-                ylabel: str = "Accuracy", table: Optional[Sequence[Record]] = None) -> None:
+def plot_search(
+  records: Sequence[Record],
+  front: Sequence[Record],
+  path: str,
+  title: str = "Evolutionary search",
+  *,
+  xlabel: str = "OPs (M)",
+  ylabel: str = "Accuracy",
+  table: Optional[Sequence[Record]] = None,
+) -> None:
   """Saves a PNG scatter of every evaluated subnet with the Pareto front on top.
 
   Every record is a small grey dot (OPs on x, accuracy on y). The front is drawn
@@ -177,12 +186,25 @@ def plot_search(records: Sequence[Record], front: Sequence[Record], path: str,
   fig = Figure(figsize=(7, 4.5), dpi=120)
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
-  ax.scatter([float(r["ops"]) for r in records], [float(r["acc"]) for r in records],
-             s=6, c="0.65", alpha=0.6, linewidths=0, label=f"evaluated ({len(records)})")
+  ax.scatter(
+    [float(r["ops"]) for r in records],
+    [float(r["acc"]) for r in records],
+    s=6,
+    c="0.65",
+    alpha=0.6,
+    linewidths=0,
+    label=f"evaluated ({len(records)})",
+  )
   if table:
-    ax.scatter([float(r["ops"]) for r in table], [float(r["acc"]) for r in table], s=30,
-               facecolors="none", edgecolors="tab:orange", linewidths=0.8,
-               label=f"best per bucket ({len(table)})")
+    ax.scatter(
+      [float(r["ops"]) for r in table],
+      [float(r["acc"]) for r in table],
+      s=30,
+      facecolors="none",
+      edgecolors="tab:orange",
+      linewidths=0.8,
+      label=f"best per bucket ({len(table)})",
+    )
   if front:
     ordered = sorted(front, key=lambda r: float(r["ops"]))
     xs = [float(r["ops"]) for r in ordered]

@@ -15,9 +15,15 @@ from typing import Any, Callable
 import numpy as np
 
 
-def sample_at_cost(sample: Callable[[np.random.Generator], Any], cost: Callable[[Any], float],
-                   target: float, rng: np.random.Generator, *, num_samples: int = 64,
-                   tolerance: float = 0.02) -> tuple[Any, float]:
+def sample_at_cost(
+  sample: Callable[[np.random.Generator], Any],
+  cost: Callable[[Any], float],
+  target: float,
+  rng: np.random.Generator,
+  *,
+  num_samples: int = 64,
+  tolerance: float = 0.02,
+) -> tuple[Any, float]:
   """(architecture, its cost): the closest to `target` from below among `num_samples` draws.
 
   Stops early once a draw is within `tolerance` (relative) under the target.
@@ -31,8 +37,11 @@ def sample_at_cost(sample: Callable[[np.random.Generator], Any], cost: Callable[
     arch = sample(rng)
     c = float(cost(arch))
     under, best_under = c <= target, best_cost is not None and best_cost <= target
-    if (best is None or (under and (not best_under or c > best_cost))
-        or (not under and not best_under and c < best_cost)):
+    if (
+      best is None
+      or (under and (not best_under or c > best_cost))
+      or (not under and not best_under and c < best_cost)
+    ):
       best, best_cost = arch, c
     if best_cost <= target and best_cost >= target * (1.0 - tolerance):
       break

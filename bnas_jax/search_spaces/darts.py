@@ -90,14 +90,22 @@ class CellSpace:
     """A genotype JSON file of this space; another space's -> `UserInputError`."""
     genotype = load(path)
     if genotype.space != self.name:
-      raise UserInputError(f"{user_files.quote(path)} is a {genotype.space} architecture but "
-                           f"config.space={self.name!r}.")
+      raise UserInputError(
+        f"{user_files.quote(path)} is a {genotype.space} architecture but "
+        f"config.space={self.name!r}."
+      )
     return genotype
 
   def derive(self, arch: dict[str, Any]) -> "Genotype":
     """The genotype of the supernet's {"normal", "reduce"} alpha (`derive`)."""
-    return derive(np.asarray(arch["normal"]), np.asarray(arch["reduce"]), self,
-                  temperature=self.temperature, gamma=self.gamma, keep_zeroise=self.keep_zeroise)
+    return derive(
+      np.asarray(arch["normal"]),
+      np.asarray(arch["reduce"]),
+      self,
+      temperature=self.temperature,
+      gamma=self.gamma,
+      keep_zeroise=self.keep_zeroise,
+    )
 
   def learnable_share(self, genotype: "Genotype") -> float:
     return learnable_share(genotype)
@@ -109,28 +117,49 @@ class CellSpace:
     """Exact size: ops per edge (Zeroise only if derivation keeps it), cells, genotypes."""
     num_ops = sum(op != ZEROISE or self.keep_zeroise for op in self.ops)
     cells = cell_choices(num_ops)
-    return {"space": self.name, "ops_per_edge": num_ops, "cells": cells,
-            "architectures": cells * cells}
+    return {
+      "space": self.name,
+      "ops_per_edge": num_ops,
+      "cells": cells,
+      "architectures": cells * cells,
+    }
 
   def op_index(self, op: str) -> int:
     return self.ops.index(op)
 
 
 BNAS = CellSpace(
-    name="bnas",
-    ops=(ZEROISE, "max_pool_3x3", "avg_pool_3x3", "bin_conv_3x3", "bin_conv_5x5",
-         "bin_dil_conv_3x3", "bin_dil_conv_5x5"),
-    learnable_ops=frozenset({"bin_conv_3x3", "bin_conv_5x5", "bin_dil_conv_3x3",
-                             "bin_dil_conv_5x5"}),
-    inter_cell_skip=True)
+  name="bnas",
+  ops=(
+    ZEROISE,
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "bin_conv_3x3",
+    "bin_conv_5x5",
+    "bin_dil_conv_3x3",
+    "bin_dil_conv_5x5",
+  ),
+  learnable_ops=frozenset({"bin_conv_3x3", "bin_conv_5x5", "bin_dil_conv_3x3", "bin_dil_conv_5x5"}),
+  inter_cell_skip=True,
+)
 
 BATS = CellSpace(
-    name="bats",
-    ops=(ZEROISE, "max_pool_3x3", "avg_pool_3x3", "skip_connect", "group_conv_3x3",
-         "group_conv_5x5", "dil_group_conv_3x3", "dil_group_conv_5x5"),
-    learnable_ops=frozenset({"group_conv_3x3", "group_conv_5x5", "dil_group_conv_3x3",
-                             "dil_group_conv_5x5"}),
-    inter_cell_skip=False)
+  name="bats",
+  ops=(
+    ZEROISE,
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "group_conv_3x3",
+    "group_conv_5x5",
+    "dil_group_conv_3x3",
+    "dil_group_conv_5x5",
+  ),
+  learnable_ops=frozenset(
+    {"group_conv_3x3", "group_conv_5x5", "dil_group_conv_3x3", "dil_group_conv_5x5"}
+  ),
+  inter_cell_skip=False,
+)
 
 SPACES = {"bnas": BNAS, "bats": BATS}
 
@@ -152,11 +181,16 @@ def space_from_config(config: Any) -> Any:
   if config.space == mbconv.NAME:
     return mbconv.space_from_config(config.model)
   if config.space not in SPACES:
-    raise UserInputError(f"config.space={config.space!r} is not a known space; known: "
-                         f"{', '.join(SPACES)}, {mbconv.NAME}.")
-  return dataclasses.replace(SPACES[config.space], keep_zeroise=bool(config.derive.keep_zeroise),
-                             gamma=float(config.derive.gamma),
-                             temperature=float(config.search.temperature))
+    raise UserInputError(
+      f"config.space={config.space!r} is not a known space; known: "
+      f"{', '.join(SPACES)}, {mbconv.NAME}."
+    )
+  return dataclasses.replace(
+    SPACES[config.space],
+    keep_zeroise=bool(config.derive.keep_zeroise),
+    gamma=float(config.derive.gamma),
+    temperature=float(config.search.temperature),
+  )
 
 
 NUM_NODES = 4
@@ -182,11 +216,13 @@ class Genotype:
   reduce_concat: tuple[int, ...] = DEFAULT_CONCAT
 
   def to_dict(self) -> dict[str, Any]:
-    return {"space": self.space,
-            "normal": [[op, int(i)] for op, i in self.normal],
-            "normal_concat": list(self.normal_concat),
-            "reduce": [[op, int(i)] for op, i in self.reduce],
-            "reduce_concat": list(self.reduce_concat)}
+    return {
+      "space": self.space,
+      "normal": [[op, int(i)] for op, i in self.normal],
+      "normal_concat": list(self.normal_concat),
+      "reduce": [[op, int(i)] for op, i in self.reduce],
+      "reduce_concat": list(self.reduce_concat),
+    }
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict())
@@ -194,59 +230,86 @@ class Genotype:
   def __str__(self) -> str:
     def cell(pairs):
       return ", ".join(f"{op}<-{i}" for op, i in pairs)
+
     return f"Genotype[{self.space}](normal: {cell(self.normal)} | reduce: {cell(self.reduce)})"
 
 
-def _check_cell(kind: str, pairs: Any, concat: Any, space: CellSpace, where: str
-                ) -> tuple[Pairs, tuple[int, ...]]:
+def _check_cell(
+  kind: str, pairs: Any, concat: Any, space: CellSpace, where: str
+) -> tuple[Pairs, tuple[int, ...]]:
   if not isinstance(pairs, (list, tuple)) or len(pairs) != 2 * NUM_NODES:
     raise UserInputError(
-        f"{where}: '{kind}' must list {2 * NUM_NODES} [op, input] pairs (two per intermediate "
-        f"node), got {user_files.quote(pairs)}.")
+      f"{where}: '{kind}' must list {2 * NUM_NODES} [op, input] pairs (two per intermediate "
+      f"node), got {user_files.quote(pairs)}."
+    )
   out = []
   for j, pair in enumerate(pairs):
     node = j // 2
-    if (not isinstance(pair, (list, tuple)) or len(pair) != 2 or not isinstance(pair[0], str)
-        or isinstance(pair[1], bool) or not isinstance(pair[1], (int, np.integer))):
-      raise UserInputError(f"{where}: '{kind}' entry {j} is {user_files.quote(pair)}, not an "
-                           "[op name, input index] pair.")
+    if (
+      not isinstance(pair, (list, tuple))
+      or len(pair) != 2
+      or not isinstance(pair[0], str)
+      or isinstance(pair[1], bool)
+      or not isinstance(pair[1], (int, np.integer))
+    ):
+      raise UserInputError(
+        f"{where}: '{kind}' entry {j} is {user_files.quote(pair)}, not an "
+        "[op name, input index] pair."
+      )
     op, src = pair[0], int(pair[1])
     if op not in space.ops:
-      raise UserInputError(f"{where}: '{kind}' entry {j} uses op {user_files.quote(op)}, which "
-                           f"is not in the {space.name} space ({', '.join(space.ops)}).")
+      raise UserInputError(
+        f"{where}: '{kind}' entry {j} uses op {user_files.quote(op)}, which "
+        f"is not in the {space.name} space ({', '.join(space.ops)})."
+      )
     if not 0 <= src < node + 2:
       raise UserInputError(
-          f"{where}: '{kind}' entry {j} feeds node {node + 2} from input {src}; node {node + 2} "
-          f"can only take inputs 0..{node + 1} (the two cell inputs and earlier nodes).")
+        f"{where}: '{kind}' entry {j} feeds node {node + 2} from input {src}; node {node + 2} "
+        f"can only take inputs 0..{node + 1} (the two cell inputs and earlier nodes)."
+      )
     out.append((op, src))
   for node in range(NUM_NODES):
     if out[2 * node][1] == out[2 * node + 1][1]:
-      raise UserInputError(f"{where}: '{kind}' node {node + 2} takes both of its edges from "
-                           f"input {out[2 * node][1]}; the two edges must come from different "
-                           "inputs.")
-  if (not isinstance(concat, (list, tuple)) or not concat
-      or any(isinstance(c, bool) or not isinstance(c, (int, np.integer))
-             or not 2 <= c < 2 + NUM_NODES for c in concat)
-      or len(set(concat)) != len(concat)):
-    raise UserInputError(f"{where}: '{kind}_concat' must be distinct node indices in 2..5, got "
-                         f"{concat!r}.")
+      raise UserInputError(
+        f"{where}: '{kind}' node {node + 2} takes both of its edges from "
+        f"input {out[2 * node][1]}; the two edges must come from different "
+        "inputs."
+      )
+  if (
+    not isinstance(concat, (list, tuple))
+    or not concat
+    or any(
+      isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 2 <= c < 2 + NUM_NODES
+      for c in concat
+    )
+    or len(set(concat)) != len(concat)
+  ):
+    raise UserInputError(
+      f"{where}: '{kind}_concat' must be distinct node indices in 2..5, got {concat!r}."
+    )
   return tuple(out), tuple(int(c) for c in concat)
 
 
 def from_dict(d: Any, where: str = "genotype") -> Genotype:
   """A validated `Genotype` from its dict form; bad input -> `UserInputError`."""
   if not isinstance(d, dict):
-    raise UserInputError(f"{where}: expected a JSON object with keys space, normal, "
-                         f"normal_concat, reduce, reduce_concat; got {type(d).__name__}.")
+    raise UserInputError(
+      f"{where}: expected a JSON object with keys space, normal, "
+      f"normal_concat, reduce, reduce_concat; got {type(d).__name__}."
+    )
   unknown = set(d) - {"space", "normal", "normal_concat", "reduce", "reduce_concat"}
   if unknown:
-    raise UserInputError(f"{where}: unknown keys {sorted(unknown)}; expected space, normal, "
-                         "normal_concat, reduce, reduce_concat.")
+    raise UserInputError(
+      f"{where}: unknown keys {sorted(unknown)}; expected space, normal, "
+      "normal_concat, reduce, reduce_concat."
+    )
   space = get_space(d.get("space", "bnas"))
-  normal, normal_concat = _check_cell("normal", d.get("normal"),
-                                      d.get("normal_concat", list(DEFAULT_CONCAT)), space, where)
-  reduce, reduce_concat = _check_cell("reduce", d.get("reduce"),
-                                      d.get("reduce_concat", list(DEFAULT_CONCAT)), space, where)
+  normal, normal_concat = _check_cell(
+    "normal", d.get("normal"), d.get("normal_concat", list(DEFAULT_CONCAT)), space, where
+  )
+  reduce, reduce_concat = _check_cell(
+    "reduce", d.get("reduce"), d.get("reduce_concat", list(DEFAULT_CONCAT)), space, where
+  )
   return Genotype(space.name, normal, reduce, normal_concat, reduce_concat)
 
 
@@ -261,10 +324,14 @@ def from_json(text: str, where: str = "genotype") -> Genotype:
 def load(path: str) -> Genotype:
   """Reads a genotype JSON file (as written by `save`)."""
   if not os.path.isfile(path):
-    raise UserInputError(f"Genotype file {user_files.quote(path)} does not exist; pass a JSON "
-                         "file written by a search (e.g. WORKDIR/search/genotype_best.json).")
-  return from_json(user_files.read_text(path, "genotype file", ascii_only=True),
-                   where=f"genotype file {user_files.quote(path)}")
+    raise UserInputError(
+      f"Genotype file {user_files.quote(path)} does not exist; pass a JSON "
+      "file written by a search (e.g. WORKDIR/search/genotype_best.json)."
+    )
+  return from_json(
+    user_files.read_text(path, "genotype file", ascii_only=True),
+    where=f"genotype file {user_files.quote(path)}",
+  )
 
 
 def save(genotype: Genotype, path: str) -> None:
@@ -277,8 +344,14 @@ def softmax(alpha: np.ndarray, temperature: float = 1.0) -> np.ndarray:
   return e / e.sum(axis=-1, keepdims=True)
 
 
-def selection_scores(alpha: np.ndarray, space: CellSpace, *, temperature: float = 1.0,
-                     gamma: float = 1.0, keep_zeroise: bool = True) -> np.ndarray:
+def selection_scores(
+  alpha: np.ndarray,
+  space: CellSpace,
+  *,
+  temperature: float = 1.0,
+  gamma: float = 1.0,
+  keep_zeroise: bool = True,
+) -> np.ndarray:
   """Per edge and op, the score derivation compares (BNAS Eq. 4).
 
   softmax(alpha / T) over ops with the Zeroise column divided by `gamma`
@@ -314,12 +387,20 @@ def derive_cell(alpha: np.ndarray, space: CellSpace, **kwargs) -> Pairs:
   return tuple(pairs)
 
 
-def derive(alpha_normal: np.ndarray, alpha_reduce: np.ndarray, space: CellSpace, *,
-           temperature: float = 1.0, gamma: float = 1.0, keep_zeroise: bool = True) -> Genotype:
+def derive(
+  alpha_normal: np.ndarray,
+  alpha_reduce: np.ndarray,
+  space: CellSpace,
+  *,
+  temperature: float = 1.0,
+  gamma: float = 1.0,
+  keep_zeroise: bool = True,
+) -> Genotype:
   """The genotype of the supernet's alpha (DARTS derivation with BNAS's rules)."""
   kw = dict(temperature=temperature, gamma=gamma, keep_zeroise=keep_zeroise)
-  return Genotype(space.name, derive_cell(alpha_normal, space, **kw),
-                  derive_cell(alpha_reduce, space, **kw))
+  return Genotype(
+    space.name, derive_cell(alpha_normal, space, **kw), derive_cell(alpha_reduce, space, **kw)
+  )
 
 
 def learnable_share(genotype: Genotype) -> float:
@@ -329,8 +410,9 @@ def learnable_share(genotype: Genotype) -> float:
   return sum(op in space.learnable_ops for op in picked) / len(picked)
 
 
-def random_genotype(space: CellSpace, rng: np.random.Generator,
-                    keep_zeroise: bool = True) -> Genotype:
+def random_genotype(
+  space: CellSpace, rng: np.random.Generator, keep_zeroise: bool = True
+) -> Genotype:
   """A uniformly random genotype of the space (the baseline of issue 4, Sec. 7)."""
   ops = [o for o in space.ops if keep_zeroise or o != ZEROISE]
 
@@ -347,34 +429,65 @@ def random_genotype(space: CellSpace, rng: np.random.Generator,
 def draw(genotype: Genotype, path: str, title: Optional[str] = None) -> None:
   """PNG of the normal and reduction cells (matplotlib, no graphviz)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
   for ax, (kind, pairs, concat) in zip(
-      axes, (("normal", genotype.normal, genotype.normal_concat),
-             ("reduction", genotype.reduce, genotype.reduce_concat))):
+    axes,
+    (
+      ("normal", genotype.normal, genotype.normal_concat),
+      ("reduction", genotype.reduce, genotype.reduce_concat),
+    ),
+  ):
     pos = {0: (0.0, 0.8), 1: (0.0, 0.2)}
     for node in range(NUM_NODES):  # zigzag, so edges between nodes do not overlap
       pos[node + 2] = (1.2 + node, 0.85 if node % 2 == 0 else 0.3)
     pos["out"] = (5.3, 0.5)
     names = {0: "c_{k-2}", 1: "c_{k-1}", "out": "c_{k}"}
     for key, (x, y) in pos.items():
-      ax.text(x, y, names.get(key, str(key)), ha="center", va="center", fontsize=10,
-              bbox=dict(boxstyle="round", fc="lightblue" if key in (0, 1, "out") else "wheat"))
+      ax.text(
+        x,
+        y,
+        names.get(key, str(key)),
+        ha="center",
+        va="center",
+        fontsize=10,
+        bbox=dict(boxstyle="round", fc="lightblue" if key in (0, 1, "out") else "wheat"),
+      )
     for j, (op, src) in enumerate(pairs):
       dst = j // 2 + 2
       (x0, y0), (x1, y1) = pos[src], pos[dst]
       zero = op == ZEROISE
-      ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                  arrowprops=dict(arrowstyle="->", color="grey" if zero else "black",
-                                  linestyle=":" if zero else "-", shrinkA=12, shrinkB=12,
-                                  connectionstyle="arc3,rad=0.12"))
-      ax.text(x0 + 0.55 * (x1 - x0), y0 + 0.55 * (y1 - y0) + 0.02 * (j % 2 * 2 - 1), op,
-              fontsize=7, ha="center", color="grey" if zero else "darkred")
+      ax.annotate(
+        "",
+        xy=(x1, y1),
+        xytext=(x0, y0),
+        arrowprops=dict(
+          arrowstyle="->",
+          color="grey" if zero else "black",
+          linestyle=":" if zero else "-",
+          shrinkA=12,
+          shrinkB=12,
+          connectionstyle="arc3,rad=0.12",
+        ),
+      )
+      ax.text(
+        x0 + 0.55 * (x1 - x0),
+        y0 + 0.55 * (y1 - y0) + 0.02 * (j % 2 * 2 - 1),
+        op,
+        fontsize=7,
+        ha="center",
+        color="grey" if zero else "darkred",
+      )
     for node in concat:
-      ax.annotate("", xy=pos["out"], xytext=pos[node],
-                  arrowprops=dict(arrowstyle="->", color="lightgrey", shrinkA=12, shrinkB=12))
+      ax.annotate(
+        "",
+        xy=pos["out"],
+        xytext=pos[node],
+        arrowprops=dict(arrowstyle="->", color="lightgrey", shrinkA=12, shrinkB=12),
+      )
     ax.set_xlim(-0.5, 5.8)
     ax.set_ylim(-0.05, 1.05)
     ax.axis("off")

@@ -165,9 +165,15 @@ def _int_tuple(v: Any, what: str) -> tuple[int, ...]:
   return tuple(int(i) for i in v)
 
 
-def make_space(stem_width: int, stem_stride: int, stages: Sequence[Any],
-               kernel_sizes: Sequence[int] = (3, 5), expansions: Sequence[int] = (1, 3, 6),
-               groups: int = 2, where: str = "config.model") -> MBConvSpace:
+def make_space(
+  stem_width: int,
+  stem_stride: int,
+  stages: Sequence[Any],
+  kernel_sizes: Sequence[int] = (3, 5),
+  expansions: Sequence[int] = (1, 3, 6),
+  groups: int = 2,
+  where: str = "config.model",
+) -> MBConvSpace:
   """A validated space; `stages` holds (repeats, stride, widths) per stage.
 
   Raises:
@@ -177,9 +183,11 @@ def make_space(stem_width: int, stem_stride: int, stages: Sequence[Any],
   if not _positive_int(groups):
     raise UserInputError(f"{where}.groups={groups!r} must be a positive integer.")
   if not _positive_int(stem_width) or stem_width % groups:
-    raise UserInputError(f"{where}.stem_width={stem_width!r} must be a positive multiple of "
-                         f"groups={groups} (the first block's group conv splits e * stem_width "
-                         "channels into groups).")
+    raise UserInputError(
+      f"{where}.stem_width={stem_width!r} must be a positive multiple of "
+      f"groups={groups} (the first block's group conv splits e * stem_width "
+      "channels into groups)."
+    )
   if stem_stride not in (1, 2) or isinstance(stem_stride, bool):
     raise UserInputError(f"{where}.stem_stride={stem_stride!r} must be 1 or 2.")
   kernels = _int_tuple(kernel_sizes, f"{where}.kernel_sizes")
@@ -187,8 +195,10 @@ def make_space(stem_width: int, stem_stride: int, stages: Sequence[Any],
     raise UserInputError(f"{where}.kernel_sizes={kernels!r} must be odd (symmetric padding).")
   exps = _int_tuple(expansions, f"{where}.expansions")
   if not isinstance(stages, (list, tuple)) or not stages:
-    raise UserInputError(f"{where}.stages must be a non-empty list of (repeats, stride, "
-                         f"widths) entries, got {stages!r}.")
+    raise UserInputError(
+      f"{where}.stages must be a non-empty list of (repeats, stride, "
+      f"widths) entries, got {stages!r}."
+    )
   out = []
   for s, st in enumerate(stages):
     name = f"{where}.stages[{s}]"
@@ -202,8 +212,10 @@ def make_space(stem_width: int, stem_stride: int, stages: Sequence[Any],
     widths = _int_tuple(widths, f"{name} widths")
     bad = [w for w in widths if w % groups]
     if bad:
-      raise UserInputError(f"{name}: widths {bad} are not multiples of groups={groups}; the "
-                           "binary group conv needs every width divisible by the group count.")
+      raise UserInputError(
+        f"{name}: widths {bad} are not multiples of groups={groups}; the "
+        "binary group conv needs every width divisible by the group count."
+      )
     out.append(Stage(int(repeats), int(stride), widths))
   return MBConvSpace(int(stem_width), int(stem_stride), tuple(out), kernels, exps, int(groups))
 
@@ -211,8 +223,7 @@ def make_space(stem_width: int, stem_stride: int, stages: Sequence[Any],
 def space_from_config(model_config: Any) -> MBConvSpace:
   """The space a config's `model` block describes (fields of `make_space`)."""
   m = model_config
-  return make_space(m.stem_width, m.stem_stride, m.stages, m.kernel_sizes, m.expansions,
-                    m.groups)
+  return make_space(m.stem_width, m.stem_stride, m.stages, m.kernel_sizes, m.expansions, m.groups)
 
 
 def space_size(space: MBConvSpace) -> int:
@@ -233,16 +244,21 @@ class ChoiceList:
   space: str = NAME
 
   def to_dict(self) -> dict[str, Any]:
-    return {"space": self.space,
-            "stages": [{"width": int(w), "layers": [[int(k), int(e)] for k, e in ls]}
-                       for w, ls in zip(self.widths, self.layers)]}
+    return {
+      "space": self.space,
+      "stages": [
+        {"width": int(w), "layers": [[int(k), int(e)] for k, e in ls]}
+        for w, ls in zip(self.widths, self.layers)
+      ],
+    }
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict())
 
   def __str__(self) -> str:
-    return " ".join(f"c{w}[{' '.join(op_name(k, e) for k, e in ls)}]"
-                    for w, ls in zip(self.widths, self.layers))
+    return " ".join(
+      f"c{w}[{' '.join(op_name(k, e) for k, e in ls)}]" for w, ls in zip(self.widths, self.layers)
+    )
 
   def blocks(self, space: MBConvSpace) -> list[tuple[int, int, int, int]]:
     """(output width, stride, kernel, expansion) per layer, in order."""
@@ -260,54 +276,70 @@ def validate(choice: ChoiceList, space: MBConvSpace, where: str = "choice list")
   if choice.space != NAME:
     raise UserInputError(f"{where}: space {choice.space!r} is not {NAME!r}.")
   if len(choice.widths) != len(space.stages) or len(choice.layers) != len(space.stages):
-    raise UserInputError(f"{where}: has {len(choice.layers)} stages; the space has "
-                         f"{len(space.stages)} (config.model.stages).")
+    raise UserInputError(
+      f"{where}: has {len(choice.layers)} stages; the space has "
+      f"{len(space.stages)} (config.model.stages)."
+    )
   for s, (stage, w, ls) in enumerate(zip(space.stages, choice.widths, choice.layers)):
     if w not in stage.widths:
-      raise UserInputError(f"{where}: stage {s + 1} has width {w!r}, not one of its candidate "
-                           f"widths {list(stage.widths)}.")
+      raise UserInputError(
+        f"{where}: stage {s + 1} has width {w!r}, not one of its candidate "
+        f"widths {list(stage.widths)}."
+      )
     if len(ls) != stage.repeats:
-      raise UserInputError(f"{where}: stage {s + 1} has {len(ls)} layers; the space has "
-                           f"{stage.repeats}.")
+      raise UserInputError(
+        f"{where}: stage {s + 1} has {len(ls)} layers; the space has {stage.repeats}."
+      )
     for r, op in enumerate(ls):
       if tuple(op) not in space.ops:
         raise UserInputError(
-            f"{where}: {_layer_name(space, s, r)} is {op!r}, not a candidate (kernel, "
-            f"expansion); kernels {list(space.kernel_sizes)}, expansions "
-            f"{list(space.expansions)}.")
+          f"{where}: {_layer_name(space, s, r)} is {op!r}, not a candidate (kernel, "
+          f"expansion); kernels {list(space.kernel_sizes)}, expansions "
+          f"{list(space.expansions)}."
+        )
   return choice
 
 
 def from_dict(d: Any, space: MBConvSpace, where: str = "choice list") -> ChoiceList:
   """A validated `ChoiceList` from its JSON dict."""
   if not isinstance(d, dict) or set(d) - {"space", "stages"} or "stages" not in d:
-    raise UserInputError(f"{where}: expected a JSON object with keys 'space' and 'stages' "
-                         f"(one {{'width', 'layers'}} object per stage), got {d!r:.200}.")
+    raise UserInputError(
+      f"{where}: expected a JSON object with keys 'space' and 'stages' "
+      f"(one {{'width', 'layers'}} object per stage), got {d!r:.200}."
+    )
   if d.get("space", NAME) != NAME:
-    raise UserInputError(f"{where}: space {d.get('space')!r} is not {NAME!r} (a cell genotype "
-                         "needs config.space='bnas' or 'bats').")
+    raise UserInputError(
+      f"{where}: space {d.get('space')!r} is not {NAME!r} (a cell genotype "
+      "needs config.space='bnas' or 'bats')."
+    )
   stages = d["stages"]
   if not isinstance(stages, list):
     raise UserInputError(f"{where}: 'stages' must be a list, got {stages!r:.200}.")
   widths, layers = [], []
   for s, st in enumerate(stages):
     if not isinstance(st, dict) or set(st) != {"width", "layers"}:
-      raise UserInputError(f"{where}: stage {s + 1} must be an object with 'width' and "
-                           f"'layers', got {st!r:.200}.")
+      raise UserInputError(
+        f"{where}: stage {s + 1} must be an object with 'width' and 'layers', got {st!r:.200}."
+      )
     if not _positive_int(st["width"]):
-      raise UserInputError(f"{where}: stage {s + 1} width {st['width']!r} is not a positive "
-                           "integer.")
+      raise UserInputError(
+        f"{where}: stage {s + 1} width {st['width']!r} is not a positive integer."
+      )
     if not isinstance(st["layers"], list):
-      raise UserInputError(f"{where}: stage {s + 1} 'layers' must be a list of [kernel, "
-                           "expansion] pairs.")
+      raise UserInputError(
+        f"{where}: stage {s + 1} 'layers' must be a list of [kernel, expansion] pairs."
+      )
     ops = []
     for r, op in enumerate(st["layers"]):
-      if (not isinstance(op, (list, tuple)) or len(op) != 2
-          or not all(_positive_int(v) for v in op)):
-        layer = (_layer_name(space, s, r) if s < len(space.stages)
-                 and r < space.stages[s].repeats else f"stage {s + 1} layer {r + 1}")
-        raise UserInputError(f"{where}: {layer} is {op!r}, not a [kernel, expansion] pair of "
-                             "positive integers.")
+      if not isinstance(op, (list, tuple)) or len(op) != 2 or not all(_positive_int(v) for v in op):
+        layer = (
+          _layer_name(space, s, r)
+          if s < len(space.stages) and r < space.stages[s].repeats
+          else f"stage {s + 1} layer {r + 1}"
+        )
+        raise UserInputError(
+          f"{where}: {layer} is {op!r}, not a [kernel, expansion] pair of positive integers."
+        )
       ops.append((int(op[0]), int(op[1])))
     widths.append(int(st["width"]))
     layers.append(tuple(ops))
@@ -325,9 +357,11 @@ def from_string(text: str, space: MBConvSpace, where: str = "choice list") -> Ch
   compact = text.strip()
   stages = list(_STAGE_RE.finditer(compact))
   if not stages or _STAGE_RE.sub("", compact).strip():
-    raise UserInputError(f"{where}: {user_files.quote(text)} is not of the form "
-                         "'c16[MB3(6) MB5(3)] c24[...]' "
-                         "(one cWIDTH[...] per stage, layers as MBkernel(expansion)).")
+    raise UserInputError(
+      f"{where}: {user_files.quote(text)} is not of the form "
+      "'c16[MB3(6) MB5(3)] c24[...]' "
+      "(one cWIDTH[...] per stage, layers as MBkernel(expansion))."
+    )
   widths, layers = [], []
   for s, m in enumerate(stages):
     body = m.group(2).split()
@@ -335,9 +369,11 @@ def from_string(text: str, space: MBConvSpace, where: str = "choice list") -> Ch
     for r, tok in enumerate(body):
       op = _OP_RE.fullmatch(tok)
       if op is None:
-        raise UserInputError(f"{where}: stage {s + 1} layer {r + 1} is {user_files.quote(tok)}, "
-                             "not "
-                             "'MBkernel(expansion)' such as 'MB3(6)'.")
+        raise UserInputError(
+          f"{where}: stage {s + 1} layer {r + 1} is {user_files.quote(tok)}, "
+          "not "
+          "'MBkernel(expansion)' such as 'MB3(6)'."
+        )
       ops.append((int(op.group(1)), int(op.group(2))))
     widths.append(int(m.group(1)))
     layers.append(tuple(ops))
@@ -359,18 +395,20 @@ def load(path_or_string: str, space: MBConvSpace) -> ChoiceList:
   if isinstance(path_or_string, str) and "[" in path_or_string:
     return from_string(path_or_string, space, "config.genotype_file (a choice-list string)")
   raise UserInputError(
-      f"config.genotype_file={user_files.quote(path_or_string)} is neither an existing file nor "
-      "a choice-list "
-      "string; pass a JSON file written by a search (WORKDIR/genotype.json) or a string such "
-      "as 'c16[MB3(6)] c24[MB5(3) MB3(1)]'.")
+    f"config.genotype_file={user_files.quote(path_or_string)} is neither an existing file nor "
+    "a choice-list "
+    "string; pass a JSON file written by a search (WORKDIR/genotype.json) or a string such "
+    "as 'c16[MB3(6)] c24[MB5(3) MB3(1)]'."
+  )
 
 
 def sample(space: MBConvSpace, rng: np.random.Generator) -> ChoiceList:
   """A uniformly random choice list (the random baseline of issue 4, Sec. 7)."""
   ops = space.ops
   widths = tuple(int(rng.choice(s.widths)) for s in space.stages)
-  layers = tuple(tuple(ops[int(rng.integers(len(ops)))] for _ in range(s.repeats))
-                 for s in space.stages)
+  layers = tuple(
+    tuple(ops[int(rng.integers(len(ops)))] for _ in range(s.repeats)) for s in space.stages
+  )
   return ChoiceList(widths, layers)
 
 
@@ -398,19 +436,24 @@ def derive(arch: dict[str, Any], space: MBConvSpace) -> ChoiceList:
   """
   ops = np.asarray(arch[OPS_KEY])
   if ops.shape != (space.num_layers, len(space.ops)):
-    raise ValueError(f"arch[{OPS_KEY!r}] has shape {ops.shape}, expected "
-                     f"{(space.num_layers, len(space.ops))}.")
+    raise ValueError(
+      f"arch[{OPS_KEY!r}] has shape {ops.shape}, expected {(space.num_layers, len(space.ops))}."
+    )
   picks = [space.ops[int(i)] for i in np.argmax(ops, axis=-1)]
-  widths = tuple(stage.widths[int(np.argmax(np.asarray(arch[width_key(s)])[0]))]
-                 for s, stage in enumerate(space.stages))
-  layers = tuple(tuple(picks[l.index] for l in space.layers if l.stage == s)
-                 for s in range(len(space.stages)))
+  widths = tuple(
+    stage.widths[int(np.argmax(np.asarray(arch[width_key(s)])[0]))]
+    for s, stage in enumerate(space.stages)
+  )
+  layers = tuple(
+    tuple(picks[l.index] for l in space.layers if l.stage == s) for s in range(len(space.stages))
+  )
   return ChoiceList(widths, layers)
 
 
 def draw(choice: ChoiceList, path: str, title: Optional[str] = None) -> None:
   """PNG of the block sequence in the style of supp. Fig. 6 (matplotlib)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -420,12 +463,17 @@ def draw(choice: ChoiceList, path: str, title: Optional[str] = None) -> None:
   boxes.append(("classifier (real)", True))
   fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(boxes)), 2.2))
   for i, (label, real) in enumerate(boxes):
-    ax.text(i, 0.5, label, ha="center", va="center", fontsize=8,
-            bbox=dict(boxstyle="round", fc="white" if real else "wheat",
-                      ls=":" if real else "-"))
+    ax.text(
+      i,
+      0.5,
+      label,
+      ha="center",
+      va="center",
+      fontsize=8,
+      bbox=dict(boxstyle="round", fc="white" if real else "wheat", ls=":" if real else "-"),
+    )
     if i:
-      ax.annotate("", xy=(i - 0.38, 0.5), xytext=(i - 0.62, 0.5),
-                  arrowprops=dict(arrowstyle="->"))
+      ax.annotate("", xy=(i - 0.38, 0.5), xytext=(i - 0.62, 0.5), arrowprops=dict(arrowstyle="->"))
   ax.set_xlim(-0.7, len(boxes) - 0.3)
   ax.set_ylim(0, 1)
   ax.axis("off")

@@ -90,11 +90,29 @@ from bnas_jax.errors import InfeasibleRangeError
 from bnas_jax.errors import UserInputError
 
 __all__ = [
-    "Architecture", "Block", "ENCODING_KEYS", "InfeasibleRangeError", "NAMED",
-    "SearchSpace", "Slot", "StageSpec", "biggest", "block_slots", "count_architectures",
-    "crossover", "crossover_in_range", "decode", "encode", "is_valid", "mutate",
-    "mutate_in_range", "resolve", "sample_in_range", "sample_uniform", "smallest",
-    "validate",
+  "Architecture",
+  "Block",
+  "ENCODING_KEYS",
+  "InfeasibleRangeError",
+  "NAMED",
+  "SearchSpace",
+  "Slot",
+  "StageSpec",
+  "biggest",
+  "block_slots",
+  "count_architectures",
+  "crossover",
+  "crossover_in_range",
+  "decode",
+  "encode",
+  "is_valid",
+  "mutate",
+  "mutate_in_range",
+  "resolve",
+  "sample_in_range",
+  "sample_uniform",
+  "smallest",
+  "validate",
 ]
 
 CostFn = Callable[["Architecture"], float]
@@ -121,7 +139,7 @@ def _as_int(value: Any, what: str) -> int:
     return int(value.__index__())
   except (AttributeError, TypeError):
     raise UserInputError(
-        f"{what} must be an integer, got {value!r} of type {type(value).__name__}."
+      f"{what} must be an integer, got {value!r} of type {type(value).__name__}."
     ) from None
 
 
@@ -177,12 +195,14 @@ class StageSpec:
     bad = [k for k in self.kernels if k % 2 == 0]
     if bad:
       raise UserInputError(
-          f"Stage kernel sizes must be odd so 'same' padding keeps the resolution, "
-          f"got {list(self.kernels)}.")
+        f"Stage kernel sizes must be odd so 'same' padding keeps the resolution, "
+        f"got {list(self.kernels)}."
+      )
     if self.stride not in (1, 2):
       raise UserInputError(
-          f"Stage stride must be 1 or 2 (the shortcut halves with a 2x2 average "
-          f"pool), got {self.stride}.")
+        f"Stage stride must be 1 or 2 (the shortcut halves with a 2x2 average "
+        f"pool), got {self.stride}."
+      )
 
   @property
   def max_depth(self) -> int:
@@ -224,11 +244,11 @@ class SearchSpace:
     stages = tuple(self.stages)
     if not stages or not all(isinstance(s, StageSpec) for s in stages):
       raise UserInputError(
-          f"Search space {self.name!r} needs a non-empty list of StageSpec stages, "
-          f"got {self.stages!r}.")
+        f"Search space {self.name!r} needs a non-empty list of StageSpec stages, "
+        f"got {self.stages!r}."
+      )
     object.__setattr__(self, "stages", stages)
-    for field in ("stem_kernel", "stem_stride", "resolution", "num_classes",
-                  "width_divisor"):
+    for field in ("stem_kernel", "stem_stride", "resolution", "num_classes", "width_divisor"):
       value = _as_int(getattr(self, field), field)
       if value < 1:
         raise UserInputError(f"Search space {field} must be >= 1, got {value}.")
@@ -238,10 +258,11 @@ class SearchSpace:
     self._check_resolution()
     if self.nd_constraint and count_architectures(self) == 0:
       raise UserInputError(
-          f"Search space {self.name!r} has no architecture satisfying the "
-          f"Non-Decreasing constraint (Eq. 3): some stage's widths are all below "
-          f"every width reachable before it. Make each stage's widths reach at "
-          f"least the previous stage's smallest width, or set nd_constraint=False.")
+        f"Search space {self.name!r} has no architecture satisfying the "
+        f"Non-Decreasing constraint (Eq. 3): some stage's widths are all below "
+        f"every width reachable before it. Make each stage's widths reach at "
+        f"least the previous stage's smallest width, or set nd_constraint=False."
+      )
 
   def _check_group_divisibility(self):
     # A grouped conv needs its input width divisible by the group count. The
@@ -254,12 +275,13 @@ class SearchSpace:
         for g in spec.groups:
           if w % g:
             raise UserInputError(
-                f"Search space {self.name!r}: stage {s + 1} allows groups {g}, but "
-                f"width {w} can feed its k x k conv and is not divisible by {g}. "
-                f"Every width entering stage {s + 1} (its own widths and those of "
-                f"the layer before it) must be divisible by every group count "
-                f"{_fmt_set(spec.groups)}; if this came from scaled(), choose a "
-                f"smaller width_divisor.")
+              f"Search space {self.name!r}: stage {s + 1} allows groups {g}, but "
+              f"width {w} can feed its k x k conv and is not divisible by {g}. "
+              f"Every width entering stage {s + 1} (its own widths and those of "
+              f"the layer before it) must be divisible by every group count "
+              f"{_fmt_set(spec.groups)}; if this came from scaled(), choose a "
+              f"smaller width_divisor."
+            )
       prev_widths = spec.widths
 
   def _check_resolution(self):
@@ -268,10 +290,11 @@ class SearchSpace:
     total = self.total_stride
     if self.resolution % total:
       raise UserInputError(
-          f"Search space {self.name!r}: resolution {self.resolution} is not "
-          f"divisible by the network's total stride {total}, so a stride-2 layer "
-          f"would see an odd feature map. Use a multiple of {total}, e.g. "
-          f"{max(total, self.resolution // total * total)}.")
+        f"Search space {self.name!r}: resolution {self.resolution} is not "
+        f"divisible by the network's total stride {total}, so a stride-2 layer "
+        f"would see an odd feature map. Use a multiple of {total}, e.g. "
+        f"{max(total, self.resolution // total * total)}."
+      )
 
   @property
   def total_stride(self) -> int:
@@ -295,26 +318,31 @@ class SearchSpace:
     """The space of Table 1 at 224 x 224 input."""
     ks = (3, 5)
     return cls(
-        name="imagenet",
-        stem_widths=(24, 32, 48),
-        stem_kernel=3,
-        stem_stride=2,
-        stages=(
-            StageSpec((2, 3), (48, 64, 96), (3,), (1,), stride=1),
-            StageSpec((2, 3), (96, 128, 192), ks, (1, 2), stride=2),
-            StageSpec((2, 3), (192, 256, 384), ks, (2, 4), stride=2),
-            StageSpec((8, 9), (384, 512, 768), ks, (4, 8), stride=2),
-            StageSpec((2, 3), (768, 1024, 1536), ks, (8, 16), stride=2),
-        ),
-        resolution=224,
-        num_classes=num_classes,
-        nd_constraint=nd_constraint,
+      name="imagenet",
+      stem_widths=(24, 32, 48),
+      stem_kernel=3,
+      stem_stride=2,
+      stages=(
+        StageSpec((2, 3), (48, 64, 96), (3,), (1,), stride=1),
+        StageSpec((2, 3), (96, 128, 192), ks, (1, 2), stride=2),
+        StageSpec((2, 3), (192, 256, 384), ks, (2, 4), stride=2),
+        StageSpec((8, 9), (384, 512, 768), ks, (4, 8), stride=2),
+        StageSpec((2, 3), (768, 1024, 1536), ks, (8, 16), stride=2),
+      ),
+      resolution=224,
+      num_classes=num_classes,
+      nd_constraint=nd_constraint,
     )
 
   @classmethod
-  def scaled(cls, width_divisor: int = 8, resolution: int = 32,
-             num_classes: Optional[int] = None, nd_constraint: Optional[bool] = None,
-             base: Optional["SearchSpace"] = None) -> "SearchSpace":
+  def scaled(
+    cls,
+    width_divisor: int = 8,
+    resolution: int = 32,
+    num_classes: Optional[int] = None,
+    nd_constraint: Optional[bool] = None,
+    base: Optional["SearchSpace"] = None,
+  ) -> "SearchSpace":
     """A copy of `base` (default: imagenet) with every width divided.
 
     Stages, depth/kernel/group choice sets and the ND setting are kept, so the
@@ -339,21 +367,22 @@ class SearchSpace:
     all_widths = sorted(set(base.stem_widths).union(*(s.widths for s in base.stages)))
     if d < 1 or any(w % d for w in all_widths):
       raise UserInputError(
-          f"width_divisor {width_divisor!r} cannot scale search space {base.name!r}: "
-          f"it must be a positive integer dividing every width {all_widths}. "
-          f"Divisors of all of them: {_common_divisors(all_widths)}.")
+        f"width_divisor {width_divisor!r} cannot scale search space {base.name!r}: "
+        f"it must be a positive integer dividing every width {all_widths}. "
+        f"Divisors of all of them: {_common_divisors(all_widths)}."
+      )
     return cls(
-        name=f"{base.name}-w{d}-r{resolution}",
-        stem_widths=tuple(w // d for w in base.stem_widths),
-        stages=tuple(
-            dataclasses.replace(s, widths=tuple(w // d for w in s.widths))
-            for s in base.stages),
-        stem_kernel=base.stem_kernel,
-        stem_stride=base.stem_stride,
-        resolution=resolution,
-        num_classes=base.num_classes if num_classes is None else num_classes,
-        nd_constraint=base.nd_constraint if nd_constraint is None else nd_constraint,
-        width_divisor=base.width_divisor * d,
+      name=f"{base.name}-w{d}-r{resolution}",
+      stem_widths=tuple(w // d for w in base.stem_widths),
+      stages=tuple(
+        dataclasses.replace(s, widths=tuple(w // d for w in s.widths)) for s in base.stages
+      ),
+      stem_kernel=base.stem_kernel,
+      stem_stride=base.stem_stride,
+      resolution=resolution,
+      num_classes=base.num_classes if num_classes is None else num_classes,
+      nd_constraint=base.nd_constraint if nd_constraint is None else nd_constraint,
+      width_divisor=base.width_divisor * d,
     )
 
   # The evolutionary search's interface (`search/evolution.py`): the module
@@ -368,16 +397,25 @@ class SearchSpace:
   def parse(self, text: str) -> "Architecture":
     return Architecture.from_string(text, self)
 
-  def sample_in_range(self, rng: np.random.Generator, cost_fn: "CostFn", lo: float, hi: float,
-                      **kwargs) -> "Architecture":
+  def sample_in_range(
+    self, rng: np.random.Generator, cost_fn: "CostFn", lo: float, hi: float, **kwargs
+  ) -> "Architecture":
     return sample_in_range(self, rng, cost_fn, lo, hi, **kwargs)
 
-  def mutate_in_range(self, parents: Any, rng: np.random.Generator, cost_fn: "CostFn",
-                      lo: float, hi: float, **kwargs) -> "Architecture":
+  def mutate_in_range(
+    self, parents: Any, rng: np.random.Generator, cost_fn: "CostFn", lo: float, hi: float, **kwargs
+  ) -> "Architecture":
     return mutate_in_range(self, parents, rng, cost_fn, lo, hi, **kwargs)
 
-  def crossover_in_range(self, parents: Sequence["Architecture"], rng: np.random.Generator,
-                         cost_fn: "CostFn", lo: float, hi: float, **kwargs) -> "Architecture":
+  def crossover_in_range(
+    self,
+    parents: Sequence["Architecture"],
+    rng: np.random.Generator,
+    cost_fn: "CostFn",
+    lo: float,
+    hi: float,
+    **kwargs,
+  ) -> "Architecture":
     return crossover_in_range(self, parents, rng, cost_fn, lo, hi, **kwargs)
 
 
@@ -410,8 +448,8 @@ class Block:
 class Slot(NamedTuple):
   """Static description of one encoding slot (see `block_slots`)."""
 
-  stage: int   # 0-based stage index
-  block: int   # 0-based block index within the stage
+  stage: int  # 0-based stage index
+  block: int  # 0-based block index within the stage
   stride: int  # stride of this block's k x k conv
 
 
@@ -430,13 +468,15 @@ class Architecture:
   def __post_init__(self):
     object.__setattr__(self, "stem_width", _as_int(self.stem_width, "stem width"))
     if isinstance(self.stages, (str, bytes)) or not hasattr(self.stages, "__iter__"):
-      raise UserInputError(f"Architecture stages must be a list of block lists, "
-                           f"got {self.stages!r}.")
+      raise UserInputError(
+        f"Architecture stages must be a list of block lists, got {self.stages!r}."
+      )
     stages = []
     for s, blocks in enumerate(self.stages):
       if isinstance(blocks, (str, bytes)) or not hasattr(blocks, "__iter__"):
-        raise UserInputError(f"Architecture stage {s + 1} must be a list of blocks, "
-                             f"got {blocks!r}.")
+        raise UserInputError(
+          f"Architecture stage {s + 1} must be a list of blocks, got {blocks!r}."
+        )
       norm = []
       for b in blocks:
         if isinstance(b, Block):
@@ -445,8 +485,9 @@ class Architecture:
           norm.append(Block(*b))
         else:
           raise UserInputError(
-              f"Architecture stage {s + 1} block {len(norm) + 1} must be a Block or "
-              f"a (width, kernel, groups) triple, got {b!r}.")
+            f"Architecture stage {s + 1} block {len(norm) + 1} must be a Block or "
+            f"a (width, kernel, groups) triple, got {b!r}."
+          )
       stages.append(tuple(norm))
     object.__setattr__(self, "stages", tuple(stages))
 
@@ -476,8 +517,8 @@ class Architecture:
 
   def to_dict(self) -> dict[str, Any]:
     return {
-        "stem_width": self.stem_width,
-        "stages": [[dataclasses.asdict(b) for b in blocks] for blocks in self.stages],
+      "stem_width": self.stem_width,
+      "stages": [[dataclasses.asdict(b) for b in blocks] for blocks in self.stages],
     }
 
   def to_json(self) -> str:
@@ -492,8 +533,9 @@ class Architecture:
     return arch
 
   @classmethod
-  def from_json(cls, data: Union[str, bytes, Mapping[str, Any]],
-                space: Optional[SearchSpace] = None) -> "Architecture":
+  def from_json(
+    cls, data: Union[str, bytes, Mapping[str, Any]], space: Optional[SearchSpace] = None
+  ) -> "Architecture":
     """Parses `to_json` output (text or the decoded dict); validates if `space`."""
     arch = _parse_json(data)
     if space is not None:
@@ -512,10 +554,11 @@ _STEM_RE = re.compile(r"stem:?(\d{1,9})", re.ASCII)
 _STAGE_RE = re.compile(r"s(\d{1,9}):(.*)", re.ASCII)
 _BLOCK_RE = re.compile(r"c?(\d{1,9})_?k(\d{1,9})_?g(\d{1,9})(?:\*(\d{1,9}))?", re.ASCII)
 _GRAMMAR_HINT = (
-    "Expected e.g. 'stem24|s1:48k3g1*2|s2:96k3g2,128k5g2|...': 'stem' and the stem "
-    "width, then one '|s<i>:' part per stage (i = 1, 2, ... in order) holding "
-    "comma-separated blocks '<width>k<kernel>g<groups>', each optionally followed "
-    f"by '*<n>' (1 <= n <= {_MAX_REPEAT}) to repeat it.")
+  "Expected e.g. 'stem24|s1:48k3g1*2|s2:96k3g2,128k5g2|...': 'stem' and the stem "
+  "width, then one '|s<i>:' part per stage (i = 1, 2, ... in order) holding "
+  "comma-separated blocks '<width>k<kernel>g<groups>', each optionally followed "
+  f"by '*<n>' (1 <= n <= {_MAX_REPEAT}) to repeat it."
+)
 
 
 def _parse_string(text: Any) -> Architecture:
@@ -524,7 +567,8 @@ def _parse_string(text: Any) -> Architecture:
 
   def fail(detail: str):
     raise UserInputError(
-        f"Cannot parse architecture string {user_files.quote(text)}: {detail}. {_GRAMMAR_HINT}")
+      f"Cannot parse architecture string {user_files.quote(text)}: {detail}. {_GRAMMAR_HINT}"
+    )
 
   parts = _WS_RE.sub("", text).lower().split("|")
   m = _STEM_RE.fullmatch(parts[0])
@@ -539,16 +583,20 @@ def _parse_string(text: Any) -> Architecture:
     if not m:
       fail(f"part {i + 1} ({user_files.quote(part)}) is not a stage like 's{i}:48k3g1,64k3g1'")
     if int(m.group(1)) != i:
-      fail(f"stages must be numbered s1, s2, ... in order, but part {i + 1} is "
-           f"'s{m.group(1)}' where 's{i}' was expected")
+      fail(
+        f"stages must be numbered s1, s2, ... in order, but part {i + 1} is "
+        f"'s{m.group(1)}' where 's{i}' was expected"
+      )
     if not m.group(2):
       fail(f"stage s{i} has no blocks")
     blocks = []
     for token in m.group(2).split(","):
       bm = _BLOCK_RE.fullmatch(token)
       if not bm:
-        fail(f"stage s{i} block {user_files.quote(token)} is not of the form "
-             f"'<width>k<kernel>g<groups>' such as '48k3g1' (or '48k3g1*2')")
+        fail(
+          f"stage s{i} block {user_files.quote(token)} is not of the form "
+          f"'<width>k<kernel>g<groups>' such as '48k3g1' (or '48k3g1*2')"
+        )
       repeat = int(bm.group(4)) if bm.group(4) else 1
       if not 1 <= repeat <= _MAX_REPEAT:
         fail(f"stage s{i} block {token!r} repeats {repeat} times; use 1 to {_MAX_REPEAT}")
@@ -558,8 +606,7 @@ def _parse_string(text: Any) -> Architecture:
 
 
 def _parse_json(data: Any) -> Architecture:
-  example = ('{"stem_width": 24, "stages": [[{"width": 48, "kernel": 3, "groups": 1}, '
-             '...], ...]}')
+  example = '{"stem_width": 24, "stages": [[{"width": 48, "kernel": 3, "groups": 1}, ...], ...]}'
   if isinstance(data, (str, bytes, bytearray)):
     text = data if isinstance(data, str) else bytes(data).decode("utf-8", "replace")
     obj = user_files.parse_json(text, f"Architecture JSON (expected an object like {example})")
@@ -567,14 +614,17 @@ def _parse_json(data: Any) -> Architecture:
     obj = data
 
   def fail(detail: str):
-    raise UserInputError(f"Architecture JSON is malformed: {detail}. Expected an "
-                         f"object like {example}.")
+    raise UserInputError(
+      f"Architecture JSON is malformed: {detail}. Expected an object like {example}."
+    )
 
   if not isinstance(obj, Mapping):
     fail(f"the top level must be an object, got {type(obj).__name__}")
   if set(obj) != {"stem_width", "stages"}:
-    fail(f"the object must have exactly the keys 'stem_width' and 'stages', "
-         f"got {sorted(map(str, obj))}")
+    fail(
+      f"the object must have exactly the keys 'stem_width' and 'stages', "
+      f"got {sorted(map(str, obj))}"
+    )
   if not isinstance(obj["stages"], list) or not obj["stages"]:
     fail("'stages' must be a non-empty list of stages")
   stages = []
@@ -584,8 +634,10 @@ def _parse_json(data: Any) -> Architecture:
     norm = []
     for j, b in enumerate(blocks):
       if not isinstance(b, Mapping) or set(b) != {"width", "kernel", "groups"}:
-        fail(f"stage {s + 1} block {j + 1} must be an object with exactly the keys "
-             f"'width', 'kernel', 'groups', got {user_files.quote(b)}")
+        fail(
+          f"stage {s + 1} block {j + 1} must be an object with exactly the keys "
+          f"'width', 'kernel', 'groups', got {user_files.quote(b)}"
+        )
       for key in ("width", "kernel", "groups"):
         if isinstance(b[key], bool) or not isinstance(b[key], int):
           fail(f"stage {s + 1} block {j + 1} {key} must be an integer, got {b[key]!r}")
@@ -607,8 +659,10 @@ def _problems(space: SearchSpace, arch: Architecture) -> list[str]:
   if arch.stem_width not in space.stem_widths:
     out.append(f"the stem has width {arch.stem_width}, allowed {_fmt_set(space.stem_widths)}")
   if len(arch.stages) != space.num_stages:
-    out.append(f"it has {len(arch.stages)} stages but the space has "
-               f"{space.num_stages} (S1-S{space.num_stages})")
+    out.append(
+      f"it has {len(arch.stages)} stages but the space has "
+      f"{space.num_stages} (S1-S{space.num_stages})"
+    )
     return out  # Per-stage checks would compare the wrong stages.
   for s, (spec, blocks) in enumerate(zip(space.stages, arch.stages)):
     if len(blocks) not in spec.depths:
@@ -618,19 +672,18 @@ def _problems(space: SearchSpace, arch: Architecture) -> list[str]:
       if b.width not in spec.widths:
         out.append(f"{name} has width {b.width}, stage {s + 1} allows {_fmt_set(spec.widths)}")
       if b.kernel not in spec.kernels:
-        out.append(f"{name} has kernel {b.kernel}, stage {s + 1} allows "
-                   f"{_fmt_set(spec.kernels)}")
+        out.append(f"{name} has kernel {b.kernel}, stage {s + 1} allows {_fmt_set(spec.kernels)}")
       if b.groups not in spec.groups:
-        out.append(f"{name} has groups {b.groups}, stage {s + 1} allows "
-                   f"{_fmt_set(spec.groups)}")
+        out.append(f"{name} has groups {b.groups}, stage {s + 1} allows {_fmt_set(spec.groups)}")
   if space.nd_constraint:
     prev_name, prev_w = _layer_name(-1, 0), arch.stem_width
     for s, j, b in arch.layers():
       if b.width < prev_w:
         out.append(
-            f"{_layer_name(s, j)} has width {b.width} after {prev_name} with width "
-            f"{prev_w}, but the Non-Decreasing constraint (Eq. 3) needs each layer at "
-            f"least as wide as the one before")
+          f"{_layer_name(s, j)} has width {b.width} after {prev_name} with width "
+          f"{prev_w}, but the Non-Decreasing constraint (Eq. 3) needs each layer at "
+          f"least as wide as the one before"
+        )
       prev_name, prev_w = _layer_name(s, j), b.width
   return out
 
@@ -645,14 +698,16 @@ def validate(space: SearchSpace, arch: Architecture) -> None:
   """
   if not isinstance(arch, Architecture):
     raise UserInputError(
-        f"Expected an Architecture, got {type(arch).__name__} {user_files.quote(arch)}; "
-        f"use resolve(space, spec) to turn names, strings and JSON into one.")
+      f"Expected an Architecture, got {type(arch).__name__} {user_files.quote(arch)}; "
+      f"use resolve(space, spec) to turn names, strings and JSON into one."
+    )
   problems = _problems(space, arch)
   if problems:
     shown = problems[:6] + ([f"and {len(problems) - 6} more"] if len(problems) > 6 else [])
     raise UserInputError(
-        f"Architecture {user_files.quote(arch.to_string())} is not in search space "
-        f"{space.name!r} (Table 1): " + "; ".join(shown) + ".")
+      f"Architecture {user_files.quote(arch.to_string())} is not in search space "
+      f"{space.name!r} (Table 1): " + "; ".join(shown) + "."
+    )
 
 
 def is_valid(space: SearchSpace, arch: Architecture) -> bool:
@@ -682,8 +737,9 @@ class _Lattice:
   nd: bool
 
 
-def _space_lattice(space: SearchSpace, nd: bool,
-                   depths: Optional[Sequence[int]] = None) -> _Lattice:
+def _space_lattice(
+  space: SearchSpace, nd: bool, depths: Optional[Sequence[int]] = None
+) -> _Lattice:
   stages = []
   for s, spec in enumerate(space.stages):
     pos = _Position(spec.widths, spec.kernels, spec.groups)
@@ -699,8 +755,9 @@ def _compute_tables(lat: _Lattice):
   width w; tabs[s][d][j][w] = ways to fill blocks j.. of stage s (depth d) and
   all later stages when the layer before block j has width w. Exact ints.
   """
-  universe = sorted(set(lat.stem_widths).union(
-      *(p.widths for _, positions in lat.stages for p in positions)))
+  universe = sorted(
+    set(lat.stem_widths).union(*(p.widths for _, positions in lat.stages for p in positions))
+  )
   after = {w: 1 for w in universe}  # Completions after the last stage: one.
   tabs = [None] * len(lat.stages)
   for s in reversed(range(len(lat.stages))):
@@ -712,8 +769,9 @@ def _compute_tables(lat: _Lattice):
       for j in reversed(range(d)):
         p = positions[j]
         mult = len(p.kernels) * len(p.groups)  # Independent of the width (checked).
-        g[j] = {w: mult * sum(g[j + 1][v] for v in p.widths if not lat.nd or v >= w)
-                for w in universe}
+        g[j] = {
+          w: mult * sum(g[j + 1][v] for v in p.widths if not lat.nd or v >= w) for w in universe
+        }
       per_depth[d] = g
     tabs[s] = per_depth
     after = {w: sum(per_depth[d][0][w] for d in depths) for w in universe}
@@ -745,8 +803,7 @@ def _randbelow(rng: np.random.Generator, n: int) -> int:
   raise RuntimeError("random integer rejection failed 256 times")  # p < 2**-256.
 
 
-def _weighted_choice(rng: np.random.Generator, items: Sequence[int],
-                     weights: Sequence[int]) -> int:
+def _weighted_choice(rng: np.random.Generator, items: Sequence[int], weights: Sequence[int]) -> int:
   r = _randbelow(rng, sum(weights))
   for item, w in zip(items, weights):
     if r < w:
@@ -794,8 +851,9 @@ def count_architectures(space: SearchSpace, nd: Optional[bool] = None) -> int:
   return _lattice_size(_space_lattice(space, space.nd_constraint if nd is None else nd))
 
 
-def sample_uniform(space: SearchSpace, rng: np.random.Generator, *,
-                   distribution: str = "uniform") -> Architecture:
+def sample_uniform(
+  space: SearchSpace, rng: np.random.Generator, *, distribution: str = "uniform"
+) -> Architecture:
   """Draws one valid architecture with the host-side generator `rng`.
 
   Args:
@@ -821,9 +879,10 @@ def sample_uniform(space: SearchSpace, rng: np.random.Generator, *,
       if _lattice_size(lat):
         return _sample_lattice(lat, rng)
     raise UserInputError(
-        f"Search space {space.name!r} has almost no depth combination with an "
-        f"architecture satisfying the Non-Decreasing constraint; use "
-        f"distribution='uniform' for it.")
+      f"Search space {space.name!r} has almost no depth combination with an "
+      f"architecture satisfying the Non-Decreasing constraint; use "
+      f"distribution='uniform' for it."
+    )
   if distribution == "reference":
     stem = _uniform_choice(rng, space.stem_widths)
     prev, stages = stem, []
@@ -834,30 +893,39 @@ def sample_uniform(space: SearchSpace, rng: np.random.Generator, *,
         options = [w for w in spec.widths if not nd or w >= prev]
         if not options:
           raise UserInputError(
-              f"distribution='reference' reached {_layer_name(s, j)} after width "
-              f"{prev}, above all of stage {s + 1}'s widths {_fmt_set(spec.widths)}; "
-              f"use distribution='uniform' for this space.")
+            f"distribution='reference' reached {_layer_name(s, j)} after width "
+            f"{prev}, above all of stage {s + 1}'s widths {_fmt_set(spec.widths)}; "
+            f"use distribution='uniform' for this space."
+          )
         prev = _uniform_choice(rng, options)
-        blocks.append(Block(prev, _uniform_choice(rng, spec.kernels),
-                            _uniform_choice(rng, spec.groups)))
+        blocks.append(
+          Block(prev, _uniform_choice(rng, spec.kernels), _uniform_choice(rng, spec.groups))
+        )
       stages.append(tuple(blocks))
     return Architecture(stem, tuple(stages))
   raise UserInputError(
-      f"Unknown sampling distribution {distribution!r}; use one of {list(_DISTRIBUTIONS)}.")
+    f"Unknown sampling distribution {distribution!r}; use one of {list(_DISTRIBUTIONS)}."
+  )
 
 
 def biggest(space: SearchSpace) -> Architecture:
   """Max depth, width and kernel with MIN groups everywhere (reference Sec. 2)."""
-  return Architecture(max(space.stem_widths), tuple(
-      (Block(max(s.widths), max(s.kernels), min(s.groups)),) * s.max_depth
-      for s in space.stages))
+  return Architecture(
+    max(space.stem_widths),
+    tuple(
+      (Block(max(s.widths), max(s.kernels), min(s.groups)),) * s.max_depth for s in space.stages
+    ),
+  )
 
 
 def smallest(space: SearchSpace) -> Architecture:
   """Min depth, width and kernel with MAX groups everywhere (reference Sec. 2)."""
-  return Architecture(min(space.stem_widths), tuple(
-      (Block(min(s.widths), min(s.kernels), max(s.groups)),) * min(s.depths)
-      for s in space.stages))
+  return Architecture(
+    min(space.stem_widths),
+    tuple(
+      (Block(min(s.widths), min(s.kernels), max(s.groups)),) * min(s.depths) for s in space.stages
+    ),
+  )
 
 
 # --------------------------------------------------------------------------- #
@@ -875,8 +943,9 @@ def _check_prob(prob: Any) -> float:
   return p
 
 
-def mutate(space: SearchSpace, arch: Architecture, rng: np.random.Generator,
-           prob: float = 0.2) -> Architecture:
+def mutate(
+  space: SearchSpace, arch: Architecture, rng: np.random.Generator, prob: float = 0.2
+) -> Architecture:
   """Mutates `arch` like the reference search (Sec. 7), but always ND-valid.
 
   1. Per stage, with probability `prob`, the depth is redrawn uniformly from
@@ -906,7 +975,7 @@ def mutate(space: SearchSpace, arch: Architecture, rng: np.random.Generator,
   flat = [(s, j) for s in range(len(stages)) for j in range(len(stages[s]))]
 
   def next_width(k: int) -> float:
-    for s, j in flat[k + 1:]:
+    for s, j in flat[k + 1 :]:
       if stages[s][j] is not None:
         return stages[s][j].width
     return math.inf
@@ -927,8 +996,9 @@ def mutate(space: SearchSpace, arch: Architecture, rng: np.random.Generator,
   return Architecture(stem, tuple(tuple(b) for b in stages))
 
 
-def crossover(space: SearchSpace, a: Architecture, b: Architecture,
-              rng: np.random.Generator) -> Architecture:
+def crossover(
+  space: SearchSpace, a: Architecture, b: Architecture, rng: np.random.Generator
+) -> Architecture:
   """Uniform crossover of two parents that only returns valid children.
 
   As in the reference (Sec. 7): each stage takes its depth from a random
@@ -954,21 +1024,24 @@ def crossover(space: SearchSpace, a: Architecture, b: Architecture,
       positions = []
       for j in range(max(ds)):
         genes = [p[j] for p in (pa, pb) if j < len(p)]
-        positions.append(_Position(
+        positions.append(
+          _Position(
             tuple(sorted({g.width for g in genes})),
             tuple(sorted({g.kernel for g in genes})),
-            tuple(sorted({g.groups for g in genes}))))
+            tuple(sorted({g.groups for g in genes})),
+          )
+        )
       stages.append((ds, tuple(positions)))
-    return _Lattice(tuple(sorted({a.stem_width, b.stem_width})), tuple(stages),
-                    space.nd_constraint)
+    return _Lattice(tuple(sorted({a.stem_width, b.stem_width})), tuple(stages), space.nd_constraint)
 
   # One coin per stage picks the parent whose depth the child takes.
   chosen = [(len((a, b)[int(rng.integers(2))].stages[s]),) for s in range(space.num_stages)]
   lat = lattice(chosen)
   tables = _compute_tables(lat)
   if not _lattice_size(lat, tables):
-    lat = lattice([tuple(sorted({len(a.stages[s]), len(b.stages[s])}))
-                   for s in range(space.num_stages)])
+    lat = lattice(
+      [tuple(sorted({len(a.stages[s]), len(b.stages[s])})) for s in range(space.num_stages)]
+    )
     tables = _compute_tables(lat)
   return _sample_lattice(lat, rng, tables)
 
@@ -982,20 +1055,31 @@ def _check_range(lo: Any, hi: Any, max_tries: Any, cost_name: str) -> tuple[floa
   try:
     lo_f, hi_f = float(lo), float(hi)
   except (TypeError, ValueError):
-    raise UserInputError(f"The {cost_name} range bounds must be numbers, got "
-                         f"lo={lo!r}, hi={hi!r}.") from None
+    raise UserInputError(
+      f"The {cost_name} range bounds must be numbers, got lo={lo!r}, hi={hi!r}."
+    ) from None
   if math.isnan(lo_f) or math.isnan(hi_f) or lo_f > hi_f:
-    raise UserInputError(f"The {cost_name} range [{lo!r}, {hi!r}] is empty: lo must be "
-                         f"<= hi (use inf for no upper bound).")
+    raise UserInputError(
+      f"The {cost_name} range [{lo!r}, {hi!r}] is empty: lo must be "
+      f"<= hi (use inf for no upper bound)."
+    )
   tries = _as_int(max_tries, "max_tries")
   if tries < 1:
     raise UserInputError(f"max_tries must be >= 1, got {max_tries!r}.")
   return lo_f, hi_f, tries
 
 
-def _draw_in_range(space: SearchSpace, draw: Callable[[], Architecture], cost_fn: CostFn,
-                   lo: float, hi: float, accept: Optional[AcceptFn], max_tries: int,
-                   what: str, cost_name: str) -> Architecture:
+def _draw_in_range(
+  space: SearchSpace,
+  draw: Callable[[], Architecture],
+  cost_fn: CostFn,
+  lo: float,
+  hi: float,
+  accept: Optional[AcceptFn],
+  max_tries: int,
+  what: str,
+  cost_name: str,
+) -> Architecture:
   outside = refused = 0
   seen_lo, seen_hi = math.inf, -math.inf
   for _ in range(max_tries):
@@ -1013,24 +1097,37 @@ def _draw_in_range(space: SearchSpace, draw: Callable[[], Architecture], cost_fn
   c_small, c_big = float(cost_fn(smallest(space))), float(cost_fn(biggest(space)))
   seen = f", seen {seen_lo:g} to {seen_hi:g}" if outside else ""
   if refused and not outside:
-    hint = ("every draw in range was refused by the accept predicate (e.g. already "
-            "seen), so this neighbourhood looks exhausted; use other parents or a "
-            "wider range")
+    hint = (
+      "every draw in range was refused by the accept predicate (e.g. already "
+      "seen), so this neighbourhood looks exhausted; use other parents or a "
+      "wider range"
+    )
   else:
-    hint = (f"the {cost_name} range is likely infeasible or too narrow for this "
-            f"space, whose smallest architecture costs {c_small:g} and biggest "
-            f"{c_big:g} {cost_name}; choose a range overlapping [{c_small:g}, "
-            f"{c_big:g}] and wide enough to hit, or raise max_tries")
+    hint = (
+      f"the {cost_name} range is likely infeasible or too narrow for this "
+      f"space, whose smallest architecture costs {c_small:g} and biggest "
+      f"{c_big:g} {cost_name}; choose a range overlapping [{c_small:g}, "
+      f"{c_big:g}] and wide enough to hit, or raise max_tries"
+    )
   raise InfeasibleRangeError(
-      f"{what} found no architecture of search space {space.name!r} with {cost_name} in "
-      f"[{lo:g}, {hi:g}] after {max_tries} tries ({outside} outside the range{seen}; "
-      f"{refused} refused by the accept predicate): {hint}.")
+    f"{what} found no architecture of search space {space.name!r} with {cost_name} in "
+    f"[{lo:g}, {hi:g}] after {max_tries} tries ({outside} outside the range{seen}; "
+    f"{refused} refused by the accept predicate): {hint}."
+  )
 
 
-def sample_in_range(space: SearchSpace, rng: np.random.Generator, cost_fn: CostFn,
-                    lo: float, hi: float, *, accept: Optional[AcceptFn] = None,
-                    max_tries: int = 1000, distribution: str = "uniform",
-                    cost_name: str = "OPs") -> Architecture:
+def sample_in_range(
+  space: SearchSpace,
+  rng: np.random.Generator,
+  cost_fn: CostFn,
+  lo: float,
+  hi: float,
+  *,
+  accept: Optional[AcceptFn] = None,
+  max_tries: int = 1000,
+  distribution: str = "uniform",
+  cost_name: str = "OPs",
+) -> Architecture:
   """`sample_uniform` until lo <= cost_fn(arch) <= hi and accept(arch).
 
   Raises:
@@ -1039,8 +1136,17 @@ def sample_in_range(space: SearchSpace, rng: np.random.Generator, cost_fn: CostF
     UserInputError: lo > hi, bad max_tries or distribution.
   """
   lo, hi, max_tries = _check_range(lo, hi, max_tries, cost_name)
-  return _draw_in_range(space, lambda: sample_uniform(space, rng, distribution=distribution),
-                        cost_fn, lo, hi, accept, max_tries, "Random sampling", cost_name)
+  return _draw_in_range(
+    space,
+    lambda: sample_uniform(space, rng, distribution=distribution),
+    cost_fn,
+    lo,
+    hi,
+    accept,
+    max_tries,
+    "Random sampling",
+    cost_name,
+  )
 
 
 def _parent_pool(space: SearchSpace, parents: Any) -> list[Architecture]:
@@ -1052,10 +1158,19 @@ def _parent_pool(space: SearchSpace, parents: Any) -> list[Architecture]:
   return pool
 
 
-def mutate_in_range(space: SearchSpace, parents: Union[Architecture, Sequence[Architecture]],
-                    rng: np.random.Generator, cost_fn: CostFn, lo: float, hi: float, *,
-                    prob: float = 0.2, accept: Optional[AcceptFn] = None,
-                    max_tries: int = 1000, cost_name: str = "OPs") -> Architecture:
+def mutate_in_range(
+  space: SearchSpace,
+  parents: Union[Architecture, Sequence[Architecture]],
+  rng: np.random.Generator,
+  cost_fn: CostFn,
+  lo: float,
+  hi: float,
+  *,
+  prob: float = 0.2,
+  accept: Optional[AcceptFn] = None,
+  max_tries: int = 1000,
+  cost_name: str = "OPs",
+) -> Architecture:
   """Mutates a parent drawn uniformly from `parents` each try until in range.
 
   Raises:
@@ -1065,14 +1180,30 @@ def mutate_in_range(space: SearchSpace, parents: Union[Architecture, Sequence[Ar
   pool = _parent_pool(space, parents)
   prob = _check_prob(prob)
   return _draw_in_range(
-      space, lambda: mutate(space, _uniform_choice(rng, pool), rng, prob),
-      cost_fn, lo, hi, accept, max_tries, "Mutation", cost_name)
+    space,
+    lambda: mutate(space, _uniform_choice(rng, pool), rng, prob),
+    cost_fn,
+    lo,
+    hi,
+    accept,
+    max_tries,
+    "Mutation",
+    cost_name,
+  )
 
 
-def crossover_in_range(space: SearchSpace, parents: Sequence[Architecture],
-                       rng: np.random.Generator, cost_fn: CostFn, lo: float, hi: float,
-                       *, accept: Optional[AcceptFn] = None, max_tries: int = 1000,
-                       cost_name: str = "OPs") -> Architecture:
+def crossover_in_range(
+  space: SearchSpace,
+  parents: Sequence[Architecture],
+  rng: np.random.Generator,
+  cost_fn: CostFn,
+  lo: float,
+  hi: float,
+  *,
+  accept: Optional[AcceptFn] = None,
+  max_tries: int = 1000,
+  cost_name: str = "OPs",
+) -> Architecture:
   """Crosses two distinct parents drawn from `parents` each try until in range.
 
   Pass `[a, b]` for a fixed pair. A single parent crosses with itself.
@@ -1089,8 +1220,7 @@ def crossover_in_range(space: SearchSpace, parents: Sequence[Architecture],
     i, j = rng.choice(len(pool), size=2, replace=False)
     return crossover(space, pool[int(i)], pool[int(j)], rng)
 
-  return _draw_in_range(space, draw, cost_fn, lo, hi, accept, max_tries, "Crossover",
-                        cost_name)
+  return _draw_in_range(space, draw, cost_fn, lo, hi, accept, max_tries, "Crossover", cost_name)
 
 
 # --------------------------------------------------------------------------- #
@@ -1102,8 +1232,11 @@ ENCODING_KEYS = ("stem_width", "depth", "active", "width", "kernel", "groups")
 
 def block_slots(space: SearchSpace) -> tuple[Slot, ...]:
   """The static slot layout of `encode`: stage-major, every block up to max depth."""
-  return tuple(Slot(s, j, spec.stride if j == 0 else 1)
-               for s, spec in enumerate(space.stages) for j in range(spec.max_depth))
+  return tuple(
+    Slot(s, j, spec.stride if j == 0 else 1)
+    for s, spec in enumerate(space.stages)
+    for j in range(spec.max_depth)
+  )
 
 
 def encode(space: SearchSpace, arch: Architecture) -> dict[str, np.ndarray]:
@@ -1131,8 +1264,10 @@ def encode(space: SearchSpace, arch: Architecture) -> dict[str, np.ndarray]:
       fields["width"].append(b.width)
       fields["kernel"].append(b.kernel)
       fields["groups"].append(b.groups)
-  out = {"stem_width": np.asarray(arch.stem_width, np.int32),
-         "depth": np.asarray(arch.depths, np.int32)}
+  out = {
+    "stem_width": np.asarray(arch.stem_width, np.int32),
+    "depth": np.asarray(arch.depths, np.int32),
+  }
   out.update({k: np.asarray(v, np.int32) for k, v in fields.items()})
   return out
 
@@ -1146,8 +1281,10 @@ def decode(space: SearchSpace, encoding: Mapping[str, Any]) -> Architecture:
   """
   if not isinstance(encoding, Mapping) or set(encoding) != set(ENCODING_KEYS):
     got = sorted(encoding) if isinstance(encoding, Mapping) else type(encoding).__name__
-    raise UserInputError(f"An architecture encoding must be a dict with exactly the keys "
-                         f"{list(ENCODING_KEYS)}, got {got}.")
+    raise UserInputError(
+      f"An architecture encoding must be a dict with exactly the keys "
+      f"{list(ENCODING_KEYS)}, got {got}."
+    )
   n, S = space.num_slots, space.num_stages
   shapes = {"stem_width": (), "depth": (S,)}
   arrays = {}
@@ -1155,9 +1292,11 @@ def decode(space: SearchSpace, encoding: Mapping[str, Any]) -> Architecture:
     a = np.asarray(encoding[k])
     want = shapes.get(k, (n,))
     if a.shape != want or not np.issubdtype(a.dtype, np.integer):
-      raise UserInputError(f"Encoding field {k!r} must be an integer array of shape {want} "
-                           f"for search space {space.name!r}, got dtype {a.dtype} and "
-                           f"shape {a.shape}.")
+      raise UserInputError(
+        f"Encoding field {k!r} must be an integer array of shape {want} "
+        f"for search space {space.name!r}, got dtype {a.dtype} and "
+        f"shape {a.shape}."
+      )
     arrays[k] = a.astype(np.int64)
   stages, start = [], 0
   for s, spec in enumerate(space.stages):
@@ -1166,12 +1305,16 @@ def decode(space: SearchSpace, encoding: Mapping[str, Any]) -> Architecture:
     want = (np.arange(spec.max_depth) < d).astype(np.int64)
     if not 1 <= d <= spec.max_depth or not np.array_equal(arrays["active"][sl], want):
       raise UserInputError(
-          f"Encoding of stage {s + 1} is inconsistent: depth {d} (allowed "
-          f"{_fmt_set(spec.depths)}) with active flags {arrays['active'][sl].tolist()}; "
-          f"the first depth slots must be 1 and the rest 0.")
-    stages.append(tuple(
+        f"Encoding of stage {s + 1} is inconsistent: depth {d} (allowed "
+        f"{_fmt_set(spec.depths)}) with active flags {arrays['active'][sl].tolist()}; "
+        f"the first depth slots must be 1 and the rest 0."
+      )
+    stages.append(
+      tuple(
         Block(int(arrays["width"][i]), int(arrays["kernel"][i]), int(arrays["groups"][i]))
-        for i in range(start, start + d)))
+        for i in range(start, start + d)
+      )
+    )
     start += spec.max_depth
   arch = Architecture(int(arrays["stem_width"]), tuple(stages))
   validate(space, arch)
@@ -1192,20 +1335,30 @@ def decode(space: SearchSpace, encoding: Mapping[str, Any]) -> Architecture:
 # same cells as D (124.31 M, while the paper gives E 160 M OPs); E is kept as
 # printed, so NAMED["E"] == NAMED["D"] until a correct copy of Table 6 is read.
 NAMED: dict[str, str] = {
-    "A": ("stem24|s1:48k3g1*2|s2:96k3g2*2|s3:192k3g4*2|s4:384k3g8*8|s5:768k3g16*2"),
-    "B": ("stem24|s1:48k3g1*2|s2:96k3g2,192k3g2|s3:192k3g2,384k3g2|"
-          "s4:384k5g8,768k3g8*4,768k3g4*2,768k3g8|s5:1536k5g16*2,1536k3g16"),
-    "C": ("stem24|s1:48k3g1,64k3g1|s2:96k5g2,192k3g1|s3:384k3g2,384k3g4*2|"
-          "s4:768k5g4,768k3g4,768k3g8,768k3g4*2,768k3g8,768k5g8,768k3g8,768k3g4|"
-          "s5:1536k3g8,1536k5g16,1536k3g8"),
-    "D": ("stem48|s1:48k3g1,96k3g1|s2:192k5g2,192k3g2|s3:384k3g2,384k3g4*2|"
-          "s4:768k3g4*3,768k5g8,768k5g4,768k3g4,768k5g4,768k5g8,768k3g4|"
-          "s5:1536k5g8*2,1536k3g8"),
-    "E": ("stem48|s1:48k3g1,96k3g1|s2:192k5g2,192k3g2|s3:384k3g2,384k3g4*2|"
-          "s4:768k3g4*3,768k5g8,768k5g4,768k3g4,768k5g4,768k5g8,768k3g4|"
-          "s5:1536k5g8*2,1536k3g8"),
-    "F": ("stem48|s1:48k3g1,96k3g1*2|s2:192k3g1*2|s3:384k5g2,384k3g2*2|"
-          "s4:768k5g4*3,768k3g4*3,768k5g4*3|s5:1536k3g16,1536k5g8,1536k3g8"),
+  "A": ("stem24|s1:48k3g1*2|s2:96k3g2*2|s3:192k3g4*2|s4:384k3g8*8|s5:768k3g16*2"),
+  "B": (
+    "stem24|s1:48k3g1*2|s2:96k3g2,192k3g2|s3:192k3g2,384k3g2|"
+    "s4:384k5g8,768k3g8*4,768k3g4*2,768k3g8|s5:1536k5g16*2,1536k3g16"
+  ),
+  "C": (
+    "stem24|s1:48k3g1,64k3g1|s2:96k5g2,192k3g1|s3:384k3g2,384k3g4*2|"
+    "s4:768k5g4,768k3g4,768k3g8,768k3g4*2,768k3g8,768k5g8,768k3g8,768k3g4|"
+    "s5:1536k3g8,1536k5g16,1536k3g8"
+  ),
+  "D": (
+    "stem48|s1:48k3g1,96k3g1|s2:192k5g2,192k3g2|s3:384k3g2,384k3g4*2|"
+    "s4:768k3g4*3,768k5g8,768k5g4,768k3g4,768k5g4,768k5g8,768k3g4|"
+    "s5:1536k5g8*2,1536k3g8"
+  ),
+  "E": (
+    "stem48|s1:48k3g1,96k3g1|s2:192k5g2,192k3g2|s3:384k3g2,384k3g4*2|"
+    "s4:768k3g4*3,768k5g8,768k5g4,768k3g4,768k5g4,768k5g8,768k3g4|"
+    "s5:1536k5g8*2,1536k3g8"
+  ),
+  "F": (
+    "stem48|s1:48k3g1,96k3g1*2|s2:192k3g1*2|s3:384k5g2,384k3g2*2|"
+    "s4:768k5g4*3,768k3g4*3,768k5g4*3|s5:1536k3g16,1536k5g8,1536k3g8"
+  ),
 }
 
 
@@ -1213,14 +1366,16 @@ def _named(space: SearchSpace, name: str) -> Architecture:
   arch = _parse_string(NAMED[name])
   d = space.width_divisor
   if d != 1:  # Scaled copies keep Table 6's structure with widths divided.
-    arch = Architecture(arch.stem_width // d, tuple(
-        tuple(Block(b.width // d, b.kernel, b.groups) for b in blocks)
-        for blocks in arch.stages))
+    arch = Architecture(
+      arch.stem_width // d,
+      tuple(
+        tuple(Block(b.width // d, b.kernel, b.groups) for b in blocks) for blocks in arch.stages
+      ),
+    )
   return arch
 
 
-def resolve(space: SearchSpace,
-            spec: Union[str, Architecture, Mapping[str, Any]]) -> Architecture:
+def resolve(space: SearchSpace, spec: Union[str, Architecture, Mapping[str, Any]]) -> Architecture:
   """Turns a user's architecture spec into a validated Architecture.
 
   Accepts a Table 6 name ("A".."F", also "NAS-BNN-A"; widths divided by
@@ -1242,8 +1397,9 @@ def resolve(space: SearchSpace,
       arch = _named(space, key)
       if key == "E":
         logging.warning(
-            "NAS-BNN-E: our copy of Table 6 prints E's cells identical to D's, so this is D's "
-            "network (124.31 M OPs at 224x224; the paper gives E 160 M OPs).")
+          "NAS-BNN-E: our copy of Table 6 prints E's cells identical to D's, so this is D's "
+          "network (124.31 M OPs at 224x224; the paper gives E 160 M OPs)."
+        )
     elif text.lower() in ("biggest", "smallest"):
       arch = biggest(space) if text.lower() == "biggest" else smallest(space)
     elif text.startswith("{"):
@@ -1252,11 +1408,14 @@ def resolve(space: SearchSpace,
       arch = _parse_string(text)
     else:
       raise UserInputError(
-          f"Unknown architecture {user_files.quote(spec)}: use a Table 6 name "
-          f"({', '.join(NAMED)}), 'biggest', 'smallest', an architecture string like "
-          f"{NAMED['A']!r}, or a JSON object.")
+        f"Unknown architecture {user_files.quote(spec)}: use a Table 6 name "
+        f"({', '.join(NAMED)}), 'biggest', 'smallest', an architecture string like "
+        f"{NAMED['A']!r}, or a JSON object."
+      )
   else:
-    raise UserInputError(f"An architecture spec must be a name, string, JSON object or "
-                         f"Architecture, got {type(spec).__name__}.")
+    raise UserInputError(
+      f"An architecture spec must be a name, string, JSON object or "
+      f"Architecture, got {type(spec).__name__}."
+    )
   validate(space, arch)
   return arch

@@ -76,35 +76,45 @@ def final_data_config(config: Any) -> ml_collections.ConfigDict:
 def noise_config(config: Any) -> bilevel.NoiseConfig:
   n = config.search.noise
   return bilevel.NoiseConfig(
-      arch_scale=float(n.arch_scale), weight_scale=float(n.weight_scale),
-      distribution=n.distribution, arch_relative=bool(n.arch_relative),
-      weight_relative=bool(n.weight_relative), arch_placement=n.arch_placement,
-      steps=tuple(n.steps)).validate()
+    arch_scale=float(n.arch_scale),
+    weight_scale=float(n.weight_scale),
+    distribution=n.distribution,
+    arch_relative=bool(n.arch_relative),
+    weight_relative=bool(n.weight_relative),
+    arch_placement=n.arch_placement,
+    steps=tuple(n.steps),
+  ).validate()
 
 
 def _check_shape(model: Any, image_shape: tuple[int, ...], what: str, **kwargs) -> None:
   try:
-    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)),
-                                      train=False, **kwargs))
+    jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False, **kwargs)
+    )
   except UserInputError:
     raise
   except Exception as e:  # an impossible shape (resolution too small for the reductions)
     raise UserInputError(
-        f"The {what} cannot run on {image_shape} inputs: {e}. Check config.model / "
-        "config.final (cells, channels) and data.image_size.") from e
+      f"The {what} cannot run on {image_shape} inputs: {e}. Check config.model / "
+      "config.final (cells, channels) and data.image_size."
+    ) from e
 
 
 def validate(config: Any, mesh) -> dict[str, Any]:
   """Checks everything a user can get wrong, before any compute."""
   space = darts_space.space_from_config(config)
   darts_arch.check_network_config(config, space)
-  for what, bs in (("config.search.batch_size", config.search.batch_size),
-                   ("config.final.batch_size", config.final.batch_size),
-                   ("config.eval_batch_size", config.eval_batch_size)):
+  for what, bs in (
+    ("config.search.batch_size", config.search.batch_size),
+    ("config.final.batch_size", config.final.batch_size),
+    ("config.eval_batch_size", config.eval_batch_size),
+  ):
     sharding.check_batch_size(bs, mesh, what)
   if config.final.optimizer.get("schedule") not in optimizers.SCHEDULES:
-    raise UserInputError(f"config.final.optimizer.schedule={config.final.optimizer.schedule!r} "
-                         f"is not one of {optimizers.SCHEDULES}.")
+    raise UserInputError(
+      f"config.final.optimizer.schedule={config.final.optimizer.schedule!r} "
+      f"is not one of {optimizers.SCHEDULES}."
+    )
   noise = noise_config(config)
   info = input_pipeline.get_dataset_info(config.data)
   final_info = input_pipeline.get_dataset_info(final_data_config(config))
@@ -114,21 +124,30 @@ def validate(config: Any, mesh) -> dict[str, Any]:
   else:
     if not info.num_examples.get("holdout"):
       raise UserInputError(
-          "The search needs a held-out half of the training split for alpha: set "
-          "config.data.holdout_fraction (0.5 as DARTS/BNAS) or holdout_per_class, or pass "
-          "config.genotype_file to train a given genotype without searching.")
+        "The search needs a held-out half of the training split for alpha: set "
+        "config.data.holdout_fraction (0.5 as DARTS/BNAS) or holdout_per_class, or pass "
+        "config.genotype_file to train a given genotype without searching."
+      )
     for split in ("train", "holdout"):
       if config.search.batch_size > info.num_examples[split]:
-        raise UserInputError(f"config.search.batch_size={config.search.batch_size} is larger "
-                             f"than the {split} split ({info.num_examples[split]} examples).")
-    _check_shape(darts_arch.search_network(config, space, info.num_classes), info.image_shape,
-                 "supernet")
+        raise UserInputError(
+          f"config.search.batch_size={config.search.batch_size} is larger "
+          f"than the {split} split ({info.num_examples[split]} examples)."
+        )
+    _check_shape(
+      darts_arch.search_network(config, space, info.num_classes), info.image_shape, "supernet"
+    )
   probe = genotype or space.sample(np.random.default_rng(0))
-  _check_shape(darts_arch.final_network(config, space, probe, info.num_classes), info.image_shape,
-               "final network")
+  _check_shape(
+    darts_arch.final_network(config, space, probe, info.num_classes),
+    info.image_shape,
+    "final network",
+  )
   if config.final.batch_size > final_info.num_examples["train"]:
-    raise UserInputError(f"config.final.batch_size={config.final.batch_size} is larger than the "
-                         f"training split ({final_info.num_examples['train']} examples).")
+    raise UserInputError(
+      f"config.final.batch_size={config.final.batch_size} is larger than the "
+      f"training split ({final_info.num_examples['train']} examples)."
+    )
   return dict(space=space, info=info, genotype=genotype, noise=noise)
 
 
@@ -167,8 +186,9 @@ def _steps(cfg: Any, steps_per_epoch: int) -> int:
   return int(cfg.get("num_train_steps") or round(cfg.num_epochs * steps_per_epoch))
 
 
-def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
-               noise: bilevel.NoiseConfig) -> tuple[Any, list[dict]]:
+def run_search(
+  config: Any, workdir: str, mesh, space: Any, info: Any, noise: bilevel.NoiseConfig
+) -> tuple[Any, list[dict]]:
   """Bilevel search; returns the best-held-out genotype and the per-epoch history."""
   os.makedirs(workdir, exist_ok=True)
   sc = config.search
@@ -182,30 +202,49 @@ def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
     # than with threefry (hundreds of kernels).
     variables = model.init(jax.random.key(config.seed, impl="rbg"), x0, train=False)
     params = {"weights": variables["params"], "arch": variables["arch"]}
-    weight_tx, arch_tx, _ = bilevel.make_optimizers(sc.optimizer, sc.arch_optimizer, params,
-                                                    total_steps, steps_per_epoch)
-    return bilevel.SearchState.create(params=params, batch_stats=variables["batch_stats"],
-                                      weight_tx=weight_tx, arch_tx=arch_tx,
-                                      rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+    weight_tx, arch_tx, _ = bilevel.make_optimizers(
+      sc.optimizer, sc.arch_optimizer, params, total_steps, steps_per_epoch
+    )
+    return bilevel.SearchState.create(
+      params=params,
+      batch_stats=variables["batch_stats"],
+      weight_tx=weight_tx,
+      arch_tx=arch_tx,
+      rng=jax.random.key_data(jax.random.fold_in(key, 1)),
+    )
 
   pc, pi = jax.process_count(), jax.process_index()
   paired = PairedIterator(
-      input_pipeline.make_train_iterator(config.data, "train", sc.batch_size, config.seed,
-                                         process_index=pi, process_count=pc),
-      input_pipeline.make_train_iterator(config.data, "holdout", sc.batch_size, config.seed,
-                                         process_index=pi, process_count=pc))
+    input_pipeline.make_train_iterator(
+      config.data, "train", sc.batch_size, config.seed, process_index=pi, process_count=pc
+    ),
+    input_pipeline.make_train_iterator(
+      config.data, "holdout", sc.batch_size, config.seed, process_index=pi, process_count=pc
+    ),
+  )
   state, ckpt, _ = training_loop.open_phase(config, workdir, mesh, init_state, paired)
-  _, _, schedule = bilevel.make_optimizers(sc.optimizer, sc.arch_optimizer, state.params,
-                                           total_steps, steps_per_epoch)
+  _, _, schedule = bilevel.make_optimizers(
+    sc.optimizer, sc.arch_optimizer, state.params, total_steps, steps_per_epoch
+  )
   step_cfg = bilevel.SearchStepConfig(
-      num_classes=info.num_classes, steps_per_epoch=steps_per_epoch,
-      diversity_lambda=sc.diversity_lambda, diversity_tau=sc.diversity_tau,
-      temperature=sc.temperature, second_order=sc.second_order,
-      weight_decay=sc.optimizer.weight_decay, noise=noise)
+    num_classes=info.num_classes,
+    steps_per_epoch=steps_per_epoch,
+    diversity_lambda=sc.diversity_lambda,
+    diversity_tau=sc.diversity_tau,
+    temperature=sc.temperature,
+    second_order=sc.second_order,
+    weight_decay=sc.optimizer.weight_decay,
+    noise=noise,
+  )
   step_fn = jax.jit(bilevel.make_search_step(model, step_cfg, schedule), donate_argnums=(0,))
   eval_fn = jax.jit(train_state_lib.make_classification_eval_step(model, info.num_classes))
-  reporter = reporting.Reporter(workdir, total_steps, int(state.step),
-                                progress_bar=config.get("progress_bar", True), desc="search")
+  reporter = reporting.Reporter(
+    workdir,
+    total_steps,
+    int(state.step),
+    progress_bar=config.get("progress_bar", True),
+    desc="search",
+  )
 
   history_path = os.path.join(workdir, "history.json")
   history: list[dict] = []
@@ -218,32 +257,56 @@ def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
     arch = jax.device_get(state.params["arch"])
     geno = space.derive(arch)
     reporting.write_json(os.path.join(workdir, f"genotype_epoch_{epoch:03d}.json"), geno.to_dict())
-    entry = {"epoch": epoch, "step": step, "wall_seconds": round(time.time() - start, 2),
-             "genotype": geno.to_dict(),
-             "entropy": float(bilevel.mean_entropy(arch, sc.temperature)),
-             "learnable_share": space.learnable_share(geno)}
+    entry = {
+      "epoch": epoch,
+      "step": step,
+      "wall_seconds": round(time.time() - start, 2),
+      "genotype": geno.to_dict(),
+      "entropy": float(bilevel.mean_entropy(arch, sc.temperature)),
+      "learnable_share": space.learnable_share(geno),
+    }
     if sc.eval_holdout:
-      variables = {"params": state.params["weights"], "arch": state.params["arch"],
-                   "batch_stats": state.batch_stats}
-      ev = training_loop.evaluate(eval_fn, variables, config.data, "holdout",
-                                  config.eval_batch_size, mesh, config.get("max_eval_examples", 0))
+      variables = {
+        "params": state.params["weights"],
+        "arch": state.params["arch"],
+        "batch_stats": state.batch_stats,
+      }
+      ev = training_loop.evaluate(
+        eval_fn,
+        variables,
+        config.data,
+        "holdout",
+        config.eval_batch_size,
+        mesh,
+        config.get("max_eval_examples", 0),
+      )
       entry.update(holdout_accuracy=ev["accuracy"], holdout_loss=ev["loss"])
     best = max((h.get("holdout_accuracy", -1.0) for h in history), default=-1.0)
     history.append(entry)
     if entry.get("holdout_accuracy", 0.0) >= best:
       reporting.write_json(os.path.join(workdir, "genotype_best.json"), geno.to_dict())
     reporting.write_json(history_path, history)
-    reporter.scalars(step, {k: entry[k] for k in ("entropy", "learnable_share",
-                                                 "holdout_accuracy") if k in entry})
-    reporter.message(f"[search] epoch {epoch}: entropy {entry['entropy']:.4f}, learnable-op "
-                     f"share {entry['learnable_share']:.3f}"
-                     + (f", held-out accuracy {entry['holdout_accuracy']:.4f}"
-                        if "holdout_accuracy" in entry else "") + f"\n  {geno}")
+    reporter.scalars(
+      step, {k: entry[k] for k in ("entropy", "learnable_share", "holdout_accuracy") if k in entry}
+    )
+    reporter.message(
+      f"[search] epoch {epoch}: entropy {entry['entropy']:.4f}, learnable-op "
+      f"share {entry['learnable_share']:.3f}"
+      + (
+        f", held-out accuracy {entry['holdout_accuracy']:.4f}"
+        if "holdout_accuracy" in entry
+        else ""
+      )
+      + f"\n  {geno}"
+    )
 
   start = time.time()  # wall time of this process (compilation included)
   restored_step = int(state.step)
-  if (restored_step and restored_step % steps_per_epoch == 0
-      and not any(h["step"] == restored_step for h in history)):
+  if (
+    restored_step
+    and restored_step % steps_per_epoch == 0
+    and not any(h["step"] == restored_step for h in history)
+  ):
     record_epoch(restored_step, state)  # the run stopped between checkpoint and record
 
   def after_step(step: int, state: Any) -> None:
@@ -252,10 +315,18 @@ def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
 
   try:
     state = training_loop.run_steps(
-        state=state, train_step=step_fn, train_iter=paired, mesh=mesh, ckpt=ckpt,
-        reporter=reporter, total_steps=total_steps,
-        **training_loop.intervals(config, steps_per_epoch),
-        phase_name="search", schedule=schedule, after_step=after_step)
+      state=state,
+      train_step=step_fn,
+      train_iter=paired,
+      mesh=mesh,
+      ckpt=ckpt,
+      reporter=reporter,
+      total_steps=total_steps,
+      **training_loop.intervals(config, steps_per_epoch),
+      phase_name="search",
+      schedule=schedule,
+      after_step=after_step,
+    )
   finally:
     paired.close()
   if not history or history[-1]["step"] != total_steps:
@@ -272,20 +343,23 @@ def run_search(config: Any, workdir: str, mesh, space: Any, info: Any,
 # Final network.
 
 
-def make_final_train_step(model, num_classes: int, label_smoothing: float,
-                          drop_path_prob: float, total_steps: int):
+def make_final_train_step(
+  model, num_classes: int, label_smoothing: float, drop_path_prob: float, total_steps: int
+):
   """Classification step; drop-path probability ramps linearly 0 -> p (DARTS/BNAS)."""
 
   def apply_kwargs(state: train_state_lib.TrainState) -> dict:
     p = drop_path_prob * state.step.astype(jnp.float32) / max(1, total_steps)
     return {"drop_path_prob": p, "rngs": {"dropout": state.step_key()}}
 
-  return train_state_lib.make_classification_train_step(model, num_classes, label_smoothing,
-                                                        apply_kwargs)
+  return train_state_lib.make_classification_train_step(
+    model, num_classes, label_smoothing, apply_kwargs
+  )
 
 
-def train_final(config: Any, workdir: str, mesh, space: Any, genotype: Any,
-                phase_name: str = "final") -> dict[str, Any]:
+def train_final(
+  config: Any, workdir: str, mesh, space: Any, genotype: Any, phase_name: str = "final"
+) -> dict[str, Any]:
   """Trains the genotype's network from scratch and tests it."""
   os.makedirs(workdir, exist_ok=True)
   fc = config.final
@@ -298,43 +372,80 @@ def train_final(config: Any, workdir: str, mesh, space: Any, genotype: Any,
 
   def init_state(key):
     variables = model.init(key, x0, train=False)
-    tx = optimizers.make_optimizer(fc.optimizer, variables["params"], total_steps,
-                                   steps_per_epoch)
+    tx = optimizers.make_optimizer(fc.optimizer, variables["params"], total_steps, steps_per_epoch)
     return train_state_lib.TrainState.create(
-        params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
-        rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+      params=variables["params"],
+      batch_stats=variables["batch_stats"],
+      tx=tx,
+      rng=jax.random.key_data(jax.random.fold_in(key, 1)),
+    )
 
   train_iter = input_pipeline.make_train_iterator(
-      data, "train", fc.batch_size, config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count())
+    data,
+    "train",
+    fc.batch_size,
+    config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   state, ckpt, _ = training_loop.open_phase(config, workdir, mesh, init_state, train_iter)
   schedule = optimizers.make_schedule(fc.optimizer, total_steps, steps_per_epoch)
-  step_fn = jax.jit(make_final_train_step(model, info.num_classes, fc.label_smoothing,
-                                          fc.drop_path_prob, total_steps), donate_argnums=(0,))
-  reporter = reporting.Reporter(workdir, total_steps, int(state.step),
-                                progress_bar=config.get("progress_bar", True), desc=phase_name)
+  step_fn = jax.jit(
+    make_final_train_step(
+      model, info.num_classes, fc.label_smoothing, fc.drop_path_prob, total_steps
+    ),
+    donate_argnums=(0,),
+  )
+  reporter = reporting.Reporter(
+    workdir,
+    total_steps,
+    int(state.step),
+    progress_bar=config.get("progress_bar", True),
+    desc=phase_name,
+  )
   try:
     state = training_loop.run_steps(
-        state=state, train_step=step_fn, train_iter=train_iter, mesh=mesh, ckpt=ckpt,
-        reporter=reporter, total_steps=total_steps,
-        **training_loop.intervals(config, steps_per_epoch),
-        phase_name=phase_name, schedule=schedule)
+      state=state,
+      train_step=step_fn,
+      train_iter=train_iter,
+      mesh=mesh,
+      ckpt=ckpt,
+      reporter=reporter,
+      total_steps=total_steps,
+      **training_loop.intervals(config, steps_per_epoch),
+      phase_name=phase_name,
+      schedule=schedule,
+    )
   finally:
     train_iter.close()
   eval_fn = jax.jit(train_state_lib.make_classification_eval_step(model, info.num_classes))
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  test = training_loop.evaluate(eval_fn, variables, data, "test", config.eval_batch_size, mesh,
-                                config.get("max_eval_examples", 0))
+  test = training_loop.evaluate(
+    eval_fn,
+    variables,
+    data,
+    "test",
+    config.eval_batch_size,
+    mesh,
+    config.get("max_eval_examples", 0),
+  )
   costs = darts_arch.cost_summary(space, model, info.image_shape)
-  results = {"phase": phase_name, "genotype": genotype.to_dict(), "steps": total_steps,
-             "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-             "test_examples": test["count"], "costs": costs}
+  results = {
+    "phase": phase_name,
+    "genotype": genotype.to_dict(),
+    "steps": total_steps,
+    "test_accuracy": test["accuracy"],
+    "test_loss": test["loss"],
+    "test_examples": test["count"],
+    "costs": costs,
+  }
   reporter.scalars(total_steps, {"test_accuracy": test["accuracy"]})
   reporter.message(
-      f"[{phase_name}] test accuracy {test['accuracy']:.4f} on {test['count']} examples after "
-      f"{total_steps} steps; FLOPs {costs['flops'] / 1e6:.3f} M (of which real shortcut "
-      f"projections {costs['shortcut_flops'] / 1e6:.3f} M), BOPs {costs['bops'] / 1e6:.3f} M, "
-      f"OPs {costs['ops'] / 1e6:.3f} M")
+    f"[{phase_name}] test accuracy {test['accuracy']:.4f} on {test['count']} examples after "
+    f"{total_steps} steps; FLOPs {costs['flops'] / 1e6:.3f} M (of which real shortcut "
+    f"projections {costs['shortcut_flops'] / 1e6:.3f} M), BOPs {costs['bops'] / 1e6:.3f} M, "
+    f"OPs {costs['ops'] / 1e6:.3f} M"
+  )
   reporter.close()
   ckpt.close()
   reporting.write_json(os.path.join(workdir, "results.json"), results)
@@ -353,10 +464,12 @@ def random_at_cost(config: Any, space: Any, ops: float) -> Any:
     model = darts_arch.final_network(config, space, genotype, info.num_classes)
     return darts_arch.cost_summary(space, model, info.image_shape)["ops"]
 
-  genotype, got = random_baseline.sample_at_cost(space.sample, cost, ops,
-                                                 np.random.default_rng([config.seed, 7]))
-  print(f"random baseline: {got / 1e6:.4g} M OPs (searched: {ops / 1e6:.4g} M): {genotype}",
-        flush=True)
+  genotype, got = random_baseline.sample_at_cost(
+    space.sample, cost, ops, np.random.default_rng([config.seed, 7])
+  )
+  print(
+    f"random baseline: {got / 1e6:.4g} M OPs (searched: {ops / 1e6:.4g} M): {genotype}", flush=True
+  )
   return genotype
 
 
@@ -373,8 +486,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   report: dict[str, Any] = {"space": space.name}
   genotype: Optional[Any] = checked["genotype"]
   if genotype is None:
-    genotype, history = run_search(config, os.path.join(workdir, "search"), mesh, space, info,
-                                   checked["noise"])
+    genotype, history = run_search(
+      config, os.path.join(workdir, "search"), mesh, space, info, checked["noise"]
+    )
     report["search_history"] = history
   report["genotype"] = genotype.to_dict()
   reporting.write_json(os.path.join(workdir, "genotype.json"), genotype.to_dict())
@@ -387,8 +501,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     report["final"] = final
     if config.final.random_baseline:
       random_geno = random_at_cost(config, space, final["costs"]["ops"])
-      report["random_baseline"] = train_final(config, os.path.join(workdir, "random"), mesh,
-                                              space, random_geno, phase_name="random")
+      report["random_baseline"] = train_final(
+        config, os.path.join(workdir, "random"), mesh, space, random_geno, phase_name="random"
+      )
   reporting.write_json(os.path.join(workdir, "report.json"), report)
   if final:
     print(f"test accuracy {final['test_accuracy']:.4f}", flush=True)

@@ -87,54 +87,79 @@ def _require(ok: bool, message: str) -> None:
 def validate(config: Any, mesh) -> input_pipeline.DatasetInfo:
   """Checks everything a user can get wrong, before any compute."""
   family = config.model.name
-  _require(family in dms_nets.FAMILIES,
-           f"config.model.name={family!r} is not a DMS family ({', '.join(dms_nets.FAMILIES)}).")
+  _require(
+    family in dms_nets.FAMILIES,
+    f"config.model.name={family!r} is not a DMS family ({', '.join(dms_nets.FAMILIES)}).",
+  )
   s = config.search
   num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-  _require(isinstance(s.num_blocks, int) and s.num_blocks >= 1,
-           f"config.search.num_blocks={s.num_blocks!r} must be a positive integer.")
-  _require(num(s.block_epochs) and num(s.block_steps) and s.block_steps >= 0
-           and (s.block_epochs > 0 or s.block_steps > 0),
-           "config.search.block_epochs (T') must be > 0 unless config.search.block_steps > 0.")
-  _require(num(s.arch_epochs) and num(s.arch_steps) and s.arch_steps >= 0
-           and (s.arch_epochs > 0 or s.arch_steps > 0),
-           "config.search.arch_epochs must be > 0 unless config.search.arch_steps > 0.")
+  _require(
+    isinstance(s.num_blocks, int) and s.num_blocks >= 1,
+    f"config.search.num_blocks={s.num_blocks!r} must be a positive integer.",
+  )
+  _require(
+    num(s.block_epochs)
+    and num(s.block_steps)
+    and s.block_steps >= 0
+    and (s.block_epochs > 0 or s.block_steps > 0),
+    "config.search.block_epochs (T') must be > 0 unless config.search.block_steps > 0.",
+  )
+  _require(
+    num(s.arch_epochs)
+    and num(s.arch_steps)
+    and s.arch_steps >= 0
+    and (s.arch_epochs > 0 or s.arch_steps > 0),
+    "config.search.arch_epochs must be > 0 unless config.search.arch_steps > 0.",
+  )
   for name in ("mu_initial", "sigma_initial", "sigma_final", "memory_target_mb", "tau"):
     _require(num(s[name]) and s[name] > 0, f"config.search.{name}={s[name]!r} must be > 0.")
-  _require(s.sigma_final <= s.sigma_initial,
-           f"config.search.sigma_final={s.sigma_final} must not exceed sigma_initial="
-           f"{s.sigma_initial}: sigma is only deflated (Alg. 1).")
-  _require(num(s.penalty) and s.penalty >= 0,
-           f"config.search.penalty (lambda)={s.penalty!r} must be >= 0.")
-  _require(num(s.min_ratio) and s.min_ratio > 0,
-           f"config.search.min_ratio={s.min_ratio!r} must be > 0.")
-  _require(isinstance(s.width_bucket, int) and s.width_bucket >= 1,
-           f"config.search.width_bucket={s.width_bucket!r} must be a positive integer "
-           "(1 = exact widths).")
+  _require(
+    s.sigma_final <= s.sigma_initial,
+    f"config.search.sigma_final={s.sigma_final} must not exceed sigma_initial="
+    f"{s.sigma_initial}: sigma is only deflated (Alg. 1).",
+  )
+  _require(
+    num(s.penalty) and s.penalty >= 0, f"config.search.penalty (lambda)={s.penalty!r} must be >= 0."
+  )
+  _require(
+    num(s.min_ratio) and s.min_ratio > 0, f"config.search.min_ratio={s.min_ratio!r} must be > 0."
+  )
+  _require(
+    isinstance(s.width_bucket, int) and s.width_bucket >= 1,
+    f"config.search.width_bucket={s.width_bucket!r} must be a positive integer (1 = exact widths).",
+  )
   for name in ("batch_size", "eval_batch_size"):
     sharding.check_batch_size(config[name], mesh, f"config.{name}")
   info = input_pipeline.get_dataset_info(config.data)
   if config.eval.arch is None:
-    _require(info.num_examples.get("holdout", 0) > 0,
-             "DMS updates mu on held-out training data: set config.data.holdout_fraction "
-             "(0.5 in the paper) or config.data.holdout_per_class.")
+    _require(
+      info.num_examples.get("holdout", 0) > 0,
+      "DMS updates mu on held-out training data: set config.data.holdout_fraction "
+      "(0.5 in the paper) or config.data.holdout_per_class.",
+    )
     for split in ("train", "holdout"):
-      _require(config.batch_size <= info.num_examples[split],
-               f"config.batch_size={config.batch_size} exceeds the {info.num_examples[split]} "
-               f"examples of the {split!r} split.")
+      _require(
+        config.batch_size <= info.num_examples[split],
+        f"config.batch_size={config.batch_size} exceeds the {info.num_examples[split]} "
+        f"examples of the {split!r} split.",
+      )
   else:
     dms_arch.resolve(config, config.eval.arch)
   for name in ("num_epochs", "fp_pretrain_epochs"):
-    _require(num(config.eval[name]) and config.eval[name] >= 0,
-             f"config.eval.{name}={config.eval[name]!r} must be >= 0.")
+    _require(
+      num(config.eval[name]) and config.eval[name] >= 0,
+      f"config.eval.{name}={config.eval[name]!r} must be >= 0.",
+    )
   model = dms_nets.make_net(family, dms_nets.base_widths_of(config.model), info.num_classes)
   try:
-    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *info.image_shape)),
-                                      train=False))
+    jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, *info.image_shape)), train=False)
+    )
   except Exception as e:  # pylint: disable=broad-except
     raise UserInputError(
-        f"{family} cannot run on {info.image_shape} images of {config.data.name}: {e}. The "
-        "CIFAR backbones need at least 32x32 inputs (config.data.image_size).") from e
+      f"{family} cannot run on {info.image_shape} images of {config.data.name}: {e}. The "
+      "CIFAR backbones need at least 32x32 inputs (config.data.image_size)."
+    ) from e
   return info
 
 
@@ -146,8 +171,9 @@ def _masks(cand_widths: jax.Array, buffer_widths: tuple[int, ...], pi: jax.Array
   return [dms.channel_mask(cand_widths[j], pi[j], w) for j, w in enumerate(buffer_widths)]
 
 
-def make_weight_step(model, num_classes: int, buffer_widths: tuple[int, ...], tau: float,
-                     label_smoothing: float = 0.0):
+def make_weight_step(
+  model, num_classes: int, buffer_widths: tuple[int, ...], tau: float, label_smoothing: float = 0.0
+):
   """(state, batch, cand_widths, log_probs) -> (state, metrics): Eq. 8 on the mixture.
 
   One SGD step on the Gumbel-sampled mixture of the candidates; the candidates' widths
@@ -159,12 +185,20 @@ def make_weight_step(model, num_classes: int, buffer_widths: tuple[int, ...], ta
     pi = dms.gumbel_softmax(state.step_key(), log_probs, tau)
     return {"channel_masks": _masks(cand_widths, buffer_widths, pi)}
 
-  return train_state_lib.make_classification_train_step(model, num_classes, label_smoothing,
-                                                        apply_kwargs)
+  return train_state_lib.make_classification_train_step(
+    model, num_classes, label_smoothing, apply_kwargs
+  )
 
 
-def make_arch_step(model, num_classes: int, buffer_widths: tuple[int, ...], *, tau: float,
-                   tx: optax.GradientTransformation, min_mu_minus_delta: float):
+def make_arch_step(
+  model,
+  num_classes: int,
+  buffer_widths: tuple[int, ...],
+  *,
+  tau: float,
+  tx: optax.GradientTransformation,
+  min_mu_minus_delta: float,
+):
   """(mu, opt_state, variables, batch, key, block) -> (mu, opt_state, metrics): Eq. 7 on mu.
 
   `block` holds the block's candidates (`ratios`, `widths`), `sigma`, the size
@@ -177,22 +211,29 @@ def make_arch_step(model, num_classes: int, buffer_widths: tuple[int, ...], *, t
   def loss_fn(mu, variables, batch, key, block):
     probs = dms.candidate_probabilities(mu, block["sigma"], block["ratios"])
     pi = dms.gumbel_softmax(key, jnp.log(probs), tau)
-    logits, _ = model.apply(variables, batch["image"], train=True,
-                            channel_masks=_masks(block["widths"], buffer_widths, pi),
-                            mutable=["batch_stats"])
+    logits, _ = model.apply(
+      variables,
+      batch["image"],
+      train=True,
+      channel_masks=_masks(block["widths"], buffer_widths, pi),
+      mutable=["batch_stats"],
+    )
     ce = train_state_lib.cross_entropy(logits, batch["label"], num_classes).mean()
-    memory_mb = dms.memory_at(block["polynomial"],
-                              dms.expected_widths(probs, block["widths"])) / MB
+    memory_mb = dms.memory_at(block["polynomial"], dms.expected_widths(probs, block["widths"])) / MB
     penalty = dms.memory_penalty(memory_mb, block["target_mb"], block["penalty"])
     return ce + penalty, (ce, memory_mb)
 
   def step(mu, opt_state, variables, batch, key, block):
     (loss, (ce, memory_mb)), grad = jax.value_and_grad(loss_fn, has_aux=True)(
-        mu, variables, batch, key, block)
+      mu, variables, batch, key, block
+    )
     updates, opt_state = tx.update(grad, opt_state, mu)
     mu = dms.project_mu(optax.apply_updates(mu, updates), block["sigma"], min_mu_minus_delta)
-    return mu, opt_state, {"loss": loss, "ce": ce, "expected_memory_mb": memory_mb,
-                           "grad_norm": jnp.linalg.norm(grad)}
+    return (
+      mu,
+      opt_state,
+      {"loss": loss, "ce": ce, "expected_memory_mb": memory_mb, "grad_norm": jnp.linalg.norm(grad)},
+    )
 
   return step
 
@@ -214,9 +255,13 @@ def _initial_search_state(config: Any, n: int) -> dict:
   s = config.search
   mu = np.full((n,), s.mu_initial, np.float32)
   opt_state = arch_optimizer(config).init(jnp.asarray(mu))
-  return {"next_block": 0, "mu": mu.tolist(), "sigma": float(s.sigma_initial),
-          "arch_opt_state": [np.asarray(x).tolist() for x in jax.tree.leaves(opt_state)],
-          "history": []}
+  return {
+    "next_block": 0,
+    "mu": mu.tolist(),
+    "sigma": float(s.sigma_initial),
+    "arch_opt_state": [np.asarray(x).tolist() for x in jax.tree.leaves(opt_state)],
+    "history": [],
+  }
 
 
 def _load_search_state(config: Any, workdir: str, n: int) -> dict:
@@ -227,16 +272,18 @@ def _load_search_state(config: Any, workdir: str, n: int) -> dict:
     state = json.load(f)
   if len(state.get("mu", ())) != n:
     raise UserInputError(
-        f"{path} holds a search of {len(state.get('mu', ()))} slots but config.model.name="
-        f"{config.model.name!r} has {n}; use a new --workdir.")
+      f"{path} holds a search of {len(state.get('mu', ()))} slots but config.model.name="
+      f"{config.model.name!r} has {n}; use a new --workdir."
+    )
   return state
 
 
 def _opt_state_from_json(config: Any, mu: jax.Array, leaves: list) -> Any:
   template = arch_optimizer(config).init(mu)
   treedef = jax.tree.structure(template)
-  return jax.tree.unflatten(treedef, [jnp.asarray(v, dtype=t.dtype)
-                                      for v, t in zip(leaves, jax.tree.leaves(template))])
+  return jax.tree.unflatten(
+    treedef, [jnp.asarray(v, dtype=t.dtype) for v, t in zip(leaves, jax.tree.leaves(template))]
+  )
 
 
 def _block_dir(workdir: str, block: int) -> str:
@@ -266,17 +313,27 @@ def _block_config(config: Any, block: int) -> ml_collections.ConfigDict:
 
 def _weight_optimizer_config(config: Any) -> ml_collections.ConfigDict:
   o = config.search.optimizer
-  return ml_collections.ConfigDict(dict(
-      name=o.get("name", "sgd"), learning_rate=o.learning_rate, schedule="cosine_restarts",
-      restart_epochs=1.0, min_lr=o.get("min_lr", 0.0), momentum=o.get("momentum", 0.9),
-      weight_decay=o.get("weight_decay", 0.0), grad_clip_norm=o.get("grad_clip_norm", None)))
+  return ml_collections.ConfigDict(
+    dict(
+      name=o.get("name", "sgd"),
+      learning_rate=o.learning_rate,
+      schedule="cosine_restarts",
+      restart_epochs=1.0,
+      min_lr=o.get("min_lr", 0.0),
+      momentum=o.get("momentum", 0.9),
+      weight_decay=o.get("weight_decay", 0.0),
+      grad_clip_norm=o.get("grad_clip_norm", None),
+    )
+  )
 
 
 def _sharded_batch_spec(config: Any, info, mesh) -> dict:
   b = config.batch_size
   spec = sharding.batch_sharded(mesh)
-  return {"image": jax.ShapeDtypeStruct((b, *info.image_shape), jnp.float32, sharding=spec),
-          "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=spec)}
+  return {
+    "image": jax.ShapeDtypeStruct((b, *info.image_shape), jnp.float32, sharding=spec),
+    "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=spec),
+  }
 
 
 def buffer_widths(max_widths: np.ndarray, bucket: int) -> tuple[int, ...]:
@@ -284,8 +341,9 @@ def buffer_widths(max_widths: np.ndarray, bucket: int) -> tuple[int, ...]:
   return tuple(int(-(-int(w) // bucket) * bucket) for w in max_widths)
 
 
-def _compiled_steps(config: Any, model, buffers: tuple[int, ...], info, mesh, state,
-                    total_steps: int, compiled: dict) -> tuple[Any, Any, float, bool]:
+def _compiled_steps(
+  config: Any, model, buffers: tuple[int, ...], info, mesh, state, total_steps: int, compiled: dict
+) -> tuple[Any, Any, float, bool]:
   """(weight step, arch step, compile seconds, cache hit) for a block's network.
 
   `compiled` (one per search) holds the steps by everything their programs
@@ -294,10 +352,20 @@ def _compiled_steps(config: Any, model, buffers: tuple[int, ...], info, mesh, st
   """
   s = config.search
   opt_cfg = _weight_optimizer_config(config)
-  key = (config.model.name, buffers, info.num_classes, tuple(info.image_shape),
-         config.batch_size, s.tau, config.get("label_smoothing", 0.0), opt_cfg.to_json(),
-         s.arch_optimizer.to_json(), total_steps, s.min_mu_minus_delta,
-         tuple(d.id for d in mesh.devices.flat))
+  key = (
+    config.model.name,
+    buffers,
+    info.num_classes,
+    tuple(info.image_shape),
+    config.batch_size,
+    s.tau,
+    config.get("label_smoothing", 0.0),
+    opt_cfg.to_json(),
+    s.arch_optimizer.to_json(),
+    total_steps,
+    s.min_mu_minus_delta,
+    tuple(d.id for d in mesh.devices.flat),
+  )
   if key in compiled:
     return (*compiled[key], 0.0, True)
   t0 = time.perf_counter()
@@ -305,52 +373,101 @@ def _compiled_steps(config: Any, model, buffers: tuple[int, ...], info, mesh, st
   batch_spec = _sharded_batch_spec(config, info, mesh)
   n = len(buffers)
   tx = optimizers.make_optimizer(opt_cfg, state.params, total_steps, total_steps)
-  weight_step = make_weight_step(model, info.num_classes, buffers, s.tau,
-                                 config.get("label_smoothing", 0.0))
+  weight_step = make_weight_step(
+    model, info.num_classes, buffers, s.tau, config.get("label_smoothing", 0.0)
+  )
 
   def weight_core(params, batch_stats, opt_state, step, rng, batch, cand_widths, log_probs):
     # The optimizer is rebuilt from the same settings (tx is static, not traced), so the
     # program does not depend on which block's TrainState object carries it.
-    st = train_state_lib.TrainState(step=step, params=params, batch_stats=batch_stats,
-                                    opt_state=opt_state, rng=rng, tx=tx)
+    st = train_state_lib.TrainState(
+      step=step, params=params, batch_stats=batch_stats, opt_state=opt_state, rng=rng, tx=tx
+    )
     st, metrics = weight_step(st, batch, cand_widths, log_probs)
     return st.params, st.batch_stats, st.opt_state, st.step, metrics
 
   widths_spec = jax.ShapeDtypeStruct((n, 3), jnp.int32, sharding=rep)
   probs_spec = jax.ShapeDtypeStruct((n, 3), jnp.float32, sharding=rep)
-  core = jax.jit(weight_core, in_shardings=(rep,) * 5 + (rows, rep, rep), out_shardings=rep,
-                 donate_argnums=(0, 1, 2)).lower(
-                     state.params, state.batch_stats, state.opt_state, state.step, state.rng,
-                     batch_spec, widths_spec, probs_spec).compile()
+  core = (
+    jax.jit(
+      weight_core,
+      in_shardings=(rep,) * 5 + (rows, rep, rep),
+      out_shardings=rep,
+      donate_argnums=(0, 1, 2),
+    )
+    .lower(
+      state.params,
+      state.batch_stats,
+      state.opt_state,
+      state.step,
+      state.rng,
+      batch_spec,
+      widths_spec,
+      probs_spec,
+    )
+    .compile()
+  )
 
   def train_step(state, batch, cand_widths, log_probs):
-    params, stats, opt_state, step, metrics = core(state.params, state.batch_stats,
-                                                   state.opt_state, state.step, state.rng, batch,
-                                                   cand_widths, log_probs)
-    return state.replace(params=params, batch_stats=stats, opt_state=opt_state,
-                         step=step), metrics
+    params, stats, opt_state, step, metrics = core(
+      state.params,
+      state.batch_stats,
+      state.opt_state,
+      state.step,
+      state.rng,
+      batch,
+      cand_widths,
+      log_probs,
+    )
+    return state.replace(params=params, batch_stats=stats, opt_state=opt_state, step=step), metrics
 
   arch_tx = arch_optimizer(config)
   mu_spec = jax.ShapeDtypeStruct((n,), jnp.float32, sharding=rep)
   f32 = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=rep)
-  block_spec = {"ratios": probs_spec, "widths": widths_spec, "sigma": f32(()),
-                "polynomial": {"const": f32(()), "linear": f32((n,)), "pairwise": f32((n, n))},
-                "target_mb": f32(()), "penalty": f32(())}
-  opt_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
-                          jax.eval_shape(arch_tx.init, mu_spec))
+  block_spec = {
+    "ratios": probs_spec,
+    "widths": widths_spec,
+    "sigma": f32(()),
+    "polynomial": {"const": f32(()), "linear": f32((n,)), "pairwise": f32((n, n))},
+    "target_mb": f32(()),
+    "penalty": f32(()),
+  }
+  opt_spec = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+    jax.eval_shape(arch_tx.init, mu_spec),
+  )
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   key_spec = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep)
-  arch_step = jax.jit(
-      make_arch_step(model, info.num_classes, buffers, tau=s.tau, tx=arch_tx,
-                     min_mu_minus_delta=s.min_mu_minus_delta),
-      in_shardings=(rep, rep, rep, rows, rep, rep), out_shardings=rep).lower(
-          mu_spec, opt_spec, variables, batch_spec, key_spec, block_spec).compile()
+  arch_step = (
+    jax.jit(
+      make_arch_step(
+        model,
+        info.num_classes,
+        buffers,
+        tau=s.tau,
+        tx=arch_tx,
+        min_mu_minus_delta=s.min_mu_minus_delta,
+      ),
+      in_shardings=(rep, rep, rep, rows, rep, rep),
+      out_shardings=rep,
+    )
+    .lower(mu_spec, opt_spec, variables, batch_spec, key_spec, block_spec)
+    .compile()
+  )
   compiled[key] = (train_step, arch_step)
   return train_step, arch_step, time.perf_counter() - t0, False
 
 
-def run_block(config: Any, workdir: str, block: int, search: dict, info, mesh,
-              previous: Optional[dict], compiled: dict) -> tuple[dict, dict]:
+def run_block(
+  config: Any,
+  workdir: str,
+  block: int,
+  search: dict,
+  info,
+  mesh,
+  previous: Optional[dict],
+  compiled: dict,
+) -> tuple[dict, dict]:
   """Alg. 1 lines 2-12 for one block; returns (new search state, final variables)."""
   s = config.search
   family = config.model.name
@@ -375,27 +492,46 @@ def run_block(config: Any, workdir: str, block: int, search: dict, info, mesh,
   opt_cfg = _weight_optimizer_config(config)
   block_cfg = _block_config(config, block)
   state, ckpt, train_iter, resumed = training_loop.start_phase(
-      block_cfg, block_dir, mesh, lambda key: model.init(key, x0, train=False), opt_cfg,
-      total_steps, total_steps)
+    block_cfg,
+    block_dir,
+    mesh,
+    lambda key: model.init(key, x0, train=False),
+    opt_cfg,
+    total_steps,
+    total_steps,
+  )
   if not resumed and previous is not None and s.best_effort_init:
     carried = jax.device_put(
-        dms.best_effort_init(previous, {"params": state.params, "batch_stats": state.batch_stats}),
-        rep)
+      dms.best_effort_init(previous, {"params": state.params, "batch_stats": state.batch_stats}),
+      rep,
+    )
     state = state.replace(params=carried["params"], batch_stats=carried["batch_stats"])
   weight_step, arch_step, compile_seconds, cached = _compiled_steps(
-      config, model, buffers, info, mesh, state, total_steps, compiled)
+    config, model, buffers, info, mesh, state, total_steps, compiled
+  )
   cand_dev = jax.device_put(jnp.asarray(cand_widths, jnp.int32), rep)
   log_probs_dev = jax.device_put(jnp.asarray(log_probs, jnp.float32), rep)
-  reporter = reporting.Reporter(block_dir, total_steps, int(state.step),
-                                progress_bar=config.get("progress_bar", True),
-                                desc=f"search block {block + 1}/{s.num_blocks}")
+  reporter = reporting.Reporter(
+    block_dir,
+    total_steps,
+    int(state.step),
+    progress_bar=config.get("progress_bar", True),
+    desc=f"search block {block + 1}/{s.num_blocks}",
+  )
   t_train = time.perf_counter()
   state = training_loop.run_steps(
-      state=state, train_step=weight_step, train_iter=train_iter, mesh=mesh, ckpt=ckpt,
-      reporter=reporter, total_steps=total_steps,
-      **training_loop.intervals(config, steps_per_epoch),
-      phase_name=f"search_block_{block}", step_inputs=lambda step: (cand_dev, log_probs_dev),
-      schedule=optimizers.make_schedule(opt_cfg, total_steps, total_steps))
+    state=state,
+    train_step=weight_step,
+    train_iter=train_iter,
+    mesh=mesh,
+    ckpt=ckpt,
+    reporter=reporter,
+    total_steps=total_steps,
+    **training_loop.intervals(config, steps_per_epoch),
+    phase_name=f"search_block_{block}",
+    step_inputs=lambda step: (cand_dev, log_probs_dev),
+    schedule=optimizers.make_schedule(opt_cfg, total_steps, total_steps),
+  )
   train_seconds = time.perf_counter() - t_train
   train_iter.close()
   ckpt.close()
@@ -403,27 +539,42 @@ def run_block(config: Any, workdir: str, block: int, search: dict, info, mesh,
 
   # mu update on the holdout half (Alg. 1 lines 9-10).
   polynomial = dms_nets.size_polynomial(family, info.num_classes, tuple(info.image_shape))
-  block_inputs = jax.device_put({
-      "ratios": jnp.asarray(ratios, jnp.float32), "widths": cand_dev,
+  block_inputs = jax.device_put(
+    {
+      "ratios": jnp.asarray(ratios, jnp.float32),
+      "widths": cand_dev,
       "sigma": jnp.float32(sigma),
       "polynomial": {k: jnp.asarray(v, jnp.float32) for k, v in polynomial.items()},
-      "target_mb": jnp.float32(s.memory_target_mb), "penalty": jnp.float32(s.penalty)}, rep)
+      "target_mb": jnp.float32(s.memory_target_mb),
+      "penalty": jnp.float32(s.penalty),
+    },
+    rep,
+  )
   mu_dev = jax.device_put(jnp.asarray(mu), rep)
   opt_state = jax.device_put(_opt_state_from_json(config, mu_dev, search["arch_opt_state"]), rep)
-  holdout_batches = input_pipeline.num_batches_per_epoch(config.data, "holdout",
-                                                         config.batch_size)
+  holdout_batches = input_pipeline.num_batches_per_epoch(config.data, "holdout", config.batch_size)
   arch_steps = s.arch_steps or max(1, int(round(s.arch_epochs * holdout_batches)))
   key = jax.random.fold_in(jax.random.key(config.seed), block)
   holdout_iter = input_pipeline.make_train_iterator(
-      config.data, "holdout", config.batch_size, block_cfg.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+    config.data,
+    "holdout",
+    config.batch_size,
+    block_cfg.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   metrics = []
   t_arch = time.perf_counter()
   for i in range(arch_steps):
     batch = sharding.global_batch(next(holdout_iter), mesh)
-    mu_dev, opt_state, m = arch_step(mu_dev, opt_state, variables, batch,
-                                     jax.device_put(jax.random.fold_in(key, i), rep),
-                                     block_inputs)
+    mu_dev, opt_state, m = arch_step(
+      mu_dev,
+      opt_state,
+      variables,
+      batch,
+      jax.device_put(jax.random.fold_in(key, i), rep),
+      block_inputs,
+    )
     metrics.append(m)
   holdout_iter.close()
   metrics = {k: float(np.mean([float(m[k]) for m in metrics])) for k in metrics[0]}
@@ -433,28 +584,45 @@ def run_block(config: Any, workdir: str, block: int, search: dict, info, mesh,
   new_mu = np.asarray(mu_dev, np.float64)
   beta = dms.deflation_factor(s.num_blocks, s.sigma_initial, s.sigma_final)
   record = {
-      "block": block, "sigma": sigma, "mu_before": mu.tolist(), "mu_after": new_mu.tolist(),
-      "candidate_ratios": ratios.tolist(), "candidate_widths": cand_widths.tolist(),
-      "buffer_widths": list(buffers), "arch_steps": arch_steps, "weight_steps": total_steps,
-      "compile_seconds": compile_seconds, "compiled_steps_reused": cached,
-      "weight_train_seconds": train_seconds, "arch_seconds": arch_seconds,
-      "block_seconds": time.perf_counter() - t_block,
-      **{f"valid_{k}": v for k, v in metrics.items()},
+    "block": block,
+    "sigma": sigma,
+    "mu_before": mu.tolist(),
+    "mu_after": new_mu.tolist(),
+    "candidate_ratios": ratios.tolist(),
+    "candidate_widths": cand_widths.tolist(),
+    "buffer_widths": list(buffers),
+    "arch_steps": arch_steps,
+    "weight_steps": total_steps,
+    "compile_seconds": compile_seconds,
+    "compiled_steps_reused": cached,
+    "weight_train_seconds": train_seconds,
+    "arch_seconds": arch_seconds,
+    "block_seconds": time.perf_counter() - t_block,
+    **{f"valid_{k}": v for k, v in metrics.items()},
   }
-  reporter.scalars(total_steps, {"sigma": sigma, **{f"valid_{k}": v for k, v in metrics.items()},
-                                 **{f"mu/{n}": v for n, v in
-                                    zip(dms_nets.slot_names(family), new_mu)}})
+  reporter.scalars(
+    total_steps,
+    {
+      "sigma": sigma,
+      **{f"valid_{k}": v for k, v in metrics.items()},
+      **{f"mu/{n}": v for n, v in zip(dms_nets.slot_names(family), new_mu)},
+    },
+  )
   reporter.message(
-      f"[search block {block + 1}/{s.num_blocks}] sigma {sigma:.3f} valid CE {metrics['ce']:.3f} "
-      f"E[memory] {metrics['expected_memory_mb']:.4f} MB, mu "
-      + " ".join(f"{v:.2f}" for v in new_mu)
-      + (" (compiled steps reused" if cached else f" (compile {compile_seconds:.1f}s")
-      + f", block {record['block_seconds']:.1f}s)")
+    f"[search block {block + 1}/{s.num_blocks}] sigma {sigma:.3f} valid CE {metrics['ce']:.3f} "
+    f"E[memory] {metrics['expected_memory_mb']:.4f} MB, mu "
+    + " ".join(f"{v:.2f}" for v in new_mu)
+    + (" (compiled steps reused" if cached else f" (compile {compile_seconds:.1f}s")
+    + f", block {record['block_seconds']:.1f}s)"
+  )
   reporter.close()
   new_search = {
-      "next_block": block + 1, "mu": new_mu.tolist(), "sigma": sigma * beta,
-      "arch_opt_state": [np.asarray(x).tolist() for x in jax.tree.leaves(opt_state)],
-      "history": search["history"] + [record]}
+    "next_block": block + 1,
+    "mu": new_mu.tolist(),
+    "sigma": sigma * beta,
+    "arch_opt_state": [np.asarray(x).tolist() for x in jax.tree.leaves(opt_state)],
+    "history": search["history"] + [record],
+  }
   return new_search, variables
 
 
@@ -482,8 +650,9 @@ def _model_size(family: str, widths, num_classes: int, image_shape, binary=True)
   return cost_model.count_costs(model, (1, *image_shape), train=False).model_size_bytes
 
 
-def random_widths_at_size(config: Any, info, target_bytes: float,
-                          rng: np.random.Generator) -> tuple[int, ...]:
+def random_widths_at_size(
+  config: Any, info, target_bytes: float, rng: np.random.Generator
+) -> tuple[int, ...]:
   """A random width vector of the DMS space whose binary network is the largest at or under
   `target_bytes` along its random direction: the baseline at the searched network's size.
 
@@ -519,15 +688,23 @@ def widths_summary(config: Any, search_state: Optional[dict], widths, info) -> d
   uniform = {}
   for name, k in dms_arch.UNIFORM.items():
     w = dms_nets.uniform_widths(family, k, base)
-    uniform[name] = {"widths": list(w),
-                     "model_size_mb": _model_size(family, w, info.num_classes, shape) / MB}
-  uniform["fp"] = {"widths": list(base),
-                   "model_size_mb": _model_size(family, base, info.num_classes, shape,
-                                                binary=False) / MB}
-  out = {"family": family, "slot_names": list(dms_nets.slot_names(family)),
-         "base_widths": list(base), "widths": list(widths),
-         "model_size_mb": _model_size(family, widths, info.num_classes, shape) / MB,
-         "memory_target_mb": config.search.memory_target_mb, "uniform": uniform}
+    uniform[name] = {
+      "widths": list(w),
+      "model_size_mb": _model_size(family, w, info.num_classes, shape) / MB,
+    }
+  uniform["fp"] = {
+    "widths": list(base),
+    "model_size_mb": _model_size(family, base, info.num_classes, shape, binary=False) / MB,
+  }
+  out = {
+    "family": family,
+    "slot_names": list(dms_nets.slot_names(family)),
+    "base_widths": list(base),
+    "widths": list(widths),
+    "model_size_mb": _model_size(family, widths, info.num_classes, shape) / MB,
+    "memory_target_mb": config.search.memory_target_mb,
+    "uniform": uniform,
+  }
   if search_state is not None:
     out["mu"] = search_state["mu"]
     out["ratios"] = [w / b for w, b in zip(widths, base)]
@@ -538,17 +715,27 @@ def widths_summary(config: Any, search_state: Optional[dict], widths, info) -> d
 def plot_widths(summary: dict, path: str) -> None:
   """Fig. 4: searched channels per layer against the uniform 1x-4x BNNs."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   names = summary["slot_names"]
   x = np.arange(len(names))
   fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names)), 3.5))
-  ax.bar(x, summary["widths"], 0.6, color="tab:red",
-         label=f"DMS ({summary['model_size_mb']:.3f} MB)")
+  ax.bar(
+    x, summary["widths"], 0.6, color="tab:red", label=f"DMS ({summary['model_size_mb']:.3f} MB)"
+  )
   for k, style in zip((1, 2, 3, 4), ("-", "--", "-.", ":")):
     u = summary["uniform"][f"uniform{k}x"]
-    ax.step(np.append(x, x[-1] + 1) - 0.5, np.append(u["widths"], u["widths"][-1]), where="post",
-            color="k", linestyle=style, linewidth=1, label=f"BNN {k}x ({u['model_size_mb']:.3f} MB)")
+    ax.step(
+      np.append(x, x[-1] + 1) - 0.5,
+      np.append(u["widths"], u["widths"][-1]),
+      where="post",
+      color="k",
+      linestyle=style,
+      linewidth=1,
+      label=f"BNN {k}x ({u['model_size_mb']:.3f} MB)",
+    )
   ax.set_xticks(x)
   ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
   ax.set_ylabel("channels")
@@ -564,19 +751,23 @@ def write_trajectory(search_state: dict, family: str, directory: str) -> None:
   hist = search_state["history"]
   if not hist:
     return
-  traj = {"slot_names": list(dms_nets.slot_names(family)),
-          "sigma": [h["sigma"] for h in hist],
-          "mu": [hist[0]["mu_before"]] + [h["mu_after"] for h in hist],
-          "expected_memory_mb": [h.get("valid_expected_memory_mb") for h in hist],
-          "valid_ce": [h.get("valid_ce") for h in hist],
-          "compile_seconds": [h["compile_seconds"] for h in hist],
-          "block_seconds": [h["block_seconds"] for h in hist]}
+  traj = {
+    "slot_names": list(dms_nets.slot_names(family)),
+    "sigma": [h["sigma"] for h in hist],
+    "mu": [hist[0]["mu_before"]] + [h["mu_after"] for h in hist],
+    "expected_memory_mb": [h.get("valid_expected_memory_mb") for h in hist],
+    "valid_ce": [h.get("valid_ce") for h in hist],
+    "compile_seconds": [h["compile_seconds"] for h in hist],
+    "block_seconds": [h["block_seconds"] for h in hist],
+  }
   reporting.write_json(os.path.join(directory, "trajectory.json"), traj)
   if jax.process_index() != 0:
     return
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
   mu = np.asarray(traj["mu"])
   for j, name in enumerate(traj["slot_names"]):
@@ -596,8 +787,9 @@ def write_trajectory(search_state: dict, family: str, directory: str) -> None:
 # Evaluation (App. B.2.2)
 
 
-def _eval_config(config: Any, model_config: Any, *, num_epochs: float,
-                 binary: bool = True) -> ml_collections.ConfigDict:
+def _eval_config(
+  config: Any, model_config: Any, *, num_epochs: float, binary: bool = True
+) -> ml_collections.ConfigDict:
   c = config.copy_and_resolve_references()
   with c.unlocked():
     c.model = model_config.copy_and_resolve_references()
@@ -616,33 +808,47 @@ def evaluate(config: Any, workdir: str, model_config: Any, info, mesh) -> dict:
   init_variables = None
   wd = config.eval.optimizer.weight_decay
   if config.eval.fp_pretrain_epochs and model_config.get("binary", True):
-    fp_cfg = _eval_config(config, model_config, num_epochs=config.eval.fp_pretrain_epochs,
-                          binary=False)
+    fp_cfg = _eval_config(
+      config, model_config, num_epochs=config.eval.fp_pretrain_epochs, binary=False
+    )
     fp_dir = os.path.join(workdir, "eval_fp")
-    supervised.train_phase(fp_cfg, fp_dir, binary_weights=True, weight_decay=wd,
-                           phase_name="eval_fp")
+    supervised.train_phase(
+      fp_cfg, fp_dir, binary_weights=True, weight_decay=wd, phase_name="eval_fp"
+    )
     fp = _restore_final_variables(fp_dir)
     bnn = dms_nets.build(model_config, info.num_classes)
     fresh = bnn.init(jax.random.key(config.seed), jnp.zeros((1, *info.image_shape)), train=False)
     init_variables = dms.best_effort_init(fp, fresh)  # same shapes: a full copy
   eval_cfg = _eval_config(config, model_config, num_epochs=config.eval.num_epochs)
-  return supervised.train_phase(eval_cfg, os.path.join(workdir, "eval"), binary_weights=True,
-                                weight_decay=wd, init_variables=init_variables,
-                                phase_name="eval")
+  return supervised.train_phase(
+    eval_cfg,
+    os.path.join(workdir, "eval"),
+    binary_weights=True,
+    weight_decay=wd,
+    init_variables=init_variables,
+    phase_name="eval",
+  )
 
 
 def random_baseline(config: Any, workdir: str, summary: dict, info, mesh) -> dict:
   """Random widths at the searched network's model size, trained and tested the same way."""
   target = summary["model_size_mb"] * MB
   widths = random_widths_at_size(config, info, target, np.random.default_rng([config.seed, 7]))
-  model_config = ml_collections.ConfigDict(dict(name=config.model.name, widths=widths,
-                                                binary=True, binary_weights=True))
+  model_config = ml_collections.ConfigDict(
+    dict(name=config.model.name, widths=widths, binary=True, binary_weights=True)
+  )
   size_mb = _model_size(config.model.name, widths, info.num_classes, tuple(info.image_shape)) / MB
-  print(f"[dms] random baseline: widths {list(widths)}, model size {size_mb:.4f} MB (searched "
-        f"{summary['model_size_mb']:.4f} MB)", flush=True)
+  print(
+    f"[dms] random baseline: widths {list(widths)}, model size {size_mb:.4f} MB (searched "
+    f"{summary['model_size_mb']:.4f} MB)",
+    flush=True,
+  )
   results = evaluate(config, os.path.join(workdir, "random"), model_config, info, mesh)
-  return {"widths": list(widths), "model_size_mb": size_mb,
-          "test_accuracy": results["test_accuracy"]}
+  return {
+    "widths": list(widths),
+    "model_size_mb": size_mb,
+    "test_accuracy": results["test_accuracy"],
+  }
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict:
@@ -655,8 +861,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   if config.eval.arch is None:
     search_state = search(config, workdir, info, mesh)
     widths = dms.final_widths(search_state["mu"], dms_nets.base_widths_of(config.model))
-    model_config = ml_collections.ConfigDict(dict(name=family, widths=widths, binary=True,
-                                                  binary_weights=True))
+    model_config = ml_collections.ConfigDict(
+      dict(name=family, widths=widths, binary=True, binary_weights=True)
+    )
     write_trajectory(search_state, family, os.path.join(workdir, "search"))
   else:
     model_config = dms_arch.resolve(config, config.eval.arch)
@@ -669,23 +876,39 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   if jax.process_index() == 0:
     plot_widths(summary, os.path.join(workdir, "dms_widths.png"))
   t1 = time.perf_counter()
-  report = {"family": family, "widths": list(widths), "binary": bool(model_config.binary),
-            "model_size_mb": summary["model_size_mb"], "search_seconds": search_seconds}
+  report = {
+    "family": family,
+    "widths": list(widths),
+    "binary": bool(model_config.binary),
+    "model_size_mb": summary["model_size_mb"],
+    "search_seconds": search_seconds,
+  }
   if config.eval.num_epochs or config.eval.num_train_steps:
     results = evaluate(config, workdir, model_config, info, mesh)
-    report.update(test_accuracy=results["test_accuracy"], params=results["params"],
-                  eval_seconds=time.perf_counter() - t1)
+    report.update(
+      test_accuracy=results["test_accuracy"],
+      params=results["params"],
+      eval_seconds=time.perf_counter() - t1,
+    )
     if config.eval.get("random_baseline") and search_state is not None:
       report["random_baseline"] = random_baseline(config, workdir, summary, info, mesh)
   if search_state is not None:
     report["mu"] = search_state["mu"]
     report["compile_seconds_per_block"] = [h["compile_seconds"] for h in search_state["history"]]
   reporting.write_json(os.path.join(workdir, "report.json"), report)
-  accuracy = (f"test accuracy {report['test_accuracy']:.4f}" if "test_accuracy" in report
-              else "not trained (config.eval.num_epochs = 0)")
-  print(f"[dms] widths {list(widths)}: model size {summary['model_size_mb']:.4f} MB, {accuracy}",
-        flush=True)
+  accuracy = (
+    f"test accuracy {report['test_accuracy']:.4f}"
+    if "test_accuracy" in report
+    else "not trained (config.eval.num_epochs = 0)"
+  )
+  print(
+    f"[dms] widths {list(widths)}: model size {summary['model_size_mb']:.4f} MB, {accuracy}",
+    flush=True,
+  )
   if "random_baseline" in report:
-    print(f"[dms] random widths at the same size: test accuracy "
-          f"{report['random_baseline']['test_accuracy']:.4f}", flush=True)
+    print(
+      f"[dms] random widths at the same size: test accuracy "
+      f"{report['random_baseline']['test_accuracy']:.4f}",
+      flush=True,
+    )
   return report

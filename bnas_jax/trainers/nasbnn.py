@@ -67,7 +67,8 @@ def sandwich_archs(space: nasbnn.SearchSpace, seed: int, step: int, sampling: st
   """The students of a step: smallest + two random, identical on every process."""
   rng = np.random.default_rng([seed, step])
   students = [nasbnn.smallest(space)] + [
-      nasbnn.sample_uniform(space, rng, distribution=sampling) for _ in range(2)]
+    nasbnn.sample_uniform(space, rng, distribution=sampling) for _ in range(2)
+  ]
   return _stack([nasbnn.encode(space, a) for a in students])
 
 
@@ -83,8 +84,15 @@ def student_weight(step: int, warmup_steps: int) -> np.float32:
   return np.float32(min(1.0, (step - 1) / warmup_steps))
 
 
-def make_sandwich_step(model, num_classes: int, teacher_arch: dict, *, label_smoothing: float,
-                       teacher_mode: str, distill: bool):
+def make_sandwich_step(
+  model,
+  num_classes: int,
+  teacher_arch: dict,
+  *,
+  label_smoothing: float,
+  teacher_mode: str,
+  distill: bool,
+):
   """The jitted-ready sandwich step (Eq. 4): teacher CE + students' KD, one update.
 
   `step(state, batch, students, s_weight)`: `s_weight` scales the students'
@@ -94,10 +102,16 @@ def make_sandwich_step(model, num_classes: int, teacher_arch: dict, *, label_smo
   apply = functools.partial(model.apply, train=True, mutable=["batch_stats"])
 
   def teacher_loss(params, batch_stats, batch):
-    t_logits, upd = apply({"params": params, "batch_stats": batch_stats}, batch["image"],
-                          teacher_arch, weight_mode=t_weights, activation_mode=t_acts)
-    t_loss = train_state_lib.cross_entropy(t_logits, batch["label"], num_classes,
-                                           label_smoothing).mean()
+    t_logits, upd = apply(
+      {"params": params, "batch_stats": batch_stats},
+      batch["image"],
+      teacher_arch,
+      weight_mode=t_weights,
+      activation_mode=t_acts,
+    )
+    t_loss = train_state_lib.cross_entropy(
+      t_logits, batch["label"], num_classes, label_smoothing
+    ).mean()
     return t_loss, (t_logits, upd["batch_stats"])
 
   def student_loss(params, stats, batch, soft, arch):
@@ -125,19 +139,28 @@ def make_sandwich_step(model, num_classes: int, teacher_arch: dict, *, label_smo
 
   def step(state, batch, students, s_weight=np.float32(1.0)):
     (loss, (stats, t_loss, s_loss, t_acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, batch, students, s_weight)
-    metrics = {"loss": loss, "teacher_loss": t_loss, "student_loss": s_loss,
-               "teacher_accuracy": t_acc, "grad_norm": optax.tree.norm(grads)}
+      state.params, state.batch_stats, batch, students, s_weight
+    )
+    metrics = {
+      "loss": loss,
+      "teacher_loss": t_loss,
+      "student_loss": s_loss,
+      "teacher_accuracy": t_acc,
+      "grad_norm": optax.tree.norm(grads),
+    }
     return state.apply_gradients(grads, stats), metrics
 
   return step
 
 
 def _supernet(config, space, num_classes):
-  return nasbnn_supernet.NasBnnSupernet(space, num_classes,
-                                        bi_transformation=config.supernet.bi_transformation,
-                                        weight_norm=config.supernet.weight_norm,
-                                        zero_init_classifier=config.supernet.zero_init_classifier)
+  return nasbnn_supernet.NasBnnSupernet(
+    space,
+    num_classes,
+    bi_transformation=config.supernet.bi_transformation,
+    weight_norm=config.supernet.weight_norm,
+    zero_init_classifier=config.supernet.zero_init_classifier,
+  )
 
 
 def validate(config: Any, mesh) -> tuple[nasbnn.SearchSpace, input_pipeline.DatasetInfo]:
@@ -146,19 +169,22 @@ def validate(config: Any, mesh) -> tuple[nasbnn.SearchSpace, input_pipeline.Data
   info = input_pipeline.get_dataset_info(config.data)
   if info.image_shape[0] != space.resolution:
     raise UserInputError(
-        f"config.data.image_size={info.image_shape[0]} differs from config.space.resolution="
-        f"{space.resolution}; the supernet is built for the space's resolution.")
+      f"config.data.image_size={info.image_shape[0]} differs from config.space.resolution="
+      f"{space.resolution}; the supernet is built for the space's resolution."
+    )
   for name in ("batch_size", "eval_batch_size"):
     sharding.check_batch_size(config[name], mesh, f"config.{name}")
   _validate_calibration(config.search, mesh, info.num_examples["train"])
   _validate_targets(config.deploy.ops_targets)
   if not info.num_examples.get("holdout"):
     raise UserInputError(
-        "NAS-BNN searches on a held-out split of the training data: set "
-        "config.data.holdout_per_class or config.data.holdout_fraction.")
+      "NAS-BNN searches on a held-out split of the training data: set "
+      "config.data.holdout_per_class or config.data.holdout_fraction."
+    )
   if config.supernet.teacher not in TEACHER_MODES:
-    raise UserInputError(f"config.supernet.teacher={config.supernet.teacher!r} is not one of "
-                         f"{sorted(TEACHER_MODES)}.")
+    raise UserInputError(
+      f"config.supernet.teacher={config.supernet.teacher!r} is not one of {sorted(TEACHER_MODES)}."
+    )
   evolution.validate_config(_evolution_config(config, space, info.num_classes))
   return space, info
 
@@ -170,17 +196,20 @@ def _validate_calibration(s, mesh, num_train: int) -> None:
   sharding.check_batch_size(s.calibration_batch_size, mesh, "config.search.calibration_batch_size")
   if s.calibration_batch_size > num_train:
     raise UserInputError(
-        f"config.search.calibration_batch_size={s.calibration_batch_size} is larger than the "
-        f"training split ({num_train} images) it is drawn from; lower it.")
+      f"config.search.calibration_batch_size={s.calibration_batch_size} is larger than the "
+      f"training split ({num_train} images) it is drawn from; lower it."
+    )
 
 
 def _validate_targets(targets) -> None:
   if not isinstance(targets, (tuple, list)) or not all(
-      isinstance(t, (int, float)) and not isinstance(t, bool) and np.isfinite(t) and t > 0
-      for t in targets):
+    isinstance(t, (int, float)) and not isinstance(t, bool) and np.isfinite(t) and t > 0
+    for t in targets
+  ):
     raise UserInputError(
-        f"config.deploy.ops_targets={targets!r} must be a tuple of positive OPs budgets in "
-        f"millions, e.g. (0.05, 0.1, 0.27); () deploys nothing.")
+      f"config.deploy.ops_targets={targets!r} must be a tuple of positive OPs budgets in "
+      f"millions, e.g. (0.05, 0.1, 0.27); () deploys nothing."
+    )
 
 
 def train_supernet(config, space, info, mesh, workdir: str) -> Any:
@@ -188,31 +217,57 @@ def train_supernet(config, space, info, mesh, workdir: str) -> Any:
   model = _supernet(config, space, info.num_classes)
   steps_per_epoch = input_pipeline.num_batches_per_epoch(config.data, "train", config.batch_size)
   total_steps = config.supernet.get("num_train_steps") or int(
-      config.supernet.num_epochs * steps_per_epoch)
+    config.supernet.num_epochs * steps_per_epoch
+  )
   biggest = nasbnn.encode(space, nasbnn.biggest(space))
   x0 = jnp.zeros((1, *info.image_shape))
 
   state, ckpt, train_iter, _ = training_loop.start_phase(
-      config, workdir, mesh, lambda key: model.init(key, x0, biggest), config.supernet.optimizer,
-      total_steps, steps_per_epoch)
-  step_fn = jax.jit(make_sandwich_step(
-      model, info.num_classes, biggest,
+    config,
+    workdir,
+    mesh,
+    lambda key: model.init(key, x0, biggest),
+    config.supernet.optimizer,
+    total_steps,
+    steps_per_epoch,
+  )
+  step_fn = jax.jit(
+    make_sandwich_step(
+      model,
+      info.num_classes,
+      biggest,
       label_smoothing=config.supernet.teacher_label_smoothing,
-      teacher_mode=config.supernet.teacher, distill=config.supernet.distill), donate_argnums=(0,))
-  reporter = reporting.Reporter(workdir, total_steps, int(state.step),
-                                progress_bar=config.get("progress_bar", True), desc="supernet")
+      teacher_mode=config.supernet.teacher,
+      distill=config.supernet.distill,
+    ),
+    donate_argnums=(0,),
+  )
+  reporter = reporting.Reporter(
+    workdir,
+    total_steps,
+    int(state.step),
+    progress_bar=config.get("progress_bar", True),
+    desc="supernet",
+  )
   warmup_steps = int(config.supernet.student_warmup_epochs * steps_per_epoch)
   if int(state.step) < total_steps and jax.process_index() == 0:
     print("compiling the sandwich step — first run only, cached for the next", flush=True)
   state = training_loop.run_steps(
-      state=state, train_step=step_fn, train_iter=train_iter, mesh=mesh, ckpt=ckpt,
-      reporter=reporter, total_steps=total_steps,
-      **training_loop.intervals(config, steps_per_epoch),
-      phase_name="supernet",
-      step_inputs=lambda step: (
-          sandwich_archs(space, config.seed, step, config.supernet.sampling),
-          student_weight(step, warmup_steps)),
-      schedule=optimizers.make_schedule(config.supernet.optimizer, total_steps, steps_per_epoch))
+    state=state,
+    train_step=step_fn,
+    train_iter=train_iter,
+    mesh=mesh,
+    ckpt=ckpt,
+    reporter=reporter,
+    total_steps=total_steps,
+    **training_loop.intervals(config, steps_per_epoch),
+    phase_name="supernet",
+    step_inputs=lambda step: (
+      sandwich_archs(space, config.seed, step, config.supernet.sampling),
+      student_weight(step, warmup_steps),
+    ),
+    schedule=optimizers.make_schedule(config.supernet.optimizer, total_steps, steps_per_epoch),
+  )
   reporter.close()
   ckpt.close()
   return state
@@ -240,19 +295,32 @@ def make_recalibrate(model):
 
   def recalibrate(params, batch_stats, calib_images, arch):
     def moments(x):
-      _, out = model.apply({"params": params, "batch_stats": batch_stats}, x, arch, train=True,
-                           mutable=["batch_stats", "batch_moments"])
+      _, out = model.apply(
+        {"params": params, "batch_stats": batch_stats},
+        x,
+        arch,
+        train=True,
+        mutable=["batch_stats", "batch_moments"],
+      )
       return out["batch_moments"]
 
     per_batch = jax.lax.map(moments, calib_images)
-    return jax.tree.map(lambda m: jnp.mean(m[0], axis=0), per_batch,
-                        is_leaf=lambda t: isinstance(t, tuple))
+    return jax.tree.map(
+      lambda m: jnp.mean(m[0], axis=0), per_batch, is_leaf=lambda t: isinstance(t, tuple)
+    )
 
   return recalibrate
 
 
-def calibration_draws(arch_strings: Sequence[str], *, seed: int, num_batches: int,
-                      batch_size: int, pool_size: int, reshuffle: bool) -> np.ndarray:
+def calibration_draws(
+  arch_strings: Sequence[str],
+  *,
+  seed: int,
+  num_batches: int,
+  batch_size: int,
+  pool_size: int,
+  reshuffle: bool,
+) -> np.ndarray:
   """Indices into the calibration pool: int32 (len(arch_strings), num_batches, batch_size).
 
   `reshuffle` (the public code: a fresh shuffled loader per candidate) gives
@@ -278,7 +346,8 @@ def _gather_calibration(pool, draw, mesh):
   images = jnp.take(pool, draw, axis=0)  # (num_batches, batch_size, H, W, C)
   if mesh is not None:
     images = jax.lax.with_sharding_constraint(
-        images, NamedSharding(mesh, PartitionSpec(None, sharding.DATA_AXIS)))
+      images, NamedSharding(mesh, PartitionSpec(None, sharding.DATA_AXIS))
+    )
   return images
 
 
@@ -306,8 +375,9 @@ def make_eval_sweep(model, mesh=None):
       stats = recalibrate(params, batch_stats, pool, draw, arch)
 
       def correct(batch):
-        logits = model.apply({"params": params, "batch_stats": stats}, batch["image"], arch,
-                             train=False)
+        logits = model.apply(
+          {"params": params, "batch_stats": stats}, batch["image"], arch, train=False
+        )
         return jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * batch["mask"])
 
       return jnp.sum(jax.lax.map(correct, eval_batches)) / jnp.sum(eval_batches["mask"])
@@ -336,21 +406,32 @@ class Calibration:
     self.reshuffle = bool(s.calibration_reshuffle)
     self.seed = config.seed
     it = input_pipeline.make_train_iterator(
-        config.data, "train", self.batch_size, config.seed + 1,
-        augment=bool(s.calibration_augment), process_index=jax.process_index(),
-        process_count=jax.process_count())
+      config.data,
+      "train",
+      self.batch_size,
+      config.seed + 1,
+      augment=bool(s.calibration_augment),
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
     batches = [next(it) for _ in range(s.calibration_pool_batches)]
     it.close()
     # (pool, H, W, C), the pool's images sharded over the data axis.
     images = np.concatenate([b["image"] for b in batches])
     self.pool = jax.make_array_from_process_local_data(
-        NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS)), images)
+      NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS)), images
+    )
     self.pool_size = self.pool.shape[0]
 
   def draws(self, archs: Sequence[nasbnn.Architecture]) -> np.ndarray:
-    return calibration_draws([a.to_string() for a in archs], seed=self.seed,
-                             num_batches=self.num_batches, batch_size=self.batch_size,
-                             pool_size=self.pool_size, reshuffle=self.reshuffle)
+    return calibration_draws(
+      [a.to_string() for a in archs],
+      seed=self.seed,
+      num_batches=self.num_batches,
+      batch_size=self.batch_size,
+      pool_size=self.pool_size,
+      reshuffle=self.reshuffle,
+    )
 
 
 def _evolution_config(config, space, num_classes) -> evolution.EvolutionConfig:
@@ -361,17 +442,34 @@ def _evolution_config(config, space, num_classes) -> evolution.EvolutionConfig:
   hi = s.ops_max if s.ops_max is not None else big
   step = s.bucket_step if s.bucket_step is not None else (hi - lo) / 20
   return evolution.EvolutionConfig(
-      population_size=s.population_size, generations=s.generations,
-      num_mutations=s.num_mutations, num_crossovers=s.num_crossovers,
-      mutation_prob=s.mutation_prob, ops_min=lo, ops_max=hi, bucket_step=step, seed=config.seed,
-      max_tries=s.max_tries, init_sampling=s.get("init_sampling", "per_bucket"))
+    population_size=s.population_size,
+    generations=s.generations,
+    num_mutations=s.num_mutations,
+    num_crossovers=s.num_crossovers,
+    mutation_prob=s.mutation_prob,
+    ops_min=lo,
+    ops_max=hi,
+    bucket_step=step,
+    seed=config.seed,
+    max_tries=s.max_tries,
+    init_sampling=s.get("init_sampling", "per_bucket"),
+  )
 
 
 def _eval_batches(config, split: str, mesh) -> dict:
-  return _stacked_batches(list(input_pipeline.make_eval_batches(
-      config.data, split, config.eval_batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count(), max_examples=config.get("max_eval_examples") or None)),
-      mesh)
+  return _stacked_batches(
+    list(
+      input_pipeline.make_eval_batches(
+        config.data,
+        split,
+        config.eval_batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        max_examples=config.get("max_eval_examples") or None,
+      )
+    ),
+    mesh,
+  )
 
 
 def make_holdout_evaluator(config, space, info, mesh, state, calib: Calibration):
@@ -384,11 +482,17 @@ def make_holdout_evaluator(config, space, info, mesh, state, calib: Calibration)
   def evaluate(archs):
     accs = []
     for i in range(0, len(archs), chunk):
-      part = list(archs[i:i + chunk])
+      part = list(archs[i : i + chunk])
       n = len(part)
       part += [part[-1]] * (chunk - n)  # fixed shape: one compiled sweep
-      out = sweep(state.params, state.batch_stats, calib.pool, calib.draws(part), holdout,
-                  _stack([nasbnn.encode(space, a) for a in part]))
+      out = sweep(
+        state.params,
+        state.batch_stats,
+        calib.pool,
+        calib.draws(part),
+        holdout,
+        _stack([nasbnn.encode(space, a) for a in part]),
+      )
       accs.extend(float(a) for a in np.asarray(jax.device_get(out))[:n])
     return accs
 
@@ -406,10 +510,15 @@ def search(config, space, info, evaluate, workdir: str) -> evolution.SearchResul
       raise preemption.Preempted(generation, state_path)
 
   result = evolution.run_evolution(
-      space, _evolution_config(config, space, info.num_classes), cost_fn=cost,
-      evaluate_fn=evaluate, state_path=state_path, save_state=jax.process_index() == 0,
-      log=print if jax.process_index() == 0 else lambda _: None,
-      after_generation=stop_if_requested)
+    space,
+    _evolution_config(config, space, info.num_classes),
+    cost_fn=cost,
+    evaluate_fn=evaluate,
+    state_path=state_path,
+    save_state=jax.process_index() == 0,
+    log=print if jax.process_index() == 0 else lambda _: None,
+    after_generation=stop_if_requested,
+  )
   if jax.process_index() == 0:
     evolution.write_outputs(result, workdir)
   return result
@@ -427,22 +536,29 @@ def select_for_targets(front: Sequence[dict], targets: Sequence[float]) -> list[
   for t in targets:
     fits = [r for r in front if r["ops"] <= t]
     if not fits:
-      out.append({"target_ops_m": t, "record": None,
-                  "skipped": f"no front member at or under {t:g} M OPs"})
+      out.append(
+        {"target_ops_m": t, "record": None, "skipped": f"no front member at or under {t:g} M OPs"}
+      )
       continue
     best = max(fits, key=lambda r: (r["acc"], -r["ops"]))
     key = best["arch"].to_string()
     if key in taken:
-      out.append({"target_ops_m": t, "record": None,
-                  "skipped": f"same subnet as the {taken[key]:g} M OPs target"})
+      out.append(
+        {
+          "target_ops_m": t,
+          "record": None,
+          "skipped": f"same subnet as the {taken[key]:g} M OPs target",
+        }
+      )
       continue
     taken[key] = t
     out.append({"target_ops_m": t, "record": best})
   return out
 
 
-def random_arch_at_ops(space: nasbnn.SearchSpace, ops_m: float, cost, seed: int,
-                       num_samples: int = 2000) -> nasbnn.Architecture:
+def random_arch_at_ops(
+  space: nasbnn.SearchSpace, ops_m: float, cost, seed: int, num_samples: int = 2000
+) -> nasbnn.Architecture:
   """A uniform random subnet (`uniform_depths`) with OPs the closest to `ops_m` at or under it.
 
   `search/random_baseline.py` with `num_samples` seeded draws (identical on
@@ -455,8 +571,9 @@ def random_arch_at_ops(space: nasbnn.SearchSpace, ops_m: float, cost, seed: int,
   return arch if got <= ops_m else nasbnn.smallest(space)
 
 
-def deploy(config, space, info, mesh, state, result, calib: Calibration, evaluate,
-           workdir: str) -> dict:
+def deploy(
+  config, space, info, mesh, state, result, calib: Calibration, evaluate, workdir: str
+) -> dict:
   """Phase 3 for a family: per OPs target, pipeline 1 (extract + test) and 2 (finetune + test).
 
   Returns {"deployed": [...], "skipped": [...]}; with
@@ -470,11 +587,15 @@ def deploy(config, space, info, mesh, state, result, calib: Calibration, evaluat
 
   def pipelines(arch, name):
     draw = calib.draws([arch])[0]
-    stats = recalibrate(state.params, state.batch_stats, calib.pool, draw,
-                        nasbnn.encode(space, arch))
+    stats = recalibrate(
+      state.params, state.batch_stats, calib.pool, draw, nasbnn.encode(space, arch)
+    )
     variables = nasbnn_supernet.extract_subnet_variables(
-        space, arch, {"params": state.params, "batch_stats": stats},
-        bi_transformation=config.supernet.bi_transformation)
+      space,
+      arch,
+      {"params": state.params, "batch_stats": stats},
+      bi_transformation=config.supernet.bi_transformation,
+    )
     ft = config.copy_and_resolve_references()
     with ft.unlocked():
       ft.model = nasbnn_subnet.model_config(space, arch, config.model)
@@ -487,20 +608,31 @@ def deploy(config, space, info, mesh, state, result, calib: Calibration, evaluat
         ft.data.holdout_per_class = 0
     sub_dir = os.path.join(workdir, name)
     before = supervised.evaluate_variables(ft, variables, mesh, info, "test")["accuracy"]
-    compact = binary_export.export(ft.model.blocks, variables,
-                                   kernel_norm=ft.model.kernel_norm == "channelwise")
+    compact = binary_export.export(
+      ft.model.blocks, variables, kernel_norm=ft.model.kernel_norm == "channelwise"
+    )
     packed_bytes = None  # the bit-packed form `python -m bnas_jax.deploy` runs
     if jax.process_index() == 0:
       binary_export.save(os.path.join(sub_dir, "binary_export.npz"), compact)
-      packed_bytes = binary_export.save_packed(os.path.join(sub_dir, binary_export.PACKED_FILE),
-                                               compact, image_size=config.data.image_size)
-    after = supervised.train_phase(ft, sub_dir, binary_weights=True,
-                                   weight_decay=ft.optimizer.weight_decay,
-                                   init_variables=variables, phase_name=f"finetune_{name}")
-    return {"arch": arch.to_string(), "ops_m": cost(arch),
-            "test_accuracy_pipeline1": before, "test_accuracy_pipeline2": after["test_accuracy"],
-            "export_bytes": binary_export.size_bytes(compact)["total"],
-            "packed_bytes": packed_bytes}
+      packed_bytes = binary_export.save_packed(
+        os.path.join(sub_dir, binary_export.PACKED_FILE), compact, image_size=config.data.image_size
+      )
+    after = supervised.train_phase(
+      ft,
+      sub_dir,
+      binary_weights=True,
+      weight_decay=ft.optimizer.weight_decay,
+      init_variables=variables,
+      phase_name=f"finetune_{name}",
+    )
+    return {
+      "arch": arch.to_string(),
+      "ops_m": cost(arch),
+      "test_accuracy_pipeline1": before,
+      "test_accuracy_pipeline2": after["test_accuracy"],
+      "export_bytes": binary_export.size_bytes(compact)["total"],
+      "packed_bytes": packed_bytes,
+    }
 
   selection = select_for_targets(result.front, config.deploy.ops_targets)
   deployed, skipped = [], []
@@ -511,38 +643,51 @@ def deploy(config, space, info, mesh, state, result, calib: Calibration, evaluat
   chosen = [sel for sel in selection if sel["record"] is not None]
   for k, sel in enumerate(chosen):
     record = sel["record"]
-    entry = {"target_ops_m": sel["target_ops_m"], **pipelines(record["arch"], f"arch{k}"),
-             "holdout_accuracy": record["acc"]}
-    print(f"[deploy] target {sel['target_ops_m']:g}: {entry['arch']}: {entry['ops_m']:.4g} M OPs, "
-          f"holdout {entry['holdout_accuracy']:.4f}, test {entry['test_accuracy_pipeline1']:.4f} "
-          f"pipeline 1 -> {entry['test_accuracy_pipeline2']:.4f} pipeline 2")
+    entry = {
+      "target_ops_m": sel["target_ops_m"],
+      **pipelines(record["arch"], f"arch{k}"),
+      "holdout_accuracy": record["acc"],
+    }
+    print(
+      f"[deploy] target {sel['target_ops_m']:g}: {entry['arch']}: {entry['ops_m']:.4g} M OPs, "
+      f"holdout {entry['holdout_accuracy']:.4f}, test {entry['test_accuracy_pipeline1']:.4f} "
+      f"pipeline 1 -> {entry['test_accuracy_pipeline2']:.4f} pipeline 2"
+    )
     if config.deploy.get("random_baseline"):
       arch = random_arch_at_ops(space, record["ops"], cost, config.seed + k)
       base = pipelines(arch, f"random{k}")
       base["holdout_accuracy"] = evaluate([arch])[0]
       entry["random_baseline"] = base
-      print(f"[deploy]   random at the same OPs: {base['arch']}: {base['ops_m']:.4g} M OPs, "
-            f"holdout {base['holdout_accuracy']:.4f}, test {base['test_accuracy_pipeline1']:.4f} "
-            f"-> {base['test_accuracy_pipeline2']:.4f}")
+      print(
+        f"[deploy]   random at the same OPs: {base['arch']}: {base['ops_m']:.4g} M OPs, "
+        f"holdout {base['holdout_accuracy']:.4f}, test {base['test_accuracy_pipeline1']:.4f} "
+        f"-> {base['test_accuracy_pipeline2']:.4f}"
+      )
     deployed.append(entry)
   return {"deployed": deployed, "skipped": skipped}
 
 
 def summary_lines(report: dict) -> list[str]:
   """The printed summary of the deployed family (one line per subnet)."""
-  lines = ["Deployed subnets (one per OPs target; accuracy: held-out after search, test after "
-           "pipeline 1 / pipeline 2):",
-           f"  {'target':>8} {'OPs (M)':>9} {'held-out':>8} {'pipe 1':>7} {'pipe 2':>7} "
-           f"{'export':>9}  architecture"]
+  lines = [
+    "Deployed subnets (one per OPs target; accuracy: held-out after search, test after "
+    "pipeline 1 / pipeline 2):",
+    f"  {'target':>8} {'OPs (M)':>9} {'held-out':>8} {'pipe 1':>7} {'pipe 2':>7} "
+    f"{'export':>9}  architecture",
+  ]
   for d in report["deployed"]:
-    lines.append(f"  {d['target_ops_m']:8.4g} {d['ops_m']:9.4f} {d['holdout_accuracy']:8.4f} "
-                 f"{d['test_accuracy_pipeline1']:7.4f} {d['test_accuracy_pipeline2']:7.4f} "
-                 f"{int(d['export_bytes']):9,d}  {d['arch']}")
+    lines.append(
+      f"  {d['target_ops_m']:8.4g} {d['ops_m']:9.4f} {d['holdout_accuracy']:8.4f} "
+      f"{d['test_accuracy_pipeline1']:7.4f} {d['test_accuracy_pipeline2']:7.4f} "
+      f"{int(d['export_bytes']):9,d}  {d['arch']}"
+    )
     if "random_baseline" in d:
       b = d["random_baseline"]
-      lines.append(f"  {'random':>8} {b['ops_m']:9.4f} {b['holdout_accuracy']:8.4f} "
-                   f"{b['test_accuracy_pipeline1']:7.4f} {b['test_accuracy_pipeline2']:7.4f} "
-                   f"{int(b['export_bytes']):9,d}  {b['arch']}")
+      lines.append(
+        f"  {'random':>8} {b['ops_m']:9.4f} {b['holdout_accuracy']:8.4f} "
+        f"{b['test_accuracy_pipeline1']:7.4f} {b['test_accuracy_pipeline2']:7.4f} "
+        f"{int(b['export_bytes']):9,d}  {b['arch']}"
+      )
   for s in report["skipped"]:
     lines.append(f"  {s['target_ops_m']:8.4g}  skipped: {s['reason']}")
   return lines
@@ -560,11 +705,16 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   print("Pareto front (OPs in M, held-out accuracy):")
   for r in result.front:
     print(f"  {r['ops']:10.4f}  {r['acc']:.4f}  {r['arch'].to_string()}")
-  family = deploy(config, space, info, mesh, state, result, calib, evaluate,
-                  os.path.join(workdir, "deploy"))
-  report = {"front": [{"arch": r["arch"].to_string(), "ops_m": r["ops"], "holdout_accuracy": r["acc"]}
-                      for r in result.front],
-            **family}
+  family = deploy(
+    config, space, info, mesh, state, result, calib, evaluate, os.path.join(workdir, "deploy")
+  )
+  report = {
+    "front": [
+      {"arch": r["arch"].to_string(), "ops_m": r["ops"], "holdout_accuracy": r["acc"]}
+      for r in result.front
+    ],
+    **family,
+  }
   if jax.process_index() == 0:
     print("\n".join(summary_lines(report)))
     atomic_files.write_json(os.path.join(workdir, "report.json"), report, indent=2)

@@ -44,23 +44,34 @@ def validate(config: Any, mesh: jax.sharding.Mesh) -> input_pipeline.DatasetInfo
   info = input_pipeline.get_dataset_info(config.data)
   if config.batch_size > info.num_examples["train"]:
     raise UserInputError(
-        f"config.batch_size={config.batch_size} is larger than the training split of "
-        f"{config.data.name} ({info.num_examples['train']} examples).")
+      f"config.batch_size={config.batch_size} is larger than the training split of "
+      f"{config.data.name} ({info.num_examples['train']} examples)."
+    )
   model = build_model(config.model, info.num_classes)
   try:
-    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *info.image_shape)), train=False))
+    jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, *info.image_shape)), train=False)
+    )
   except UserInputError:
     raise
   except Exception as e:  # shape errors of an impossible architecture/resolution
     raise UserInputError(
-        f"The model of config.model cannot run on {info.image_shape} inputs of "
-        f"{config.data.name}: {e}. Check the block layout, strides and image_size.") from e
+      f"The model of config.model cannot run on {info.image_shape} inputs of "
+      f"{config.data.name}: {e}. Check the block layout, strides and image_size."
+    ) from e
   return info
 
 
 def _evaluate(eval_step, variables: dict, config: Any, split: str, mesh) -> dict[str, float]:
-  return training_loop.evaluate(eval_step, variables, config.data, split, config.eval_batch_size,
-                                mesh, config.get("max_eval_examples") or 0)
+  return training_loop.evaluate(
+    eval_step,
+    variables,
+    config.data,
+    split,
+    config.eval_batch_size,
+    mesh,
+    config.get("max_eval_examples") or 0,
+  )
 
 
 def evaluate_variables(config: Any, variables: dict, mesh, info, split: str) -> dict[str, float]:
@@ -70,9 +81,16 @@ def evaluate_variables(config: Any, variables: dict, mesh, info, split: str) -> 
   return _evaluate(eval_step, variables, config, split, mesh)
 
 
-def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay: float,
-                init_from: Optional[str] = None, init_variables: Optional[dict] = None,
-                phase_name: str = "train") -> dict[str, float]:
+def train_phase(
+  config: Any,
+  workdir: str,
+  *,
+  binary_weights: bool,
+  weight_decay: float,
+  init_from: Optional[str] = None,
+  init_variables: Optional[dict] = None,
+  phase_name: str = "train",
+) -> dict[str, float]:
   """Trains one phase to completion (resuming if `workdir` has checkpoints).
 
   Args:
@@ -99,9 +117,14 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
     opt_cfg.weight_decay = weight_decay
 
   state, ckpt, train_iter, resumed = training_loop.start_phase(
-      config, workdir, mesh,
-      lambda key: model.init(key, jnp.zeros((1, *info.image_shape)), train=False),
-      opt_cfg, total_steps, steps_per_epoch)
+    config,
+    workdir,
+    mesh,
+    lambda key: model.init(key, jnp.zeros((1, *info.image_shape)), train=False),
+    opt_cfg,
+    total_steps,
+    steps_per_epoch,
+  )
   if not resumed and init_variables is not None:
     # The step donates its state: own copies, so the caller's arrays (e.g. a
     # supernet's, which full-width slices alias) survive.
@@ -116,13 +139,20 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
     start.close()
 
   train_step = jax.jit(
-      train_state_lib.make_classification_train_step(model, info.num_classes,
-                                                     config.get("label_smoothing", 0.0)),
-      donate_argnums=(0,))
+    train_state_lib.make_classification_train_step(
+      model, info.num_classes, config.get("label_smoothing", 0.0)
+    ),
+    donate_argnums=(0,),
+  )
   eval_step = jax.jit(train_state_lib.make_classification_eval_step(model, info.num_classes))
   initial_step = int(state.step)
-  reporter = reporting.Reporter(workdir, total_steps, initial_step,
-                                progress_bar=config.get("progress_bar", True), desc=phase_name)
+  reporter = reporting.Reporter(
+    workdir,
+    total_steps,
+    initial_step,
+    progress_bar=config.get("progress_bar", True),
+    desc=phase_name,
+  )
   if initial_step == 0:
     reporter.writer.write_hparams(reporting.hparams_from_config(config))
   elif initial_step < total_steps:
@@ -137,21 +167,38 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
       reporter.scalars(step, {f"{split}_accuracy": ev["accuracy"], f"{split}_loss": ev["loss"]})
 
   state = training_loop.run_steps(
-      state=state, train_step=train_step, train_iter=train_iter, mesh=mesh, ckpt=ckpt,
-      reporter=reporter, total_steps=total_steps,
-      **training_loop.intervals(config, steps_per_epoch),
-      phase_name=phase_name, schedule=optimizers.make_schedule(opt_cfg, total_steps, steps_per_epoch),
-      after_step=periodic_eval)
+    state=state,
+    train_step=train_step,
+    train_iter=train_iter,
+    mesh=mesh,
+    ckpt=ckpt,
+    reporter=reporter,
+    total_steps=total_steps,
+    **training_loop.intervals(config, steps_per_epoch),
+    phase_name=phase_name,
+    schedule=optimizers.make_schedule(opt_cfg, total_steps, steps_per_epoch),
+    after_step=periodic_eval,
+  )
 
-  test = _evaluate(eval_step, {"params": state.params, "batch_stats": state.batch_stats}, config,
-                   "test", mesh)
+  test = _evaluate(
+    eval_step, {"params": state.params, "batch_stats": state.batch_stats}, config, "test", mesh
+  )
   reporter.scalars(total_steps, {"test_accuracy": test["accuracy"], "test_loss": test["loss"]})
   cost = cost_model.count_costs(model, (1, *info.image_shape), train=False)
-  results = {"phase": phase_name, "steps": total_steps, "test_accuracy": test["accuracy"],
-             "test_loss": test["loss"], "test_examples": int(test["count"]),
-             "ops": cost.ops, "params": cost.params, "model_size_bytes": cost.model_size_bytes}
-  reporter.message(f"[{phase_name}] test accuracy {test['accuracy']:.4f} on {int(test['count'])} "
-                   f"examples after {total_steps} steps (OPs {cost.ops / 1e6:.3f} M)")
+  results = {
+    "phase": phase_name,
+    "steps": total_steps,
+    "test_accuracy": test["accuracy"],
+    "test_loss": test["loss"],
+    "test_examples": int(test["count"]),
+    "ops": cost.ops,
+    "params": cost.params,
+    "model_size_bytes": cost.model_size_bytes,
+  }
+  reporter.message(
+    f"[{phase_name}] test accuracy {test['accuracy']:.4f} on {int(test['count'])} "
+    f"examples after {total_steps} steps (OPs {cost.ops / 1e6:.3f} M)"
+  )
   reporter.close()
   ckpt.close()
   reporting.write_json(os.path.join(workdir, "results.json"), results, indent=2)
@@ -161,12 +208,22 @@ def train_phase(config: Any, workdir: str, *, binary_weights: bool, weight_decay
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   """Trains the config's network (one step, or ReActNet's two steps) and tests it."""
   if not config.get("two_step", False):
-    return train_phase(config, workdir, binary_weights=True,
-                       weight_decay=config.optimizer.weight_decay)
+    return train_phase(
+      config, workdir, binary_weights=True, weight_decay=config.optimizer.weight_decay
+    )
   step1_dir = os.path.join(workdir, "step1_binary_activations")
-  train_phase(config, step1_dir, binary_weights=False,
-              weight_decay=config.get("step1_weight_decay", config.optimizer.weight_decay),
-              phase_name="step1")
-  return train_phase(config, os.path.join(workdir, "step2_binary"), binary_weights=True,
-                     weight_decay=config.optimizer.weight_decay, init_from=step1_dir,
-                     phase_name="step2")
+  train_phase(
+    config,
+    step1_dir,
+    binary_weights=False,
+    weight_decay=config.get("step1_weight_decay", config.optimizer.weight_decay),
+    phase_name="step1",
+  )
+  return train_phase(
+    config,
+    os.path.join(workdir, "step2_binary"),
+    binary_weights=True,
+    weight_decay=config.optimizer.weight_decay,
+    init_from=step1_dir,
+    phase_name="step2",
+  )
