@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bnas_jax import convolution
 from bnas_jax import quantizers
 from bnas_jax.errors import UserInputError
 
@@ -67,6 +68,10 @@ class QuantConv(nn.Module):
     input_precision: bits of the input as the cost model should count them
       when no input quantizer says so (NAS-BNN counts the 8-bit stem as int8
       ops although the image itself is not quantized).
+    conv_form: how a grouped conv runs (same function): "lax" (one grouped
+      conv), "split" (one plain conv per group) or "auto"
+      (`convolution.grouped_form()`: split on XLA:CPU, whose grouped-conv
+      weight gradients are many times slower, lax elsewhere).
   """
 
   features: int
@@ -85,6 +90,7 @@ class QuantConv(nn.Module):
   pad_value: float = 0.0
   input_precision: Optional[int] = None
   kernel_init: Callable[..., Array] = torch_default_init
+  conv_form: str = "lax"
 
   def _check(self, in_features: int) -> None:
     g = self.feature_group_count
@@ -94,6 +100,8 @@ class QuantConv(nn.Module):
         f"({in_features}) and the output width ({self.features}) of a grouped convolution; "
         "choose a group count that divides both channel counts."
       )
+    if self.conv_form not in ("lax", "split", "auto"):
+      raise UserInputError(f"conv_form={self.conv_form!r} is not one of 'lax', 'split', 'auto'.")
     if self.kernel_norm not in (None, "channelwise", "standardize"):
       raise UserInputError(
         f"kernel_norm={self.kernel_norm!r} is not one of None, 'channelwise', 'standardize'."
@@ -164,15 +172,15 @@ class QuantConv(nn.Module):
       padding = "VALID"
     else:
       padding = ((pad, pad), (pad, pad))
-    y = jax.lax.conv_general_dilated(
+    form = convolution.grouped_form() if self.conv_form == "auto" else self.conv_form
+    conv = convolution.conv_split if form == "split" else convolution.conv_lax
+    y = conv(
       x.astype(jnp.float32),
       w.astype(jnp.float32),
-      window_strides=(self.strides, self.strides),
+      self.feature_group_count,
+      self.strides,
+      dilation=self.kernel_dilation,
       padding=padding,
-      rhs_dilation=(self.kernel_dilation,) * 2,
-      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      feature_group_count=self.feature_group_count,
-      preferred_element_type=jnp.float32,
     )
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)

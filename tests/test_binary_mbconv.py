@@ -57,14 +57,15 @@ def test_group_conv_has_two_groups():
   assert params["conv_expand"]["kernel"].shape == (1, 1, 4, hidden)
   assert params["conv_project"]["kernel"].shape == (1, 1, hidden, 8)
   # The conv really is grouped: inputs of group 0 do not reach outputs of group 1,
-  # and it equals the lax grouped convolution of layers.QuantConv.
-  conv = binary_mbconv.SplitGroupQuantConv(
+  # and its per-group form equals the lax grouped convolution.
+  conv = layers.QuantConv(
     6,
     3,
     1,
     feature_group_count=2,
     input_quantizer="approx_sign",
     kernel_quantizer="magnitude_aware_sign",
+    conv_form="split",
   )
   xs = jax.random.normal(jax.random.key(2), (1, 5, 5, 4))
   v = jax.jit(conv.init)(jax.random.key(3), xs)

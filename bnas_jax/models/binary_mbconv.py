@@ -64,7 +64,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnas_jax import convolution
 from bnas_jax import cost_model
 from bnas_jax import layers
 from bnas_jax import quantizers
@@ -135,37 +134,6 @@ def _masked_sign(x: Array, mask: Array) -> Array:
 # Block.
 
 
-class SplitGroupQuantConv(layers.QuantConv):
-  """`layers.QuantConv` computing a grouped conv as one plain conv per group.
-
-  Same parameters, quantizers and cost report as `QuantConv` (the kernel keeps
-  its grouped HWIO shape (k, k, C_in / g, C_out)); only the arithmetic is
-  arranged differently: XLA:CPU runs the weight gradient of a grouped `lax`
-  conv many times slower than its forward (benchmarks/README.md). Measured
-  on the digits supernet gradient (3 layers x 6 candidates, batch 64, 2 busy
-  cores): grouped lax conv 35 s compile / 4.5 s per step, `convolution.conv2d`
-  (im2col gradients) 62 s / 0.85 s, one conv per group 35 s / 0.70 s.
-  Zero padding only (`pad_value` is not used here).
-  """
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    in_features = x.shape[-1]
-    self._check(in_features)
-    k, g = self.kernel_size, self.feature_group_count
-    kernel = self.param(
-      "kernel", self.kernel_init, (k, k, in_features // g, self.features), jnp.float32
-    )
-    w = self.quantized_kernel(kernel).astype(jnp.float32)
-    quantize_input = quantizers.get_quantizer(self.input_quantizer)
-    if self.learnable_threshold:
-      threshold = self.param("input_threshold", nn.initializers.zeros, (in_features,), jnp.float32)
-      x = quantizers.rsign(x, threshold, sign_fn=quantize_input)
-    elif quantize_input is not None:
-      x = quantize_input(x)
-    return convolution.conv_split(x.astype(jnp.float32), w, g, self.strides)
-
-
 class MBConvBlock(nn.Module):
   """One binary MBConv block (module docstring).
 
@@ -202,7 +170,12 @@ class MBConvBlock(nn.Module):
   ) -> Array:
     """RSign -> binary conv -> BN (RPReLU is left to the caller)."""
     quantizer = "approx_sign" if in_mask is None else functools.partial(_masked_sign, mask=in_mask)
-    y = SplitGroupQuantConv(
+    # conv_form "auto": one plain conv per group on XLA:CPU. Measured on the
+    # digits supernet gradient (3 layers x 6 candidates, batch 64, 2 busy
+    # cores): grouped lax conv 35 s compile / 4.5 s per step,
+    # `convolution.conv2d` (im2col gradients) 62 s / 0.85 s, one conv per
+    # group 35 s / 0.70 s.
+    y = layers.QuantConv(
       features,
       kernel_size,
       strides,
@@ -211,6 +184,7 @@ class MBConvBlock(nn.Module):
       learnable_threshold=True,
       kernel_quantizer="magnitude_aware_sign" if self.binary_weights else None,
       kernel_norm=self.kernel_norm,
+      conv_form="auto",
       name=f"conv_{name}",
     )(x)
     return layers.batch_norm(train, name=f"bn_{name}")(y)

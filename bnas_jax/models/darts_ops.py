@@ -88,6 +88,9 @@ def binary_conv(
   XNOR-Net / BNAS Eq. 1 without K (`quantizers.xnor_weight`), zero padding
   `dilation * (k - 1) // 2` (PyTorch's), float32 accumulation; with
   `binary_weights=False` the kernel stays real (binary activations only).
+  Grouped (BATS) convs run as one plain conv per group on XLA:CPU
+  (`conv_form="auto"`), whose grouped-conv weight gradients are many times
+  slower.
   """
   return layers.QuantConv(
     features,
@@ -97,6 +100,7 @@ def binary_conv(
     kernel_dilation=dilation,
     input_quantizer="ste_sign",
     kernel_quantizer="xnor_weight" if binary_weights else None,
+    conv_form="auto",
     name=name,
   )
 

@@ -78,6 +78,10 @@ class ReActBlock(nn.Module):
       kernel_size=self.kernel_size,
       strides=self.strides,
       feature_group_count=self.groups,
+      # NAS-BNN's grouped choices: one plain conv per group on XLA:CPU. Measured
+      # 2026-12-02 (quiet, 2 cores, batch 64, digits subnets): a gradient step
+      # of the biggest subnet 175 vs 228 ms, of the smallest 22 vs 96 ms.
+      conv_form="auto",
     )(x)
     y = layers.batch_norm(train, name="bn_kxk")(y)
     shortcut = layers.avg_pool_2x2(x) if self.strides == 2 else x
