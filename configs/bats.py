@@ -39,7 +39,6 @@ def get_config(arg=None):
   c = bnas_config.base_config("bats")
   c.model.inter_cell_skip = False
   c.model.groups = 4  # divides the digits widths (8, 16, 32); the `bnn` default is 12
-  c.model.fused = False  # BnasSourceOps is BNAS-only
   c.search.temperature = 0.5  # RECONSTRUCTED
   c.search.binary_weights = False  # [recalled]: real weights, binary activations in search
   c.search.diversity_lambda = 0.0  # BNAS's regularizer is not part of BATS

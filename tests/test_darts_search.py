@@ -100,6 +100,50 @@ def test_fused_source_ops_equal_per_edge_mixed_ops():
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("strides", [1, 2])
+def test_bats_fused_source_ops_equal_per_edge_mixed_ops(strides):
+  """BatsSourceOps (grouped convs of all edges in one, interleaved by group) == MixedOp per edge."""
+  bats = darts_space.BATS
+  options = darts_ops.OpOptions(binary_weights=True, groups=4, shuffle_groups=2)
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 8))
+  weights = jax.nn.softmax(jax.random.normal(jax.random.key(1), (14, len(bats.ops))), -1)
+  rows = (2, 5, 9)
+  fused = darts_cells.BatsSourceOps(bats, 8, strides, rows, options)
+  variables = fused.init(jax.random.key(2), x, weights, train=True)
+  # PReLU slopes away from their shared init, so a mixed-up edge would show
+  variables = {
+    "params": jax.tree_util.tree_map_with_path(
+      lambda path, v: (
+        v + 0.1 * jax.random.normal(jax.random.key(len(str(path))), v.shape)
+        if "prelu" in str(path)
+        else v
+      ),
+      variables["params"],
+    ),
+    "batch_stats": variables["batch_stats"],
+  }
+  outs, _ = fused.apply(variables, x, weights, train=True, mutable=["batch_stats"])
+  convs = [op for op in bats.ops if op.endswith(("group_conv_3x3", "group_conv_5x5"))]
+  assert len(convs) == 4
+  for row, out in zip(rows, outs):
+    mixed = darts_cells.MixedOp(bats, 8, strides, options)
+    own = mixed.init(jax.random.key(3), x, weights[row], train=True)
+    params = jax.tree.map(lambda a: a, own["params"])
+    for op in convs:
+      params[op]["conv"]["kernel"] = variables["params"][f"conv_e{row}_{op}"]["kernel"]
+      params[op]["prelu"]["slope"] = variables["params"][f"prelu_e{row}_{op}"]["slope"]
+    if strides == 2:
+      params["skip_connect"] = variables["params"][f"skip_e{row}"]
+    ref, _ = mixed.apply(
+      {"params": params, "batch_stats": own["batch_stats"]},
+      x,
+      weights[row],
+      train=True,
+      mutable=["batch_stats"],
+    )
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
 def _alpha_favouring(choices):
   """alpha with a large value at (edge row, op) for each (node, source, op) choice."""
   alpha = np.zeros((14, len(BNAS.ops)))

@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bnas_jax import convolution
 from bnas_jax import layers
 from bnas_jax import quantizers
 from bnas_jax.errors import UserInputError
@@ -176,6 +177,77 @@ class BnasSourceOps(nn.Module):
     return outs
 
 
+class BatsSourceOps(nn.Module):
+  """The BATS MixedOps of all edges leaving one state, computed together (exactly).
+
+  Every BATS grouped-conv op is BN(affine=False) -> sign -> grouped conv ->
+  PReLU -> channel shuffle (-> + x at stride 1) on the same input
+  (`darts_ops.BatsConv`), so, as in `BnasSourceOps`, the edges leaving a state
+  share one BN and one sign, and each candidate conv runs once for all edges:
+  the edges' kernels are interleaved group by group on the output axis, so
+  that group j of the one grouped conv reads input group j and yields every
+  edge's group-j outputs. PReLU, shuffle and the identity then act per edge.
+  Pooling is shared; skip_connect is the identity, or one FactorizedReduce per
+  edge at stride 2. Equals `MixedOp` on each edge with the same parameters
+  (tested); kernels stay separate parameters, `conv_e{edge}_{op}/kernel`.
+  """
+
+  space: darts_space.CellSpace
+  channels: int
+  strides: int
+  edges: tuple[int, ...]  # alpha rows of the outgoing edges
+  options: darts_ops.OpOptions = darts_ops.OpOptions()
+
+  @nn.compact
+  def __call__(self, x: Array, weights: Array, train: bool) -> list[Array]:
+    n, c_in, c, g = len(self.edges), x.shape[-1], self.channels, self.options.groups
+    xb = quantizers.ste_sign(darts_ops.batch_norm(train, affine=False, name="bn")(x))
+    outs = [None] * n
+
+    def add(j, w, y):
+      outs[j] = w * y if outs[j] is None else outs[j] + w * y
+
+    for i, op in enumerate(self.space.ops):
+      if op.endswith(("group_conv_3x3", "group_conv_5x5")):
+        k, d = int(op[-1]), 2 if op.startswith("dil_") else 1
+        banks = [
+          _KernelBank((k, k, c_in // g, c), self.options.binary_weights, name=f"conv_e{e}_{op}")()
+          for e in self.edges
+        ]
+        # (k, k, c_in/g, edges, g, c/g) -> output axis ordered (group, edge, channel)
+        kernel = jnp.stack([b.reshape(k, k, c_in // g, g, c // g) for b in banks], axis=3)
+        kernel = kernel.transpose(0, 1, 2, 4, 3, 5).reshape(k, k, c_in // g, g * n * (c // g))
+        conv = (
+          convolution.conv_split
+          if convolution.grouped_form() == "split"
+          else (convolution.conv_lax)
+        )
+        y = conv(xb.astype(jnp.float32), kernel, g, self.strides, dilation=d)
+        y = y.reshape(y.shape[:3] + (g, n, c // g)).swapaxes(-3, -2)
+        for j, e in enumerate(self.edges):
+          ye = darts_ops.PReLU(name=f"prelu_e{e}_{op}")(y[..., j, :, :].reshape(y.shape[:3] + (c,)))
+          ye = darts_ops.channel_shuffle(ye, self.options.shuffle_groups)
+          if self.strides == 1 and c_in == c:
+            ye = ye + x
+          add(j, weights[e, i], ye)
+      elif op in ("max_pool_3x3", "avg_pool_3x3"):
+        pooled = darts_ops.Pool(op[:3], self.strides, name=op)(x, train)
+        for j, e in enumerate(self.edges):
+          add(j, weights[e, i], pooled)
+      elif op == "skip_connect":
+        for j, e in enumerate(self.edges):
+          if self.strides == 1:
+            add(j, weights[e, i], x)
+          else:
+            reduced = darts_ops.FactorizedReduce(
+              c, False, self.options.binary_weights, name=f"skip_e{e}"
+            )(x, train)
+            add(j, weights[e, i], reduced)
+      elif op != darts_space.ZEROISE:
+        raise UserInputError(f"BatsSourceOps has no fused form of op {op!r}.")
+    return outs
+
+
 def _preprocess_inputs(
   cell: nn.Module, s0: Array, s1: Array, train: bool, *, search: bool
 ) -> list[Array]:
@@ -207,7 +279,8 @@ class SearchCell(nn.Module):
   def __call__(self, s0: Array, s1: Array, weights: Array, train: bool) -> Array:
     s1_raw = s1
     states = _preprocess_inputs(self, s0, s1, train, search=True)
-    fused = self.space.name == "bnas" and self.fused
+    source_ops = {"bnas": BnasSourceOps, "bats": BatsSourceOps}.get(self.space.name)
+    fused = self.fused and source_ops is not None
     incoming = {}  # node -> list of edge outputs
     for node in range(darts_space.NUM_NODES):
       for src in range(node + 2):
@@ -216,14 +289,21 @@ class SearchCell(nn.Module):
         if fused and node == max(0, src - 1):
           targets = tuple(range(node, darts_space.NUM_NODES))
           rows = tuple(darts_space.edge_index(t, src) for t in targets)
-          outs = BnasSourceOps(
-            self.space,
-            self.channels,
-            2 if self.reduction and src < 2 else 1,
-            rows,
-            self.options.binary_weights,
-            name=f"source{src}",
-          )(states[src], weights, train)
+          strides = 2 if self.reduction and src < 2 else 1
+          if source_ops is BnasSourceOps:
+            fused_ops = BnasSourceOps(
+              self.space,
+              self.channels,
+              strides,
+              rows,
+              self.options.binary_weights,
+              name=f"source{src}",
+            )
+          else:
+            fused_ops = BatsSourceOps(
+              self.space, self.channels, strides, rows, self.options, name=f"source{src}"
+            )
+          outs = fused_ops(states[src], weights, train)
           for t, out in zip(targets, outs):
             incoming.setdefault(t, []).append(out)
         elif not fused:
@@ -284,7 +364,7 @@ class SearchNetwork(nn.Module):
     temperature: T of softmax(alpha / T) (BATS; 1 = DARTS/BNAS).
     options: op options (binary weights, BATS groups).
     stem: "cifar" or "imagenet".
-    fused: BNAS only: compute the edges leaving a state together
+    fused: BNAS and BATS: compute the edges leaving a state together
       (`BnasSourceOps`, exact); False gives one `MixedOp` per edge.
   """
 
