@@ -154,13 +154,8 @@ def make_sandwich_step(
 
 
 def _supernet(config, space, num_classes):
-  return nasbnn_supernet.NasBnnSupernet(
-    space,
-    num_classes,
-    bi_transformation=config.supernet.bi_transformation,
-    weight_norm=config.supernet.weight_norm,
-    zero_init_classifier=config.supernet.zero_init_classifier,
-  )
+  """The family's supernet (`nasbnn_subnet.NasBnnFamily.search_network`)."""
+  return nasbnn_subnet.NasBnnFamily(config, space).search_network(num_classes)
 
 
 def validate(config: Any, mesh) -> tuple[nasbnn.SearchSpace, input_pipeline.DatasetInfo]:
