@@ -497,6 +497,8 @@ def run_block(
     opt_cfg,
     total_steps,
     total_steps,
+    data_config=block_cfg.data,
+    batch_size=block_cfg.batch_size,
   )
   if not resumed and previous is not None and s.best_effort_init:
     carried = jax.device_put(
@@ -765,46 +767,41 @@ def write_trajectory(search_state: dict, family: str, directory: str) -> None:
 # Evaluation (App. B.2.2)
 
 
-def _eval_config(
-  config: Any, model_config: Any, *, num_epochs: float, binary: bool = True
-) -> ml_collections.ConfigDict:
-  c = config.copy_and_resolve_references()
-  with c.unlocked():
-    c.model = model_config.copy_and_resolve_references()
-    c.model.binary = binary and model_config.get("binary", True)
-    # The searched network is trained on the whole training set.
-    c.data.holdout_fraction = 0.0
-    c.data.holdout_per_class = 0
-    c.num_epochs = num_epochs
-    c.num_train_steps = config.eval.num_train_steps
-    c.optimizer = config.eval.optimizer.copy_and_resolve_references()
-  return c
+def eval_phase(
+  config: Any, model_config: Any, name: str, *, num_epochs: float, binary: bool = True
+) -> supervised.Phase:
+  """App. B.2.2: the network trained from scratch on the whole training set (`config.eval`)."""
+  model = model_config.copy_and_resolve_references()
+  model.binary = binary and model_config.get("binary", True)
+  return supervised.Phase(
+    name=name,
+    model=model,
+    optimizer=config.eval.optimizer.copy_and_resolve_references(),
+    num_epochs=num_epochs,
+    num_train_steps=config.eval.num_train_steps,
+    batch_size=config.batch_size,
+    label_smoothing=config.get("label_smoothing", 0.0),
+    binary_weights=True,
+    fold_holdout=True,
+  )
 
 
 def evaluate(config: Any, workdir: str, model_config: Any, info, mesh) -> dict:
   """Trains `model_config` from scratch (FP pre-training first if configured); tests it."""
   init_variables = None
-  wd = config.eval.optimizer.weight_decay
   if config.eval.fp_pretrain_epochs and model_config.get("binary", True):
-    fp_cfg = _eval_config(
-      config, model_config, num_epochs=config.eval.fp_pretrain_epochs, binary=False
+    fp_phase = eval_phase(
+      config, model_config, "eval_fp", num_epochs=config.eval.fp_pretrain_epochs, binary=False
     )
     fp_dir = os.path.join(workdir, "eval_fp")
-    supervised.train_phase(
-      fp_cfg, fp_dir, binary_weights=True, weight_decay=wd, phase_name="eval_fp"
-    )
+    supervised.train_phase(config, fp_phase, fp_dir)
     fp = _restore_final_variables(fp_dir)
     bnn = dms_nets.build(model_config, info.num_classes)
     fresh = bnn.init(jax.random.key(config.seed), jnp.zeros((1, *info.image_shape)), train=False)
     init_variables = dms.best_effort_init(fp, fresh)  # same shapes: a full copy
-  eval_cfg = _eval_config(config, model_config, num_epochs=config.eval.num_epochs)
+  phase = eval_phase(config, model_config, "eval", num_epochs=config.eval.num_epochs)
   return supervised.train_phase(
-    eval_cfg,
-    os.path.join(workdir, "eval"),
-    binary_weights=True,
-    weight_decay=wd,
-    init_variables=init_variables,
-    phase_name="eval",
+    config, phase, os.path.join(workdir, "eval"), init_variables=init_variables
   )
 
 
