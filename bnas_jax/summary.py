@@ -7,16 +7,14 @@ millions): flops, int8_ops, bops, ops, params, binary_params, model_size_bytes,
 plus per-layer rows. Counts come from `cost_model.count_costs`, which runs the
 same module definitions that train.
 
-`--arch` is passed to the config's architecture resolver (`config.arch_resolver`,
-a module of `bnas_jax.models` exposing `build_model(config, arch, num_classes) ->
-module` and `space_counts(config)`) for configs whose model is chosen from a
-search space; fixed-network configs reject it.
-`--space` prints the resolver's exact architecture counts (`space_counts(config)`).
+For configs whose model is chosen from a search space, `--arch` is resolved by the
+config's family (`models/families.py`: `family.space.resolve(spec)`, then
+`family.network(arch)`); fixed-network configs reject it.
+`--space` prints the space's exact architecture counts (`family.space.count()`).
 Library log lines are dropped (`--verbose` shows them); bad input prints one
 paragraph on stderr and exits with status 2.
 """
 
-import importlib
 import json
 import sys
 from typing import Optional
@@ -32,6 +30,7 @@ from bnas_jax import input_pipeline
 from bnas_jax import user_files
 from bnas_jax.errors import UserInputError
 from bnas_jax.models import build_model
+from bnas_jax.models import families
 
 
 def define_flags(
@@ -59,16 +58,6 @@ def define_flags(
   flags.mark_flags_as_required(["config"], **fv)
 
 
-def _resolver(config, flag: str):
-  name = config.get("arch_resolver")
-  if not name:
-    raise UserInputError(
-      f"{flag} was given but this config describes one fixed network "
-      f"(config.model.name={config.model.name!r}) and has no search space; drop {flag}."
-    )
-  return importlib.import_module(name)
-
-
 def summarize(config, arch=None, batch: int = 1) -> cost_model.CostReport:
   """The cost report of the network `config` (and `arch`) describes."""
   num_classes, image_shape = input_pipeline.model_input_spec(config.data)
@@ -82,8 +71,8 @@ def summarize(config, arch=None, batch: int = 1) -> cost_model.CostReport:
         "(see the config file's docstring) or --space."
       ) from None
   else:
-    resolver = _resolver(config, f"--arch={user_files.quote(arch)}")
-    model = resolver.build_model(config, arch, num_classes)
+    family = families.from_config(config, f"--arch={user_files.quote(arch)}")
+    model = family.network(family.space.resolve(arch), num_classes)
   return cost_model.count_costs(
     model,
     (batch, *image_shape),
@@ -101,7 +90,7 @@ def main(argv: list[str], fv: Optional[flags.FlagValues] = None) -> None:
     if fv.arch is not None:
       user_files.check_spec(fv.arch, "--arch")
     if fv.space:
-      counts = _resolver(fv.config, "--space").space_counts(fv.config)
+      counts = families.from_config(fv.config, "--space").space.count()
       print(
         json.dumps(counts)
         if fv.json

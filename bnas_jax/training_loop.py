@@ -43,9 +43,14 @@ def start_phase(
   opt_cfg: Any,
   total_steps: int,
   steps_per_epoch: int,
+  *,
+  data_config: Any,
+  batch_size: int,
 ) -> tuple[Any, checkpointing.Checkpointer, Any, bool]:
   """A phase's train state (born replicated), checkpointer and train iterator.
 
+  The phase trains on the "train" split of `data_config` in global batches of
+  `batch_size`; `config` gives the run settings (seed, checkpoints kept).
   Resumes state and iterator from the latest readable checkpoint in
   `workdir/checkpoints` if there is one; the last element says whether it did.
   Checks the disk can hold a checkpoint before training (the CLI has recorded
@@ -63,9 +68,9 @@ def start_phase(
     )
 
   train_iter = input_pipeline.make_train_iterator(
-    config.data,
+    data_config,
     "train",
-    config.batch_size,
+    batch_size,
     config.seed,
     process_index=jax.process_index(),
     process_count=jax.process_count(),

@@ -39,7 +39,7 @@ import ml_collections
 
 from bnas_jax import config_validation as cv
 from bnas_jax import presets
-from bnas_jax.models import dms_nets
+from bnas_jax.search_spaces import dms_widths
 
 PRESETS = ("digits", "vgg11_cifar10", "resnet18_cifar10", "dms_a", "dms_b")
 
@@ -59,7 +59,7 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict(
     dict(
       name="dms_vgg11",
-      widths=dms_nets.VGG11_BASE_WIDTHS,
+      widths=dms_widths.VGG11_BASE_WIDTHS,
       binary=True,
       binary_weights=True,
       base_widths=ml_collections.FieldReference(None, tuple),
@@ -163,7 +163,7 @@ def get_config(arg=None):
     c.log_every_steps = 100
   if preset == "resnet18_cifar10":
     c.model.name = "dms_resnet18"
-    c.model.widths = dms_nets.RESNET18_BASE_WIDTHS
+    c.model.widths = dms_widths.RESNET18_BASE_WIDTHS
     c.search.arch_optimizer.learning_rate = 1e-3
     c.eval.fp_pretrain_epochs = 200
   elif preset == "dms_b":
@@ -177,7 +177,7 @@ def get_config(arg=None):
 # name in bnas_jax/config_validation.py, and trainers/dms.py's `validate`
 # checks the search's relations. Checked by bnas_jax.main before any compute.
 FIELD_RULES = {
-  "model.name": cv.one_of(*dms_nets.FAMILIES),
+  "model.name": cv.one_of(*dms_widths.FAMILIES),
   "model.widths": cv.sequence_of(cv.WIDTH, min_len=1),
   "model.base_widths": cv.sequence_of(cv.WIDTH, min_len=1, optional=True),
   "search.num_blocks": cv.COUNT,

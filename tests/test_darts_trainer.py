@@ -136,12 +136,11 @@ def test_mbconv_random_baseline_costs_what_the_searched_choice_list_costs():
   from bnas_jax.models import darts_arch  # pylint: disable=g-import-not-at-top
 
   c = bimodal_config.get_config("mbconv")
-  space = darts_space.space_from_config(c)
+  family = darts_arch.family(c)
+  space = family.space
   info = input_pipeline.get_dataset_info(darts.final_data_config(c))
-  ops = lambda g: darts_arch.cost_summary(
-    space, darts_arch.final_network(c, space, g, info.num_classes), info.image_shape
-  )["ops"]
+  ops = lambda g: family.cost(g, info.num_classes, info.image_shape)["ops"]
   # 80% of the dearest of 8 draws: inside the space's range, off its cheap end.
   target = 0.8 * max(ops(space.sample(np.random.default_rng(s))) for s in range(8))
-  got = ops(darts.random_at_cost(c, space, target))
+  got = ops(darts.random_at_cost(c, family, target))
   assert 0.95 * target <= got <= target

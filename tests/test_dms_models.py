@@ -16,6 +16,7 @@ from bnas_jax.errors import UserInputError
 from bnas_jax.models import build_model
 from bnas_jax.models import dms_arch
 from bnas_jax.models import dms_nets
+from bnas_jax.search_spaces import dms_widths
 from configs import dms as dms_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,7 +113,7 @@ def test_no_counting_of_a_uniform_resnet18_gives_table1s_2x_to_4x_rows():
   # coefficients (each tensor: a constant, k or k^2 entries at a non-negative width), so
   # size / k^2 = c0/k^2 + c1/k + c2 never rises with k ...
   poly = dms_nets.size_polynomial("dms_resnet18", 10)
-  base = np.asarray(dms_nets.RESNET18_BASE_WIDTHS, float)
+  base = np.asarray(dms_widths.RESNET18_BASE_WIDTHS, float)
   assert poly["const"] >= 0 and np.all(poly["linear"] >= 0) and np.all(poly["pairwise"] >= 0)
   c0, c1, c2 = poly["const"], poly["linear"] @ base, base @ poly["pairwise"] @ base
   for k in (1, 2, 3, 4):
@@ -137,7 +138,7 @@ def test_resolver_accepts_width_lists_and_files_and_rejects_bad_ones(tmp_path):
   assert tuple(dms_arch.resolve(config, str(path)).widths) == tuple(widths)
   assert not dms_arch.resolve(config, "fp").binary
   assert tuple(dms_arch.resolve(config, "uniform3x").widths) == tuple(
-    3 * w for w in dms_nets.VGG11_BASE_WIDTHS
+    3 * w for w in dms_widths.VGG11_BASE_WIDTHS
   )
   for bad in (
     "uniform5x",

@@ -11,6 +11,7 @@ import pytest
 from bnas_jax import cost_model
 from bnas_jax import quantizers
 from bnas_jax.models import dms_nets
+from bnas_jax.search_spaces import dms_widths
 from bnas_jax.search import dms
 
 
@@ -206,7 +207,7 @@ def _search_sizes(lam: float, target_mb: float, blocks: int = 6) -> float:
   the hinge penalty of Eq. 7, Adam, projection and sigma deflation. Returns the final
   model size in MB counted by the cost model at round(mu * base).
   """
-  base = dms_nets.VGG11_BASE_WIDTHS
+  base = dms_widths.VGG11_BASE_WIDTHS
   poly = {
     k: jnp.asarray(v, jnp.float32) for k, v in dms_nets.size_polynomial("dms_vgg11", 10).items()
   }

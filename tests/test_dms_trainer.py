@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bnas_jax import input_pipeline
-from bnas_jax.models import dms_nets
+from bnas_jax.search_spaces import dms_widths
 from bnas_jax.trainers import dms as dms_trainer
 from configs import dms as dms_config
 
@@ -141,8 +141,8 @@ def test_random_widths_fill_the_searched_size_with_a_random_shape():
   size = lambda w: dms_trainer._model_size(
     c.model.name, w, info.num_classes, tuple(info.image_shape)
   )
-  base = dms_nets.base_widths_of(c.model)
-  target = size(dms_nets.uniform_widths(c.model.name, 2.0, base))
+  base = dms_widths.base_widths_of(c.model)
+  target = size(dms_widths.uniform_widths(c.model.name, 2.0, base))
   got = [
     dms_trainer.random_widths_at_size(c, info, target, np.random.default_rng(s)) for s in (0, 1)
   ]

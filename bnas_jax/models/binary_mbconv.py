@@ -56,6 +56,7 @@ stem (3x3 conv -> BN -> RPReLU) and classifier (global average pool ->
 dense), as in supp. Fig. 6's dotted boxes; everything else binary.
 """
 
+import dataclasses
 import functools
 from typing import Any, Optional, Sequence
 
@@ -418,3 +419,31 @@ def cost_summary(model: nn.Module, image_shape: tuple[int, ...]) -> dict[str, An
     "flops_without_shortcuts": report.flops,
     "ops_without_shortcuts": report.ops,
   }
+
+
+@dataclasses.dataclass(frozen=True)
+class MBConvFamily:
+  """The MBConv space on one config (the DARTS-family trainer, `config.space="mbconv"`)."""
+
+  config: Any
+  space: mbconv.MBConvSpace
+
+  def check_config(self) -> None:
+    """The shortcut kind, and no drop-path (the MBConv network has none)."""
+    check_shortcut(self.config.model.shortcut)
+    if self.config.final.drop_path_prob:
+      raise UserInputError(
+        "config.final.drop_path_prob must be 0 for config.space='mbconv' "
+        "(the MBConv network has no drop-path)."
+      )
+
+  def search_network(self, num_classes: int) -> MBConvSearchNetwork:
+    return search_network(self.config, self.space, num_classes)
+
+  def network(self, choices: mbconv.ChoiceList, num_classes: int) -> MBConvNetwork:
+    return final_network(self.config, self.space, choices, num_classes)
+
+  def cost(
+    self, choices: mbconv.ChoiceList, num_classes: int, image_shape: tuple[int, ...]
+  ) -> dict[str, Any]:
+    return cost_summary(self.network(choices, num_classes), image_shape)

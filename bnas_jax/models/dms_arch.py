@@ -1,105 +1,76 @@
-"""DMS architectures by name or width list: `summary --arch` and evaluation runs.
+"""The DMS family: the width space of a config and the networks of its width vectors.
 
-An architecture of `configs/dms.py` is a width vector of the config's family
-(`models/dms_nets.py`, one width per slot). `--arch` accepts
-
-* `fp`: the full-precision network at base (1x) widths (Table 1, "Full Prec."),
-* `uniform1x` ... `uniform4x`: the binary network with every base width times k
-  (Table 1, "BNN kx"); base widths are the CIFAR ones unless `config.model.base_widths`
-  overrides them,
-* a JSON list of integer widths, e.g. `[24, 48, 30, 12, 160, 64, 120, 96]`,
-* a path to a JSON file holding such a list or an object with a `widths` list (the
-  `dms_widths.json` a search writes).
-
-Used as `config.arch_resolver` by `configs/dms.py`.
+The space, its architectures (`Widths`) and what `--arch` accepts are in
+`search_spaces/dms_widths.py`; here a width vector becomes a network
+(`models/dms_nets.py`), a `config.model` for the supervised trainer, and a cost.
+`DmsFamily` is the family object (`models/families.py`) of `configs/dms.py`.
 """
 
-import os
+import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import ml_collections
 
-from bnas_jax import user_files
-from bnas_jax.errors import UserInputError
+from bnas_jax import cost_model
 from bnas_jax.models import dms_nets
-
-UNIFORM = {f"uniform{k}x": float(k) for k in (1, 2, 3, 4)}
-NAMES = ("fp", *UNIFORM)
+from bnas_jax.search_spaces import dms_widths
 
 
-def _family(config: Any) -> str:
-  family = config.model.name
-  if family not in dms_nets.FAMILIES:
-    raise UserInputError(
-      f"config.model.name={family!r} is not a DMS family ({', '.join(dms_nets.FAMILIES)})."
+@dataclasses.dataclass(frozen=True)
+class DmsFamily:
+  """DMS on one config: the width space of `config.model`'s family and its networks."""
+
+  config: Any
+  space: dms_widths.WidthSpace
+
+  def check_config(self) -> None:
+    """`config.model.name` and `base_widths` were checked when the space was built."""
+
+  def model_config(self, arch: dms_widths.Widths) -> ml_collections.ConfigDict:
+    """The `config.model` of `arch` (what `models.build_model` and the trainers take)."""
+    self.space.validate(arch)
+    return ml_collections.ConfigDict(
+      dict(
+        name=self.space.family,
+        widths=tuple(arch.widths),
+        binary=arch.binary,
+        binary_weights=True,
+      )
     )
-  return family
+
+  def network(self, arch: dms_widths.Widths, num_classes: int) -> nn.Module:
+    """The binary (or Table 1's full-precision) network at `arch`'s widths."""
+    self.space.validate(arch)
+    return dms_nets.make_net(self.space.family, arch.widths, num_classes, binary=arch.binary)
+
+  def search_network(self, num_classes: int) -> nn.Module:
+    """None: every search block runs `network` at its buffer widths with channel masks."""
+    raise NotImplementedError(
+      "DMS has no supernet: each search block builds `network` at buffer widths (trainers/dms.py)."
+    )
+
+  def cost(
+    self, arch: dms_widths.Widths, num_classes: int, image_shape: tuple[int, ...]
+  ) -> dict[str, Any]:
+    """Table 1's counting (binary weights 1 bit, the rest 32) of `arch`'s network."""
+    report = cost_model.count_costs(self.network(arch, num_classes), (1, *image_shape), train=False)
+    return {
+      "ops": report.ops,
+      "flops": report.flops,
+      "bops": report.bops,
+      "params": report.params,
+      "binary_params": report.binary_params,
+      "model_size_bytes": report.model_size_bytes,
+    }
 
 
-def _parse_widths(family: str, arch: str) -> tuple[int, ...]:
-  text = arch
-  if not arch.lstrip().startswith("[") and os.path.isfile(arch):
-    text = user_files.read_text(arch, "--arch file", ascii_only=True)
-  try:
-    value = user_files.parse_json(text, f"--arch={user_files.quote(arch)}")
-  except UserInputError:
-    raise UserInputError(
-      f"--arch={user_files.quote(arch)} is neither a known architecture ({', '.join(NAMES)}), "
-      f"nor a JSON list of {len(dms_nets.base_widths(family))} integer widths, nor a file holding one."
-    )
-  if isinstance(value, dict):
-    value = value.get("widths")
-  n = len(dms_nets.base_widths(family))
-  if (
-    not isinstance(value, list)
-    or len(value) != n
-    or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1 << 16 for v in value)
-  ):
-    raise UserInputError(
-      f"--arch={user_files.quote(arch)}: {family} needs a list of {n} positive integer "
-      f"widths, one per slot ({', '.join(dms_nets.slot_names(family))}); "
-      f"got {user_files.quote(value)}."
-    )
-  return tuple(value)
+def family(config: Any) -> DmsFamily:
+  """The family of `configs/dms.py` (`config.model.name` picks VGG-11 or ResNet-18)."""
+  return DmsFamily(config, dms_widths.space_from_config(config))
 
 
 def resolve(config: Any, arch: str) -> ml_collections.ConfigDict:
-  """The `config.model` of architecture `arch` (see the module docstring)."""
-  family = _family(config)
-  if not isinstance(arch, str) or not arch.strip():
-    raise UserInputError(
-      f"--arch={user_files.quote(arch)} is empty; use one of "
-      f"{', '.join(NAMES)} or a JSON width list."
-    )
-  arch = arch.strip()
-  base = dms_nets.base_widths_of(config.model)
-  if arch == "fp":
-    widths, binary = base, False
-  elif arch in UNIFORM:
-    widths, binary = dms_nets.uniform_widths(family, UNIFORM[arch], base), True
-  else:
-    widths, binary = _parse_widths(family, arch), True
-  return ml_collections.ConfigDict(
-    dict(name=family, widths=tuple(widths), binary=binary, binary_weights=True)
-  )
-
-
-def build_model(config: Any, arch: str, num_classes: int) -> Any:
-  """`summary --arch`: the network of architecture `arch`."""
-  from bnas_jax.models import build_model as build  # pylint: disable=g-import-not-at-top
-
-  return build(resolve(config, arch), num_classes)
-
-
-def space_counts(config: Any) -> dict[str, Any]:
-  """`summary --space`: the DMS space per slot is every width >= ceil(0.3 c); unbounded."""
-  family = _family(config)
-  return {
-    "family": family,
-    "slots": len(dms_nets.base_widths(family)),
-    "slot_names": list(dms_nets.slot_names(family)),
-    "base_widths": list(dms_nets.base_widths_of(config.model)),
-    "min_ratio": 0.3,
-    "max_ratio": None,
-    "architectures": "unbounded (no upper bound on the expansion ratio, App. B.2.1)",
-  }
+  """The `config.model` of an architecture spec (`dms_widths.WidthSpace.resolve`)."""
+  fam = family(config)
+  return fam.model_config(fam.space.resolve(arch))

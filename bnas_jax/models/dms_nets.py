@@ -15,7 +15,7 @@ kernel sizes, strides and depth are the originals.
   1 bit, everything else 32 bits).
 * Full-precision baselines (`binary=False`) use ReLU where the BNN quantizes.
 
-Widths are one tuple per network ("slots", see `slot_names`), so any width vector
+Widths are one tuple per network ("slots", see `dms_widths.slot_names`), so any width vector
 builds: the uniform baselines are the base widths times 1-4 (Table 1), a searched
 network is round(mu * base). VGG-11 has one slot per conv. ResNet-18 (App. A.3) has
 one slot per residual block for its inner width (conv1's output), one per stage for
@@ -47,55 +47,15 @@ from bnas_jax import cost_model
 from bnas_jax import layers
 from bnas_jax import quantizers
 from bnas_jax.errors import UserInputError
+from bnas_jax.search_spaces import dms_widths
 
 Array = jax.Array
 
-FAMILIES = ("dms_vgg11", "dms_resnet18")
-
-# VGG-11 (configuration "A") at CIFAR widths: 64-128-256-256-512-512-512-512 / 4,
-# 2x2 max-pooling after convs 1, 2, 4, 6 and 8.
-VGG11_BASE_WIDTHS = (16, 32, 64, 64, 128, 128, 128, 128)
+# The width slots and base widths are the space's (`search_spaces/dms_widths.py`); the
+# layouts below are the networks': VGG-11 pools 2x2 after convs 1, 2, 4, 6 and 8, and
+# ResNet-18's four stages of 2 BasicBlocks run at strides 1, 2, 2, 2.
 VGG11_POOL_AFTER = (0, 1, 3, 5, 7)
-
-# ResNet-18 (CIFAR form: 3x3 stem, stages of 2 BasicBlocks at strides 1, 2, 2, 2) /4.
-RESNET18_STAGE_WIDTHS = (16, 32, 64, 128)
 RESNET18_STRIDES = (1, 2, 2, 2)
-
-
-def _resnet18_slots() -> tuple[tuple[str, ...], tuple[int, ...]]:
-  names, widths = ["stem"], [RESNET18_STAGE_WIDTHS[0]]
-  for s, w in enumerate(RESNET18_STAGE_WIDTHS):
-    for b in range(2):
-      names.append(f"layer{s + 1}.{b}")
-      widths.append(w)
-      if b == 0 and s > 0:
-        names.append(f"layer{s + 1}.0.r2")
-        widths.append(w)
-  return tuple(names), tuple(widths)
-
-
-RESNET18_SLOT_NAMES, RESNET18_BASE_WIDTHS = _resnet18_slots()
-VGG11_SLOT_NAMES = tuple(f"conv{i + 1}" for i in range(len(VGG11_BASE_WIDTHS)))
-
-
-def base_widths(family: str) -> tuple[int, ...]:
-  """The 1x (CIFAR) widths of every slot of `family`."""
-  return {"dms_vgg11": VGG11_BASE_WIDTHS, "dms_resnet18": RESNET18_BASE_WIDTHS}[family]
-
-
-def base_widths_of(model_config: Any) -> tuple[int, ...]:
-  """`model_config.base_widths` if set (shrunken test/digits variants), else the family's."""
-  family = model_config.name
-  override = model_config.get("base_widths", None)
-  if override is None:
-    return base_widths(family)
-  _check_widths(family, tuple(override))
-  return tuple(int(w) for w in override)
-
-
-def slot_names(family: str) -> tuple[str, ...]:
-  """Readable names of the width slots, in width-vector order."""
-  return {"dms_vgg11": VGG11_SLOT_NAMES, "dms_resnet18": RESNET18_SLOT_NAMES}[family]
 
 
 class UnsignedActivation(nn.Module):
@@ -135,15 +95,6 @@ def _masked(x: Array, masks: Optional[Sequence[Array]], slot: int) -> Array:
   return x if masks is None else x * masks[slot].astype(x.dtype)
 
 
-def _check_widths(family: str, widths: Sequence[int]) -> None:
-  n = len(base_widths(family))
-  if len(widths) != n or any(int(w) != w or w < 1 for w in widths):
-    raise UserInputError(
-      f"{family} needs {n} positive integer widths, one per slot "
-      f"({', '.join(slot_names(family))}); got {tuple(widths)!r}."
-    )
-
-
 class DMSVGG11(nn.Module):
   """VGG-11 for 32x32 inputs with one width per conv (DMS Sec. 3.1, Fig. 4b).
 
@@ -164,7 +115,7 @@ class DMSVGG11(nn.Module):
   def __call__(
     self, x: Array, train: bool = True, channel_masks: Optional[Sequence[Array]] = None
   ) -> Array:
-    _check_widths("dms_vgg11", self.widths)
+    dms_widths.check_widths("dms_vgg11", self.widths)
     for i, width in enumerate(self.widths):
       binary = self.binary and i > 0
       if binary:
@@ -221,7 +172,7 @@ class DMSResNet18(nn.Module):
   """ResNet-18 (CIFAR form) with per-block and per-stage widths (DMS App. A.3, Fig. 2).
 
   Attributes:
-    widths: 12 widths in `RESNET18_SLOT_NAMES` order: stem (stage-1 residual
+    widths: 12 widths in `dms_widths.RESNET18_SLOT_NAMES` order: stem (stage-1 residual
       width), then per block its inner width and, for the first block of stages
       2-4, the stage's residual width ("r2").
     num_classes, binary, binary_weights: as `DMSVGG11`.
@@ -236,7 +187,7 @@ class DMSResNet18(nn.Module):
   def __call__(
     self, x: Array, train: bool = True, channel_masks: Optional[Sequence[Array]] = None
   ) -> Array:
-    _check_widths("dms_resnet18", self.widths)
+    dms_widths.check_widths("dms_resnet18", self.widths)
     x = _conv(self.widths[0], 3, 1, False, False, "conv_stem")(x)
     x = nn.relu(_masked(layers.batch_norm(train, name="bn_stem")(x), channel_masks, 0))
     residual_slot, slot = 0, 1
@@ -270,16 +221,16 @@ def make_net(
   binary_weights: bool = True,
 ) -> nn.Module:
   """The `family` network at `widths` (validated)."""
-  if family not in FAMILIES:
-    raise UserInputError(f"DMS model family {family!r} is not one of {FAMILIES}.")
+  if family not in dms_widths.FAMILIES:
+    raise UserInputError(f"DMS model family {family!r} is not one of {dms_widths.FAMILIES}.")
   widths = tuple(int(w) if int(w) == w else w for w in widths)
-  _check_widths(family, widths)
+  dms_widths.check_widths(family, widths)
   cls = DMSVGG11 if family == "dms_vgg11" else DMSResNet18
   return cls(widths=widths, num_classes=num_classes, binary=binary, binary_weights=binary_weights)
 
 
 def build(model_config: Any, num_classes: int, *, binary_weights: bool = True) -> nn.Module:
-  """`models.build_model` for `model.name` in FAMILIES: fields `widths`, `binary`."""
+  """`models.build_model` for `model.name` in `dms_widths.FAMILIES`: fields `widths`, `binary`."""
   return make_net(
     model_config.name,
     tuple(model_config.widths),
@@ -287,14 +238,6 @@ def build(model_config: Any, num_classes: int, *, binary_weights: bool = True) -
     binary=model_config.get("binary", True),
     binary_weights=binary_weights and model_config.get("binary_weights", True),
   )
-
-
-def uniform_widths(
-  family: str, multiplier: float, base: Optional[Sequence[int]] = None
-) -> tuple[int, ...]:
-  """Table 1's uniform baselines: every base width (default: CIFAR's) times `multiplier`."""
-  base = base_widths(family) if base is None else base
-  return tuple(max(1, int(round(w * multiplier))) for w in base)
 
 
 @functools.lru_cache(maxsize=None)
@@ -330,7 +273,7 @@ def size_polynomial(
   Returns:
     {"const": float, "linear": (n,), "pairwise": (n, n) strictly upper triangular}.
   """
-  n = len(base_widths(family))
+  n = len(dms_widths.base_widths(family))
   size = functools.partial(
     _size_bytes_by_layer, family, num_classes=num_classes, image_shape=image_shape, binary=binary
   )

@@ -8,17 +8,22 @@ channel-wise weight normalization (Eq. 6). The cost summary of an architecture
 is therefore counted on the module that runs (`summary --arch=A`), and this is
 the network of deployment pipeline 1 once the supernet's weights are sliced in.
 
-Used as `config.arch_resolver` by `configs/nasbnn.py`.
+`NasBnnFamily` is the family object (`models/families.py`) of `configs/nasbnn.py`: the
+space, this standalone network, the supernet (`nasbnn_supernet.NasBnnSupernet`) and the
+cost of a subnet.
 """
 
+import dataclasses
 import functools
 from typing import Any
 
+import flax.linen as nn
 import ml_collections
 
 from bnas_jax import cost_model
 from bnas_jax import layers
 from bnas_jax.errors import UserInputError
+from bnas_jax.models import nasbnn_supernet
 from bnas_jax.models import reactnet
 from bnas_jax.search_spaces import nasbnn
 
@@ -85,26 +90,49 @@ def model_config(
 
 
 def resolve(config: Any, arch_spec: str) -> ml_collections.ConfigDict:
-  """`summary --arch`: a Table 6 name (A-F), biggest/smallest, or a string/JSON spec."""
+  """The `config.model` of a Table 6 name (A-F), biggest/smallest, or a string/JSON spec."""
   space = space_from_config(config)
   return model_config(space, nasbnn.resolve(space, arch_spec), config.get("model"))
 
 
-def build_model(config: Any, arch_spec: str, num_classes: int) -> Any:
-  """`summary --arch`: the standalone network of `arch_spec` (see `resolve`)."""
-  from bnas_jax.models import build_model as build  # pylint: disable=g-import-not-at-top
+@dataclasses.dataclass(frozen=True)
+class NasBnnFamily:
+  """NAS-BNN on one config: Table 1's space, the subnet network, the supernet, costs."""
 
-  return build(resolve(config, arch_spec), num_classes)
+  config: Any
+  space: nasbnn.SearchSpace
+
+  def check_config(self) -> None:
+    """Nothing beyond the space: `space_from_config` already checked `config.space`."""
+
+  def network(self, arch: nasbnn.Architecture, num_classes: int) -> nn.Module:
+    """The standalone network of `arch` (ReActNet template, 8-bit LSQ stem)."""
+    from bnas_jax.models import build_model  # pylint: disable=g-import-not-at-top
+
+    return build_model(model_config(self.space, arch, self.config.get("model")), num_classes)
+
+  def search_network(self, num_classes: int) -> nn.Module:
+    """The weight-sharing supernet of `config.supernet` (every subnet in one program)."""
+    s = self.config.supernet
+    return nasbnn_supernet.NasBnnSupernet(
+      self.space,
+      num_classes,
+      bi_transformation=s.bi_transformation,
+      weight_norm=s.weight_norm,
+      zero_init_classifier=s.zero_init_classifier,
+    )
+
+  def cost(
+    self, arch: nasbnn.Architecture, num_classes: int, image_shape: tuple[int, ...] = ()
+  ) -> dict[str, float]:
+    """`subnet_cost` (the space fixes the input resolution; `image_shape` is not needed)."""
+    del image_shape
+    return subnet_cost(self.space, arch, num_classes)
 
 
-def space_counts(config: Any) -> dict[str, int]:
-  """`summary --space`: exact numbers of architectures with and without ND (Eq. 3)."""
-  space = space_from_config(config)
-  return {
-    "architectures_nd": nasbnn.count_architectures(space, nd=True),
-    "architectures_no_nd": nasbnn.count_architectures(space, nd=False),
-    "nd_constraint": space.nd_constraint,
-  }
+def family(config: Any) -> NasBnnFamily:
+  """The family of `configs/nasbnn.py`."""
+  return NasBnnFamily(config, space_from_config(config))
 
 
 @functools.lru_cache(maxsize=None)

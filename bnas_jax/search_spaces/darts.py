@@ -65,7 +65,8 @@ class CellSpace:
     gamma: BNAS's transferability divisor of Zeroise's score (Eq. 4).
     temperature: T of softmax(alpha / T) in the supernet and derivation.
 
-  The methods below are the family interface that `search_spaces/mbconv.py`'s
+  The methods below are the common space interface (`search_spaces/interface.py`:
+  `SearchSpace` and `Differentiable`), which `search_spaces/mbconv.py`'s
   `MBConvSpace` shares: the DARTS-family trainer and `summary` call them on
   whichever space the config names (`space_from_config`).
   """
@@ -86,15 +87,33 @@ class CellSpace:
     """A uniformly random genotype (Zeroise only if `keep_zeroise`)."""
     return random_genotype(self, rng, self.keep_zeroise)
 
+  def validate(self, genotype: "Genotype") -> "Genotype":
+    """`genotype` if it is a genotype of this space (its ops among `ops`)."""
+    if not isinstance(genotype, Genotype):
+      raise UserInputError(
+        f"Expected a Genotype of the {self.name} space, got {type(genotype).__name__}."
+      )
+    return from_dict(genotype.to_dict(), space=self)
+
+  def to_string(self, genotype: "Genotype") -> str:
+    """The JSON form (what `save` writes and `parse` reads)."""
+    return genotype.to_json()
+
+  def parse(self, text: str) -> "Genotype":
+    return from_json(text, space=self)
+
+  def save(self, genotype: "Genotype", path: str) -> None:
+    save(self.validate(genotype), path)
+
   def load(self, path: str) -> "Genotype":
     """A genotype JSON file of this space; another space's -> `UserInputError`."""
-    genotype = load(path)
-    if genotype.space != self.name:
-      raise UserInputError(
-        f"{user_files.quote(path)} is a {genotype.space} architecture but "
-        f"config.space={self.name!r}."
-      )
-    return genotype
+    return load(path, space=self)
+
+  def resolve(self, spec: str) -> "Genotype":
+    """`--arch` / `config.genotype_file`: a genotype JSON file, or the JSON text itself."""
+    if isinstance(spec, str) and spec.lstrip().startswith("{"):
+      return self.parse(spec)
+    return self.load(spec)
 
   def derive(self, arch: dict[str, Any]) -> "Genotype":
     """The genotype of the supernet's {"normal", "reduce"} alpha (`derive`)."""
@@ -108,7 +127,9 @@ class CellSpace:
     )
 
   def learnable_share(self, genotype: "Genotype") -> float:
-    return learnable_share(genotype)
+    """Share of the 16 picked edges that are learnable (conv) ops (BNAS Sec. 4.3)."""
+    picked = [op for op, _ in genotype.normal + genotype.reduce]
+    return sum(op in self.learnable_ops for op in picked) / len(picked)
 
   def draw(self, genotype: "Genotype", path: str, title: Optional[str] = None) -> None:
     draw(genotype, path, title)
@@ -290,8 +311,12 @@ def _check_cell(
   return tuple(out), tuple(int(c) for c in concat)
 
 
-def from_dict(d: Any, where: str = "genotype") -> Genotype:
-  """A validated `Genotype` from its dict form; bad input -> `UserInputError`."""
+def from_dict(d: Any, where: str = "genotype", space: Optional[CellSpace] = None) -> Genotype:
+  """A validated `Genotype` from its dict form; bad input -> `UserInputError`.
+
+  Without `space` the dict's "space" key picks a known space (default "bnas");
+  with it, the dict must name that space and use its ops.
+  """
   if not isinstance(d, dict):
     raise UserInputError(
       f"{where}: expected a JSON object with keys space, normal, "
@@ -303,7 +328,12 @@ def from_dict(d: Any, where: str = "genotype") -> Genotype:
       f"{where}: unknown keys {sorted(unknown)}; expected space, normal, "
       "normal_concat, reduce, reduce_concat."
     )
-  space = get_space(d.get("space", "bnas"))
+  if space is None:
+    space = get_space(d.get("space", "bnas"))
+  elif d.get("space", "bnas") != space.name:
+    other = d.get("space", "bnas")
+    other = other if other in SPACES else user_files.quote(other)
+    raise UserInputError(f"{where} is a {other} architecture but config.space={space.name!r}.")
   normal, normal_concat = _check_cell(
     "normal", d.get("normal"), d.get("normal_concat", list(DEFAULT_CONCAT)), space, where
   )
@@ -317,12 +347,12 @@ def validate(genotype: Genotype) -> Genotype:
   return from_dict(genotype.to_dict())
 
 
-def from_json(text: str, where: str = "genotype") -> Genotype:
-  return from_dict(user_files.parse_json(text, where), where)
+def from_json(text: str, where: str = "genotype", space: Optional[CellSpace] = None) -> Genotype:
+  return from_dict(user_files.parse_json(text, where), where, space)
 
 
-def load(path: str) -> Genotype:
-  """Reads a genotype JSON file (as written by `save`)."""
+def load(path: str, space: Optional[CellSpace] = None) -> Genotype:
+  """Reads a genotype JSON file (as written by `save`); of `space` if given (see `from_dict`)."""
   if not os.path.isfile(path):
     raise UserInputError(
       f"Genotype file {user_files.quote(path)} does not exist; pass a JSON "
@@ -331,6 +361,7 @@ def load(path: str) -> Genotype:
   return from_json(
     user_files.read_text(path, "genotype file", ascii_only=True),
     where=f"genotype file {user_files.quote(path)}",
+    space=space,
   )
 
 

@@ -125,13 +125,37 @@ class MBConvSpace:
   def num_layers(self) -> int:
     return sum(s.repeats for s in self.stages)
 
-  # The family interface shared with `search_spaces/darts.py`'s `CellSpace`.
+  # The common space interface (`search_spaces/interface.py`: `SearchSpace` and
+  # `Differentiable`), shared with `search_spaces/darts.py`'s `CellSpace`.
 
   def sample(self, rng: np.random.Generator) -> "ChoiceList":
     return sample(self, rng)
 
+  def validate(self, choice: "ChoiceList") -> "ChoiceList":
+    if not isinstance(choice, ChoiceList):
+      raise UserInputError(f"Expected a ChoiceList, got {type(choice).__name__}.")
+    return validate(choice, self)
+
+  def to_string(self, choice: "ChoiceList") -> str:
+    """The readable form, e.g. 'c16[MB3(6)] c24[MB5(3) MB3(1)]'."""
+    return str(choice)
+
+  def parse(self, text: str) -> "ChoiceList":
+    """The readable form or the JSON form."""
+    if isinstance(text, str) and text.lstrip().startswith("{"):
+      return from_json(text, self)
+    return from_string(text, self)
+
+  def save(self, choice: "ChoiceList", path: str) -> None:
+    """The JSON form, atomically."""
+    atomic_files.write_json(path, self.validate(choice).to_dict())
+
   def load(self, path_or_string: str) -> "ChoiceList":
     return load(path_or_string, self)
+
+  def resolve(self, spec: str) -> "ChoiceList":
+    """`--arch` / `config.genotype_file`: a JSON or string file, or the string form."""
+    return load(spec, self)
 
   def derive(self, arch: dict[str, Any]) -> "ChoiceList":
     return derive(arch, self)

@@ -80,11 +80,13 @@ import itertools
 import json
 import logging
 import math
+import os
 import re
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from bnas_jax import atomic_files
 from bnas_jax import user_files
 from bnas_jax.errors import InfeasibleRangeError
 from bnas_jax.errors import UserInputError
@@ -104,13 +106,16 @@ __all__ = [
   "crossover",
   "crossover_in_range",
   "decode",
+  "draw",
   "encode",
   "is_valid",
+  "load",
   "mutate",
   "mutate_in_range",
   "resolve",
   "sample_in_range",
   "sample_uniform",
+  "save",
   "smallest",
   "validate",
 ]
@@ -385,8 +390,59 @@ class SearchSpace:
       width_divisor=base.width_divisor * d,
     )
 
-  # The evolutionary search's interface (`search/evolution.py`): the module
+  # The common space interface (`search_spaces/interface.py`: `SearchSpace` and
+  # `Evolvable`) and the evolutionary search's (`search/evolution.py`): the module
   # functions of the same names, on this space.
+
+  def sample(self, rng: np.random.Generator) -> "Architecture":
+    """Exactly uniform over the valid architectures (`sample_uniform`)."""
+    return sample_uniform(self, rng)
+
+  def validate(self, arch: "Architecture") -> "Architecture":
+    validate(self, arch)
+    return arch
+
+  def count(self) -> dict[str, Any]:
+    """Exact sizes (Sec. 3.2): "architectures" under this space's ND setting, and both."""
+    nd, no_nd = count_architectures(self, nd=True), count_architectures(self, nd=False)
+    return {
+      "space": self.name,
+      "architectures": nd if self.nd_constraint else no_nd,
+      "architectures_nd": nd,
+      "architectures_no_nd": no_nd,
+      "nd_constraint": self.nd_constraint,
+    }
+
+  def to_string(self, arch: "Architecture") -> str:
+    return arch.to_string()
+
+  def save(self, arch: "Architecture", path: str) -> None:
+    save(self, arch, path)
+
+  def load(self, path: str) -> "Architecture":
+    return load(self, path)
+
+  def resolve(self, spec: Any) -> "Architecture":
+    return resolve(self, spec)
+
+  def draw(self, arch: "Architecture", path: str, title: Optional[str] = None) -> None:
+    draw(self, arch, path, title)
+
+  def mutate(
+    self, arch: "Architecture", rng: np.random.Generator, prob: float = 0.2
+  ) -> "Architecture":
+    return mutate(self, arch, rng, prob)
+
+  def crossover(
+    self, a: "Architecture", b: "Architecture", rng: np.random.Generator
+  ) -> "Architecture":
+    return crossover(self, a, b, rng)
+
+  def encode(self, arch: "Architecture") -> dict[str, np.ndarray]:
+    return encode(self, arch)
+
+  def decode(self, encoding: Mapping[str, Any]) -> "Architecture":
+    return decode(self, encoding)
 
   def smallest(self) -> "Architecture":
     return smallest(self)
@@ -573,7 +629,8 @@ def _parse_string(text: Any) -> Architecture:
   parts = _WS_RE.sub("", text).lower().split("|")
   m = _STEM_RE.fullmatch(parts[0])
   if not m:
-    fail(f"it must start with the stem width like 'stem24', found {user_files.quote(parts[0])}")
+    # The whole text is quoted already; its first part only needs its start.
+    fail(f"it must start with the stem width like 'stem24', found {user_files.quote(parts[0], 60)}")
   stem = int(m.group(1))
   if len(parts) == 1:
     fail("it has no stages after the stem")
@@ -1379,8 +1436,9 @@ def resolve(space: SearchSpace, spec: Union[str, Architecture, Mapping[str, Any]
   """Turns a user's architecture spec into a validated Architecture.
 
   Accepts a Table 6 name ("A".."F", also "NAS-BNN-A"; widths divided by
-  `space.width_divisor` on scaled copies), "biggest", "smallest", a string in
-  the module grammar, a JSON object (text starting with "{" or a dict), or an
+  `space.width_divisor` on scaled copies), "biggest", "smallest", the path of a
+  file written by `save` (or holding the string form), a string in the module
+  grammar, a JSON object (text starting with "{" or a dict), or an
   Architecture. Names are case-insensitive.
 
   Raises:
@@ -1402,6 +1460,8 @@ def resolve(space: SearchSpace, spec: Union[str, Architecture, Mapping[str, Any]
         )
     elif text.lower() in ("biggest", "smallest"):
       arch = biggest(space) if text.lower() == "biggest" else smallest(space)
+    elif os.path.isfile(text):
+      return load(space, text)
     elif text.startswith("{"):
       arch = _parse_json(text)
     elif text.lower().startswith("stem"):
@@ -1419,3 +1479,60 @@ def resolve(space: SearchSpace, spec: Union[str, Architecture, Mapping[str, Any]
     )
   validate(space, arch)
   return arch
+
+
+# --------------------------------------------------------------------------- #
+# Files and pictures
+# --------------------------------------------------------------------------- #
+
+
+def save(space: SearchSpace, arch: Architecture, path: str) -> None:
+  """Writes `arch` (validated) as its JSON form, atomically."""
+  validate(space, arch)
+  atomic_files.write_json(path, arch.to_dict())
+
+
+def load(space: SearchSpace, path: str) -> Architecture:
+  """The architecture in a file: the JSON form (`save`) or the string form.
+
+  Raises:
+    UserInputError: no such file, unreadable or malformed text, or not in `space`.
+  """
+  if not isinstance(path, str) or not os.path.isfile(path):
+    raise UserInputError(
+      f"Architecture file {user_files.quote(path)} does not exist; pass a file written by "
+      "a search or `save` (JSON), or a file holding an architecture string."
+    )
+  text = user_files.read_text(path, "architecture file", ascii_only=True).strip()
+  arch = _parse_json(text) if text.startswith("{") else _parse_string(text)
+  validate(space, arch)
+  return arch
+
+
+def draw(space: SearchSpace, arch: Architecture, path: str, title: Optional[str] = None) -> None:
+  """PNG of `arch` in the order of Table 6: one bar per layer (output width), k and g on it."""
+  validate(space, arch)
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  names, widths, labels, stages = ["stem"], [arch.stem_width], [""], [0]
+  for s, j, b in arch.layers():
+    names.append(f"S{s + 1}-L{j + 1}")
+    widths.append(b.width)
+    labels.append(f"k{b.kernel}g{b.groups}")
+    stages.append(s + 1)
+  fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names)), 3.5))
+  colors = plt.get_cmap("tab10")
+  x = np.arange(len(names))
+  ax.bar(x, widths, 0.7, color=[colors(s % 10) for s in stages])
+  for i, (w, label) in enumerate(zip(widths, labels)):
+    ax.text(i, w, label, ha="center", va="bottom", fontsize=6, rotation=90)
+  ax.set_xticks(x)
+  ax.set_xticklabels(names, rotation=90, fontsize=7)
+  ax.set_ylabel("output width")
+  ax.set_title(title or arch.to_string()[:90], fontsize=8)
+  fig.tight_layout()
+  atomic_files.write_figure(path, fig, dpi=100)
+  plt.close(fig)

@@ -29,9 +29,10 @@ checkpoints in `workdir`):
 MBConv space (`search_spaces/mbconv.py`, `models/binary_mbconv.py`): the
 "genotype" is then a choice list, the networks come from `config.model`'s
 stages, and the cost summary reports BOPs and real FLOPs (stem, classifier)
-separately. The trainer only calls the space's interface (`sample`, `load`,
-`derive`, `learnable_share`, `draw`) and `models/darts_arch.py`'s network
-builders, which know the two families.
+separately. The trainer holds the config's family (`models/darts_arch.family`: a
+`CellFamily` or a `binary_mbconv.MBConvFamily`) and only calls its methods
+(`search_network`, `network`, `cost`) and its space's (`resolve`, `sample`,
+`derive`, `learnable_share`, `draw`).
 
 `workdir/report.json` collects the genotype, test accuracies, costs and the
 search history.
@@ -58,7 +59,6 @@ from bnas_jax.errors import UserInputError
 from bnas_jax.models import darts_arch
 from bnas_jax.search import bilevel
 from bnas_jax.search import random_baseline
-from bnas_jax.search_spaces import darts as darts_space
 
 # ----------------------------------------------------------------------------
 # Validation.
@@ -102,8 +102,9 @@ def _check_shape(model: Any, image_shape: tuple[int, ...], what: str, **kwargs) 
 
 def validate(config: Any, mesh) -> dict[str, Any]:
   """Checks everything a user can get wrong, before any compute."""
-  space = darts_space.space_from_config(config)
-  darts_arch.check_network_config(config, space)
+  family = darts_arch.family(config)
+  family.check_config()
+  space = family.space
   for what, bs in (
     ("config.search.batch_size", config.search.batch_size),
     ("config.final.batch_size", config.final.batch_size),
@@ -120,7 +121,7 @@ def validate(config: Any, mesh) -> dict[str, Any]:
   final_info = input_pipeline.get_dataset_info(final_data_config(config))
   genotype = None
   if config.genotype_file:
-    genotype = space.load(config.genotype_file)
+    genotype = space.resolve(config.genotype_file)
   else:
     if not info.num_examples.get("holdout"):
       raise UserInputError(
@@ -134,21 +135,15 @@ def validate(config: Any, mesh) -> dict[str, Any]:
           f"config.search.batch_size={config.search.batch_size} is larger "
           f"than the {split} split ({info.num_examples[split]} examples)."
         )
-    _check_shape(
-      darts_arch.search_network(config, space, info.num_classes), info.image_shape, "supernet"
-    )
+    _check_shape(family.search_network(info.num_classes), info.image_shape, "supernet")
   probe = genotype or space.sample(np.random.default_rng(0))
-  _check_shape(
-    darts_arch.final_network(config, space, probe, info.num_classes),
-    info.image_shape,
-    "final network",
-  )
+  _check_shape(family.network(probe, info.num_classes), info.image_shape, "final network")
   if config.final.batch_size > final_info.num_examples["train"]:
     raise UserInputError(
       f"config.final.batch_size={config.final.batch_size} is larger than the "
       f"training split ({final_info.num_examples['train']} examples)."
     )
-  return dict(space=space, info=info, genotype=genotype, noise=noise)
+  return dict(family=family, info=info, genotype=genotype, noise=noise)
 
 
 # ----------------------------------------------------------------------------
@@ -187,12 +182,13 @@ def _steps(cfg: Any, steps_per_epoch: int) -> int:
 
 
 def run_search(
-  config: Any, workdir: str, mesh, space: Any, info: Any, noise: bilevel.NoiseConfig
+  config: Any, workdir: str, mesh, family: Any, info: Any, noise: bilevel.NoiseConfig
 ) -> tuple[Any, list[dict]]:
   """Bilevel search; returns the best-held-out genotype and the per-epoch history."""
   os.makedirs(workdir, exist_ok=True)
   sc = config.search
-  model = darts_arch.search_network(config, space, info.num_classes)
+  space = family.space
+  model = family.search_network(info.num_classes)
   steps_per_epoch = input_pipeline.num_batches_per_epoch(config.data, "train", sc.batch_size)
   total_steps = _steps(sc, steps_per_epoch)
   x0 = jnp.zeros((1, *info.image_shape))
@@ -358,14 +354,14 @@ def make_final_train_step(
 
 
 def train_final(
-  config: Any, workdir: str, mesh, space: Any, genotype: Any, phase_name: str = "final"
+  config: Any, workdir: str, mesh, family: Any, genotype: Any, phase_name: str = "final"
 ) -> dict[str, Any]:
   """Trains the genotype's network from scratch and tests it."""
   os.makedirs(workdir, exist_ok=True)
   fc = config.final
   data = final_data_config(config)
   info = input_pipeline.get_dataset_info(data)
-  model = darts_arch.final_network(config, space, genotype, info.num_classes)
+  model = family.network(genotype, info.num_classes)
   steps_per_epoch = input_pipeline.num_batches_per_epoch(data, "train", fc.batch_size)
   total_steps = _steps(fc, steps_per_epoch)
   x0 = jnp.zeros((1, *info.image_shape))
@@ -429,7 +425,7 @@ def train_final(
     mesh,
     config.get("max_eval_examples", 0),
   )
-  costs = darts_arch.cost_summary(space, model, info.image_shape)
+  costs = family.cost(genotype, info.num_classes, info.image_shape)
   results = {
     "phase": phase_name,
     "genotype": genotype.to_dict(),
@@ -452,8 +448,10 @@ def train_final(
   return results
 
 
-def random_at_cost(config: Any, space: Any, ops: float) -> Any:
-  """A uniform random architecture of `space` whose final network costs at most `ops`, closest.
+def random_at_cost(config: Any, family: Any, ops: float) -> Any:
+  """A uniform random architecture of the family's space whose network costs at most `ops`.
+
+  The closest such draw.
 
   The baseline of a search: the same space, the same training, the same cost
   (`search/random_baseline.py`); identical on every process (seeded draws).
@@ -461,11 +459,10 @@ def random_at_cost(config: Any, space: Any, ops: float) -> Any:
   info = input_pipeline.get_dataset_info(final_data_config(config))
 
   def cost(genotype):
-    model = darts_arch.final_network(config, space, genotype, info.num_classes)
-    return darts_arch.cost_summary(space, model, info.image_shape)["ops"]
+    return family.cost(genotype, info.num_classes, info.image_shape)["ops"]
 
   genotype, got = random_baseline.sample_at_cost(
-    space.sample, cost, ops, np.random.default_rng([config.seed, 7])
+    family.space.sample, cost, ops, np.random.default_rng([config.seed, 7])
   )
   print(
     f"random baseline: {got / 1e6:.4g} M OPs (searched: {ops / 1e6:.4g} M): {genotype}", flush=True
@@ -481,13 +478,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Search (unless config.genotype_file), derive, train the final network, test."""
   mesh = sharding.make_mesh(config.get("num_devices", 0))
   checked = validate(config, mesh)
-  space, info = checked["space"], checked["info"]
+  family, info = checked["family"], checked["info"]
+  space = family.space
   os.makedirs(workdir, exist_ok=True)
   report: dict[str, Any] = {"space": space.name}
   genotype: Optional[Any] = checked["genotype"]
   if genotype is None:
     genotype, history = run_search(
-      config, os.path.join(workdir, "search"), mesh, space, info, checked["noise"]
+      config, os.path.join(workdir, "search"), mesh, family, info, checked["noise"]
     )
     report["search_history"] = history
   report["genotype"] = genotype.to_dict()
@@ -497,12 +495,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   print(f"genotype: {genotype}", flush=True)
   final = {}
   if config.final.num_epochs or config.final.num_train_steps:
-    final = train_final(config, os.path.join(workdir, "final"), mesh, space, genotype)
+    final = train_final(config, os.path.join(workdir, "final"), mesh, family, genotype)
     report["final"] = final
     if config.final.random_baseline:
-      random_geno = random_at_cost(config, space, final["costs"]["ops"])
+      random_geno = random_at_cost(config, family, final["costs"]["ops"])
       report["random_baseline"] = train_final(
-        config, os.path.join(workdir, "random"), mesh, space, random_geno, phase_name="random"
+        config, os.path.join(workdir, "random"), mesh, family, random_geno, phase_name="random"
       )
   reporting.write_json(os.path.join(workdir, "report.json"), report)
   if final:

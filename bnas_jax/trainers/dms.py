@@ -70,6 +70,7 @@ from bnas_jax.errors import UserInputError
 from bnas_jax.models import dms_arch
 from bnas_jax.models import dms_nets
 from bnas_jax.search import dms
+from bnas_jax.search_spaces import dms_widths
 from bnas_jax.trainers import supervised
 
 MB = 2.0**20  # Table 1's MB
@@ -86,11 +87,8 @@ def _require(ok: bool, message: str) -> None:
 
 def validate(config: Any, mesh) -> input_pipeline.DatasetInfo:
   """Checks everything a user can get wrong, before any compute."""
-  family = config.model.name
-  _require(
-    family in dms_nets.FAMILIES,
-    f"config.model.name={family!r} is not a DMS family ({', '.join(dms_nets.FAMILIES)}).",
-  )
+  space = dms_arch.family(config).space  # checks config.model.name and base_widths
+  family = space.family
   s = config.search
   num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
   _require(
@@ -144,13 +142,13 @@ def validate(config: Any, mesh) -> input_pipeline.DatasetInfo:
         f"examples of the {split!r} split.",
       )
   else:
-    dms_arch.resolve(config, config.eval.arch)
+    space.resolve(config.eval.arch)
   for name in ("num_epochs", "fp_pretrain_epochs"):
     _require(
       num(config.eval[name]) and config.eval[name] >= 0,
       f"config.eval.{name}={config.eval[name]!r} must be >= 0.",
     )
-  model = dms_nets.make_net(family, dms_nets.base_widths_of(config.model), info.num_classes)
+  model = dms_nets.make_net(family, space.base_widths, info.num_classes)
   try:
     jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, *info.image_shape)), train=False)
@@ -471,7 +469,7 @@ def run_block(
   """Alg. 1 lines 2-12 for one block; returns (new search state, final variables)."""
   s = config.search
   family = config.model.name
-  base = dms_nets.base_widths_of(config.model)
+  base = dms_widths.base_widths_of(config.model)
   mu = np.asarray(search["mu"], np.float32)
   sigma = float(search["sigma"])
   ratios = np.asarray(dms.candidate_ratios(mu, sigma, s.min_ratio))
@@ -499,6 +497,8 @@ def run_block(
     opt_cfg,
     total_steps,
     total_steps,
+    data_config=block_cfg.data,
+    batch_size=block_cfg.batch_size,
   )
   if not resumed and previous is not None and s.best_effort_init:
     carried = jax.device_put(
@@ -605,7 +605,7 @@ def run_block(
     {
       "sigma": sigma,
       **{f"valid_{k}": v for k, v in metrics.items()},
-      **{f"mu/{n}": v for n, v in zip(dms_nets.slot_names(family), new_mu)},
+      **{f"mu/{n}": v for n, v in zip(dms_widths.slot_names(family), new_mu)},
     },
   )
   reporter.message(
@@ -628,7 +628,7 @@ def run_block(
 
 def search(config: Any, workdir: str, info, mesh) -> dict:
   """Alg. 1 from wherever `workdir` stopped; returns the final search state."""
-  n = len(dms_nets.base_widths(config.model.name))
+  n = len(dms_widths.base_widths(config.model.name))
   state = _load_search_state(config, workdir, n)
   previous = None
   compiled: dict = {}  # see _compiled_steps
@@ -661,7 +661,7 @@ def random_widths_at_size(
   just fit the budget, so only the distribution of widths over layers is random.
   """
   family = config.model.name
-  base = np.asarray(dms_nets.base_widths_of(config.model), np.float64)
+  base = np.asarray(dms_widths.base_widths_of(config.model), np.float64)
   shape = rng.uniform(0.5, 2.0, size=base.size)
   floor = np.ceil(config.search.min_ratio * base)
 
@@ -684,10 +684,10 @@ def widths_summary(config: Any, search_state: Optional[dict], widths, info) -> d
   """The `dms_widths.json` record: searched widths and Table 1 sizes of all networks."""
   family = config.model.name
   shape = tuple(info.image_shape)
-  base = dms_nets.base_widths_of(config.model)
+  base = dms_widths.base_widths_of(config.model)
   uniform = {}
-  for name, k in dms_arch.UNIFORM.items():
-    w = dms_nets.uniform_widths(family, k, base)
+  for name, k in dms_widths.UNIFORM.items():
+    w = dms_widths.uniform_widths(family, k, base)
     uniform[name] = {
       "widths": list(w),
       "model_size_mb": _model_size(family, w, info.num_classes, shape) / MB,
@@ -698,7 +698,7 @@ def widths_summary(config: Any, search_state: Optional[dict], widths, info) -> d
   }
   out = {
     "family": family,
-    "slot_names": list(dms_nets.slot_names(family)),
+    "slot_names": list(dms_widths.slot_names(family)),
     "base_widths": list(base),
     "widths": list(widths),
     "model_size_mb": _model_size(family, widths, info.num_classes, shape) / MB,
@@ -712,38 +712,18 @@ def widths_summary(config: Any, search_state: Optional[dict], widths, info) -> d
   return out
 
 
-def plot_widths(summary: dict, path: str) -> None:
-  """Fig. 4: searched channels per layer against the uniform 1x-4x BNNs."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  names = summary["slot_names"]
-  x = np.arange(len(names))
-  fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names)), 3.5))
-  ax.bar(
-    x, summary["widths"], 0.6, color="tab:red", label=f"DMS ({summary['model_size_mb']:.3f} MB)"
+def plot_widths(space: dms_widths.WidthSpace, summary: dict, path: str) -> None:
+  """Fig. 4: searched channels per layer against the uniform 1x-4x BNNs, sizes in MB."""
+  sizes = {name: u["model_size_mb"] for name, u in summary["uniform"].items()}
+  sizes["widths"] = summary["model_size_mb"]
+  dms_widths.draw(
+    space,
+    dms_widths.Widths(tuple(summary["widths"])),
+    path,
+    f"{summary['family']}: searched widths vs uniform BNNs",
+    label="DMS",
+    sizes_mb=sizes,
   )
-  for k, style in zip((1, 2, 3, 4), ("-", "--", "-.", ":")):
-    u = summary["uniform"][f"uniform{k}x"]
-    ax.step(
-      np.append(x, x[-1] + 1) - 0.5,
-      np.append(u["widths"], u["widths"][-1]),
-      where="post",
-      color="k",
-      linestyle=style,
-      linewidth=1,
-      label=f"BNN {k}x ({u['model_size_mb']:.3f} MB)",
-    )
-  ax.set_xticks(x)
-  ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
-  ax.set_ylabel("channels")
-  ax.set_title(f"{summary['family']}: searched widths vs uniform BNNs")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  atomic_files.write_figure(path, fig, dpi=120)
-  plt.close(fig)
 
 
 def write_trajectory(search_state: dict, family: str, directory: str) -> None:
@@ -752,7 +732,7 @@ def write_trajectory(search_state: dict, family: str, directory: str) -> None:
   if not hist:
     return
   traj = {
-    "slot_names": list(dms_nets.slot_names(family)),
+    "slot_names": list(dms_widths.slot_names(family)),
     "sigma": [h["sigma"] for h in hist],
     "mu": [hist[0]["mu_before"]] + [h["mu_after"] for h in hist],
     "expected_memory_mb": [h.get("valid_expected_memory_mb") for h in hist],
@@ -787,46 +767,41 @@ def write_trajectory(search_state: dict, family: str, directory: str) -> None:
 # Evaluation (App. B.2.2)
 
 
-def _eval_config(
-  config: Any, model_config: Any, *, num_epochs: float, binary: bool = True
-) -> ml_collections.ConfigDict:
-  c = config.copy_and_resolve_references()
-  with c.unlocked():
-    c.model = model_config.copy_and_resolve_references()
-    c.model.binary = binary and model_config.get("binary", True)
-    # The searched network is trained on the whole training set.
-    c.data.holdout_fraction = 0.0
-    c.data.holdout_per_class = 0
-    c.num_epochs = num_epochs
-    c.num_train_steps = config.eval.num_train_steps
-    c.optimizer = config.eval.optimizer.copy_and_resolve_references()
-  return c
+def eval_phase(
+  config: Any, model_config: Any, name: str, *, num_epochs: float, binary: bool = True
+) -> supervised.Phase:
+  """App. B.2.2: the network trained from scratch on the whole training set (`config.eval`)."""
+  model = model_config.copy_and_resolve_references()
+  model.binary = binary and model_config.get("binary", True)
+  return supervised.Phase(
+    name=name,
+    model=model,
+    optimizer=config.eval.optimizer.copy_and_resolve_references(),
+    num_epochs=num_epochs,
+    num_train_steps=config.eval.num_train_steps,
+    batch_size=config.batch_size,
+    label_smoothing=config.get("label_smoothing", 0.0),
+    binary_weights=True,
+    fold_holdout=True,
+  )
 
 
 def evaluate(config: Any, workdir: str, model_config: Any, info, mesh) -> dict:
   """Trains `model_config` from scratch (FP pre-training first if configured); tests it."""
   init_variables = None
-  wd = config.eval.optimizer.weight_decay
   if config.eval.fp_pretrain_epochs and model_config.get("binary", True):
-    fp_cfg = _eval_config(
-      config, model_config, num_epochs=config.eval.fp_pretrain_epochs, binary=False
+    fp_phase = eval_phase(
+      config, model_config, "eval_fp", num_epochs=config.eval.fp_pretrain_epochs, binary=False
     )
     fp_dir = os.path.join(workdir, "eval_fp")
-    supervised.train_phase(
-      fp_cfg, fp_dir, binary_weights=True, weight_decay=wd, phase_name="eval_fp"
-    )
+    supervised.train_phase(config, fp_phase, fp_dir)
     fp = _restore_final_variables(fp_dir)
     bnn = dms_nets.build(model_config, info.num_classes)
     fresh = bnn.init(jax.random.key(config.seed), jnp.zeros((1, *info.image_shape)), train=False)
     init_variables = dms.best_effort_init(fp, fresh)  # same shapes: a full copy
-  eval_cfg = _eval_config(config, model_config, num_epochs=config.eval.num_epochs)
+  phase = eval_phase(config, model_config, "eval", num_epochs=config.eval.num_epochs)
   return supervised.train_phase(
-    eval_cfg,
-    os.path.join(workdir, "eval"),
-    binary_weights=True,
-    weight_decay=wd,
-    init_variables=init_variables,
-    phase_name="eval",
+    config, phase, os.path.join(workdir, "eval"), init_variables=init_variables
   )
 
 
@@ -834,9 +809,7 @@ def random_baseline(config: Any, workdir: str, summary: dict, info, mesh) -> dic
   """Random widths at the searched network's model size, trained and tested the same way."""
   target = summary["model_size_mb"] * MB
   widths = random_widths_at_size(config, info, target, np.random.default_rng([config.seed, 7]))
-  model_config = ml_collections.ConfigDict(
-    dict(name=config.model.name, widths=widths, binary=True, binary_weights=True)
-  )
+  model_config = dms_arch.family(config).model_config(dms_widths.Widths(widths))
   size_mb = _model_size(config.model.name, widths, info.num_classes, tuple(info.image_shape)) / MB
   print(
     f"[dms] random baseline: widths {list(widths)}, model size {size_mb:.4f} MB (searched "
@@ -855,26 +828,25 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   """Search (unless `config.eval.arch` is set), then train and test the found widths."""
   mesh = sharding.make_mesh(config.get("num_devices", 0))
   info = validate(config, mesh)
-  family = config.model.name
+  dms_family = dms_arch.family(config)
+  family = dms_family.space.family
   t0 = time.perf_counter()
   search_state = None
   if config.eval.arch is None:
     search_state = search(config, workdir, info, mesh)
-    widths = dms.final_widths(search_state["mu"], dms_nets.base_widths_of(config.model))
-    model_config = ml_collections.ConfigDict(
-      dict(name=family, widths=widths, binary=True, binary_weights=True)
-    )
+    arch = dms_widths.Widths(dms.final_widths(search_state["mu"], dms_family.space.base_widths))
     write_trajectory(search_state, family, os.path.join(workdir, "search"))
   else:
-    model_config = dms_arch.resolve(config, config.eval.arch)
-    widths = tuple(model_config.widths)
+    arch = dms_family.space.resolve(config.eval.arch)
+  model_config = dms_family.model_config(arch)
+  widths = tuple(model_config.widths)
   search_seconds = time.perf_counter() - t0
   summary = widths_summary(config, search_state, widths, info)
   if not model_config.binary:
     summary["model_size_mb"] = summary["uniform"]["fp"]["model_size_mb"]
   reporting.write_json(os.path.join(workdir, "dms_widths.json"), summary)
   if jax.process_index() == 0:
-    plot_widths(summary, os.path.join(workdir, "dms_widths.png"))
+    plot_widths(dms_family.space, summary, os.path.join(workdir, "dms_widths.png"))
   t1 = time.perf_counter()
   report = {
     "family": family,

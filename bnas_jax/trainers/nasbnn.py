@@ -154,13 +154,8 @@ def make_sandwich_step(
 
 
 def _supernet(config, space, num_classes):
-  return nasbnn_supernet.NasBnnSupernet(
-    space,
-    num_classes,
-    bi_transformation=config.supernet.bi_transformation,
-    weight_norm=config.supernet.weight_norm,
-    zero_init_classifier=config.supernet.zero_init_classifier,
-  )
+  """The family's supernet (`nasbnn_subnet.NasBnnFamily.search_network`)."""
+  return nasbnn_subnet.NasBnnFamily(config, space).search_network(num_classes)
 
 
 def validate(config: Any, mesh) -> tuple[nasbnn.SearchSpace, input_pipeline.DatasetInfo]:
@@ -230,6 +225,8 @@ def train_supernet(config, space, info, mesh, workdir: str) -> Any:
     config.supernet.optimizer,
     total_steps,
     steps_per_epoch,
+    data_config=config.data,
+    batch_size=config.batch_size,
   )
   step_fn = jax.jit(
     make_sandwich_step(
@@ -571,6 +568,28 @@ def random_arch_at_ops(
   return arch if got <= ops_m else nasbnn.smallest(space)
 
 
+def finetune_phase(
+  config: Any, space: nasbnn.SearchSpace, arch: nasbnn.Architecture, name: str
+) -> supervised.Phase:
+  """Pipeline 2 of a deployed subnet: its network finetuned with `config.deploy`'s recipe.
+
+  No label smoothing; with `deploy.finetune_with_holdout` on the whole training set,
+  held-out split included, as the public code does (Table 2's "#100").
+  """
+  d = config.deploy
+  return supervised.Phase(
+    name=name,
+    model=nasbnn_subnet.model_config(space, arch, config.model),
+    optimizer=d.optimizer.copy_and_resolve_references(),
+    num_epochs=d.finetune_epochs,
+    num_train_steps=d.get("finetune_steps", 0),
+    batch_size=config.batch_size,
+    label_smoothing=0.0,
+    binary_weights=True,
+    fold_holdout=bool(d.get("finetune_with_holdout")),
+  )
+
+
 def deploy(
   config, space, info, mesh, state, result, calib: Calibration, evaluate, workdir: str
 ) -> dict:
@@ -596,20 +615,12 @@ def deploy(
       {"params": state.params, "batch_stats": stats},
       bi_transformation=config.supernet.bi_transformation,
     )
-    ft = config.copy_and_resolve_references()
-    with ft.unlocked():
-      ft.model = nasbnn_subnet.model_config(space, arch, config.model)
-      ft.num_epochs = config.deploy.finetune_epochs
-      ft.num_train_steps = config.deploy.get("finetune_steps", 0)
-      ft.optimizer = config.deploy.optimizer
-      ft.label_smoothing = 0.0
-      if config.deploy.get("finetune_with_holdout"):  # the whole training set
-        ft.data.holdout_fraction = 0.0
-        ft.data.holdout_per_class = 0
+    finetune = finetune_phase(config, space, arch, f"finetune_{name}")
     sub_dir = os.path.join(workdir, name)
-    before = supervised.evaluate_variables(ft, variables, mesh, info, "test")["accuracy"]
+    before = supervised.evaluate_variables(config, finetune, variables, mesh, info, "test")
+    before = before["accuracy"]
     compact = binary_export.export(
-      ft.model.blocks, variables, kernel_norm=ft.model.kernel_norm == "channelwise"
+      finetune.model.blocks, variables, kernel_norm=finetune.model.kernel_norm == "channelwise"
     )
     packed_bytes = None  # the bit-packed form `python -m bnas_jax.deploy` runs
     if jax.process_index() == 0:
@@ -617,14 +628,7 @@ def deploy(
       packed_bytes = binary_export.save_packed(
         os.path.join(sub_dir, binary_export.PACKED_FILE), compact, image_size=config.data.image_size
       )
-    after = supervised.train_phase(
-      ft,
-      sub_dir,
-      binary_weights=True,
-      weight_decay=ft.optimizer.weight_decay,
-      init_variables=variables,
-      phase_name=f"finetune_{name}",
-    )
+    after = supervised.train_phase(config, finetune, sub_dir, init_variables=variables)
     return {
       "arch": arch.to_string(),
       "ops_m": cost(arch),
