@@ -53,6 +53,7 @@ def get_config(arg=None):
   # 2-core CPU, quiet (benchmarks/nasbnn_supernet.py --preset=digits): the
   # sandwich step of this small supernet at batch 64 takes 0.45 s on one
   # device against 0.67 s split over two; the paper presets use every device.
+  # A multi-process launch needs --config.num_devices=0 (it says so if not).
   c.num_devices = 1
 
   # stages / stem_widths: the space, one (depths, widths, kernels, groups,

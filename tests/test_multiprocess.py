@@ -78,6 +78,7 @@ CONFIGS = {
     (
       "--config=configs/nasbnn.py",
       *TINY_NASBNN_SPACE,
+      "--config.num_devices=0",  # every device of the job (the digits preset uses one)
       "--config.batch_size=16",
       "--config.eval_batch_size=32",
       "--config.max_eval_examples=32",

@@ -116,6 +116,8 @@ def validate(config: Any, mesh) -> dict[str, Any]:
       f"config.final.optimizer.schedule={config.final.optimizer.schedule!r} "
       f"is not one of {optimizers.SCHEDULES}."
     )
+  if config.derive.gamma <= 0:  # also a field rule; checked here for direct library calls
+    raise UserInputError(f"config.derive.gamma={config.derive.gamma} must be > 0 (BNAS Eq. 4).")
   noise = noise_config(config)
   info = input_pipeline.get_dataset_info(config.data)
   final_info = input_pipeline.get_dataset_info(final_data_config(config))
