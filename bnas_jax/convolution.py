@@ -93,6 +93,22 @@ def conv_split(
   )
 
 
+def grouped_conv(
+  x: Array,
+  w: Array,
+  groups: int,
+  stride: int = 1,
+  *,
+  dilation: int = 1,
+  padding: Any = None,
+  form: str = "auto",
+) -> Array:
+  """A grouped conv (autodiff gradients) as `form`: "lax", "split" or "auto" (`grouped_form`)."""
+  form = grouped_form() if form == "auto" else form
+  conv = conv_split if form == "split" else conv_lax
+  return conv(x, w, groups, stride, dilation=dilation, padding=padding)
+
+
 def grouped_form() -> str:
   """How a differentiated grouped conv outside a `lax.switch` should run on this backend.
 

@@ -172,15 +172,14 @@ class QuantConv(nn.Module):
       padding = "VALID"
     else:
       padding = ((pad, pad), (pad, pad))
-    form = convolution.grouped_form() if self.conv_form == "auto" else self.conv_form
-    conv = convolution.conv_split if form == "split" else convolution.conv_lax
-    y = conv(
+    y = convolution.grouped_conv(
       x.astype(jnp.float32),
       w.astype(jnp.float32),
       self.feature_group_count,
       self.strides,
       dilation=self.kernel_dilation,
       padding=padding,
+      form=self.conv_form,
     )
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)

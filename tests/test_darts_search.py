@@ -76,20 +76,13 @@ def test_mixed_op_equals_explicit_weighted_sum():
   np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=1e-5, atol=1e-6)
 
 
-def test_fused_source_ops_equal_per_edge_mixed_ops():
-  """BnasSourceOps (all edges leaving a state at once) == one MixedOp per edge."""
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
-  weights = jax.nn.softmax(jax.random.normal(jax.random.key(1), (14, len(BNAS.ops))), -1)
-  rows = (2, 5, 9)  # edges 0 -> nodes 1, 2, 3
-  fused = darts_cells.BnasSourceOps(BNAS, 4, 2, rows)
-  variables = fused.init(jax.random.key(2), x, weights, train=True)
-  outs, _ = fused.apply(variables, x, weights, train=True, mutable=["batch_stats"])
+def _assert_edges_equal_mixed_ops(space, channels, strides, options, x, weights, rows, outs, copy):
+  """Each fused edge output == a per-edge MixedOp whose parameters `copy(row, params)` sets."""
   for row, out in zip(rows, outs):
-    mixed = darts_cells.MixedOp(BNAS, 4, 2)
+    mixed = darts_cells.MixedOp(space, channels, strides, options)
     own = mixed.init(jax.random.key(3), x, weights[row], train=True)
     params = jax.tree.map(lambda a: a, own["params"])
-    for op in ("bin_conv_3x3", "bin_conv_5x5", "bin_dil_conv_3x3", "bin_dil_conv_5x5"):
-      params[op]["conv"]["kernel"] = variables["params"][f"conv_e{row}_{op}"]["kernel"]
+    copy(row, params)
     ref, _ = mixed.apply(
       {"params": params, "batch_stats": own["batch_stats"]},
       x,
@@ -98,6 +91,22 @@ def test_fused_source_ops_equal_per_edge_mixed_ops():
       mutable=["batch_stats"],
     )
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_source_ops_equal_per_edge_mixed_ops():
+  """BnasSourceOps (all edges leaving a state at once) == one MixedOp per edge."""
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+  weights = jax.nn.softmax(jax.random.normal(jax.random.key(1), (14, len(BNAS.ops))), -1)
+  rows = (2, 5, 9)  # edges 0 -> nodes 1, 2, 3
+  fused = darts_cells.BnasSourceOps(BNAS, 4, 2, rows)
+  variables = fused.init(jax.random.key(2), x, weights, train=True)
+  outs, _ = fused.apply(variables, x, weights, train=True, mutable=["batch_stats"])
+
+  def copy(row, params):
+    for op in ("bin_conv_3x3", "bin_conv_5x5", "bin_dil_conv_3x3", "bin_dil_conv_5x5"):
+      params[op]["conv"]["kernel"] = variables["params"][f"conv_e{row}_{op}"]["kernel"]
+
+  _assert_edges_equal_mixed_ops(BNAS, 4, 2, darts_ops.OpOptions(), x, weights, rows, outs, copy)
 
 
 @pytest.mark.parametrize("strides", [1, 2])
@@ -125,23 +134,15 @@ def test_bats_fused_source_ops_equal_per_edge_mixed_ops(strides):
   outs, _ = fused.apply(variables, x, weights, train=True, mutable=["batch_stats"])
   convs = [op for op in bats.ops if op.endswith(("group_conv_3x3", "group_conv_5x5"))]
   assert len(convs) == 4
-  for row, out in zip(rows, outs):
-    mixed = darts_cells.MixedOp(bats, 8, strides, options)
-    own = mixed.init(jax.random.key(3), x, weights[row], train=True)
-    params = jax.tree.map(lambda a: a, own["params"])
+
+  def copy(row, params):
     for op in convs:
       params[op]["conv"]["kernel"] = variables["params"][f"conv_e{row}_{op}"]["kernel"]
       params[op]["prelu"]["slope"] = variables["params"][f"prelu_e{row}_{op}"]["slope"]
     if strides == 2:
       params["skip_connect"] = variables["params"][f"skip_e{row}"]
-    ref, _ = mixed.apply(
-      {"params": params, "batch_stats": own["batch_stats"]},
-      x,
-      weights[row],
-      train=True,
-      mutable=["batch_stats"],
-    )
-    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+  _assert_edges_equal_mixed_ops(bats, 8, strides, options, x, weights, rows, outs, copy)
 
 
 def _alpha_favouring(choices):

@@ -217,12 +217,7 @@ class BatsSourceOps(nn.Module):
         # (k, k, c_in/g, edges, g, c/g) -> output axis ordered (group, edge, channel)
         kernel = jnp.stack([b.reshape(k, k, c_in // g, g, c // g) for b in banks], axis=3)
         kernel = kernel.transpose(0, 1, 2, 4, 3, 5).reshape(k, k, c_in // g, g * n * (c // g))
-        conv = (
-          convolution.conv_split
-          if convolution.grouped_form() == "split"
-          else (convolution.conv_lax)
-        )
-        y = conv(xb.astype(jnp.float32), kernel, g, self.strides, dilation=d)
+        y = convolution.grouped_conv(xb.astype(jnp.float32), kernel, g, self.strides, dilation=d)
         y = y.reshape(y.shape[:3] + (g, n, c // g)).swapaxes(-3, -2)
         for j, e in enumerate(self.edges):
           ye = darts_ops.PReLU(name=f"prelu_e{e}_{op}")(y[..., j, :, :].reshape(y.shape[:3] + (c,)))
@@ -365,7 +360,7 @@ class SearchNetwork(nn.Module):
     options: op options (binary weights, BATS groups).
     stem: "cifar" or "imagenet".
     fused: BNAS and BATS: compute the edges leaving a state together
-      (`BnasSourceOps`, exact); False gives one `MixedOp` per edge.
+      (`BnasSourceOps` / `BatsSourceOps`, exact); False gives one `MixedOp` per edge.
   """
 
   space: darts_space.CellSpace
